@@ -1,0 +1,37 @@
+"""Shared test setup: float32 parity precision and access to the reference fixtures."""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+from sam2pp_jax.parity.fixture import load_fixture, parity_dir  # noqa: E402
+
+DEV_FIXTURES = {t: f"dev_small_seed0_{t}.npz" for t in ("mask", "box", "point")}
+
+
+def get_fixture(task: str):
+  """The dev fixture of a task, or a pytest skip naming why it is unavailable."""
+  d = parity_dir()
+  if d is None:
+    pytest.skip("parity fixtures not found: set $SAM2PP_PARITY_DIR or place ../shared/parity")
+  p = d / DEV_FIXTURES[task]
+  if not p.exists():
+    pytest.skip(f"parity fixture {p} is absent")
+  return load_fixture(p)
+
+
+def assert_close(name, got, ref, rel=2e-4):
+  """The project's parity rule: max|got-ref| <= rel * max(1, max|ref|)."""
+  import numpy as np
+  got = np.asarray(got, np.float64)
+  ref = np.asarray(ref, np.float64)
+  assert got.shape == ref.shape, f"{name}: shape {got.shape} != reference {ref.shape}"
+  err = float(np.max(np.abs(got - ref))) if ref.size else 0.0
+  tol = rel * max(1.0, float(np.max(np.abs(ref))) if ref.size else 1.0)
+  assert err <= tol, f"{name}: max abs err {err:.3g} > tol {tol:.3g}"
+  return err
