@@ -66,8 +66,10 @@ def random_fourier_grid(h: int, w: int, gaussian_matrix):
 def axial_rope_tables(dim: int, end_x: int, end_y: int, theta: float = 10000.0):
   """cos, sin tables [end_y*end_x, dim//2] of the axial 2-D RoPE (x half, then y half)."""
   f32 = np.float32
-  freqs = (f32(1.0) / (f32(theta) ** (np.arange(0, dim, 4)[: dim // 4].astype(f32) / f32(dim))))
-  freqs = freqs.astype(f32)
+  # theta ** e rounded once to float32 (torch's scalar ** tensor is correctly rounded; numpy's
+  # float32 pow is not, which shifted 9 of the 64 B+ frequencies by an ulp).
+  expo = (np.arange(0, dim, 4)[: dim // 4].astype(f32) / f32(dim)).astype(f32)
+  freqs = (f32(1.0) / (np.float64(theta) ** expo.astype(np.float64)).astype(f32)).astype(f32)
   t = np.arange(end_x * end_y, dtype=f32)
   t_x = (t % end_x).astype(f32)
   t_y = np.floor(t / end_x).astype(f32)

@@ -1,0 +1,30 @@
+# Two entry points do all set-up on a fresh machine (Python 3.11, no GPU):
+#   make demo   - the main job on the built-in default
+#   make test   - the default test suite (fast; `make test-slow` adds the slow marker)
+PY ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-slow parity bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m sam2pp_jax.demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+parity: $(STAMP)
+	$(BIN)/python -m sam2pp_jax.parity --components $(wildcard ../shared/parity/*.npz)
+
+clean:
+	rm -rf $(VENV) .pytest_cache
