@@ -1,0 +1,43 @@
+"""Every preset builds and its whole forward traces/compiles abstractly (jax.eval_shape)."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from sam2pp_jax.model.presets import PRESETS, get_model_config, validate_model_config
+from sam2pp_jax.model.sam2pp import build_model, param_shapes
+
+
+def _count(tree):
+  return sum(x.size for x in jax.tree.leaves(tree))
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_preset_traces_every_task(preset):
+  model = build_model(preset)
+  shapes = param_shapes(model)
+  s = model.image_size
+  img = jax.ShapeDtypeStruct((1, s, s, 3), jnp.float32)
+  for task in ("mask", "box", "point"):
+    f = jax.eval_shape(jax.jit(lambda p, x, task=task: model.apply(
+        {"params": p}, x, task=task, method="encode_image")), shapes, img)
+    assert f["vision"].shape == (1, s // 16, s // 16, model.config.hidden_dim)
+    out = jax.eval_shape(jax.jit(lambda p, f, task=task: model.apply(
+        {"params": p}, f["vision"], f["s0"], f["s1"], task=task, multimask_output=True,
+        method="sam_heads")), shapes, f)
+    assert out["low_res_masks"].shape == (1, s // 4, s // 4)
+    assert (out["boxes"] is not None) == (task == "box")
+
+
+def test_bplus_size_matches_release():
+  # 101,216,130 values in the released checkpoint (../shared/parity/manifest_bplus.json)
+  assert _count(param_shapes(build_model("b+"))) == 101_216_130
+
+
+def test_bad_config_is_rejected_with_field_name():
+  c = get_model_config("tiny")
+  c.image_size = 70
+  with pytest.raises(ValueError, match="image_size"):
+    validate_model_config(c)
+  with pytest.raises(ValueError, match="unknown model preset"):
+    get_model_config("xl")
