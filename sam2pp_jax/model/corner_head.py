@@ -17,7 +17,8 @@ from sam2pp_jax.model.layers import conv2d
 
 
 class FrozenBatchNorm(nn.Module):
-  """Batch norm with fixed statistics and affine params (all four stored as params)."""
+  """Batch norm with fixed statistics and affine params: all four are reference buffers, stored
+  here as params (keep them out of the optimizer when training)."""
 
   eps: float = 1e-5
 
