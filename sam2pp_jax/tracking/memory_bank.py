@@ -1,0 +1,136 @@
+"""Fixed-shape memory bank for scan-based tracking.
+
+Holds the conditioning (prompted) frames' memories and a ring of the most recent tracked
+frames' memories and object pointers. `select` returns a static number of memory tokens plus a
+validity mask; attention over the masked tokens equals the reference's variable-length
+concatenation of only the present memories (keys are order-free, RoPE repeats per frame).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+EMPTY = -1   # frame index of an unused slot
+
+
+def bf16_round(x):
+  """Round float32 values to bfloat16 (as the reference stores memories), kept in float32."""
+  return x.astype(jnp.bfloat16).astype(jnp.float32)
+
+
+def _set_slot(buf, slot, value):
+  """buf [B,K,...] with value [B,...] written at (static or traced) slot along axis 1."""
+  return jax.lax.dynamic_update_index_in_dim(buf, value.astype(buf.dtype), slot, axis=1)
+
+
+@flax.struct.dataclass
+class MemoryBank:
+  """Spatial memories [B,slot,HW,Cm] and pointers [B,slot,C] with per-slot frame indices.
+
+  cond_*: conditioning frames (static capacity). mem_*: ring of the num_maskmem-1 latest
+  tracked frames. ptr_*: ring of the max_obj_ptrs_in_encoder-1 latest tracked pointers.
+  """
+
+  cond_feats: jax.Array        # [B,K,HW,Cm] bf16-rounded float32
+  cond_pos: jax.Array          # [B,K,HW,Cm]
+  cond_ptr: jax.Array          # [B,K,C]
+  cond_frame: jax.Array        # [K] int32 (EMPTY when unused)
+  mem_feats: jax.Array         # [B,R,HW,Cm]
+  mem_pos: jax.Array           # [B,R,HW,Cm]
+  mem_frame: jax.Array         # [R] int32
+  ptr: jax.Array               # [B,P,C]
+  ptr_frame: jax.Array         # [P] int32
+
+  # ---------------------------------------------------------------------------------------
+  @classmethod
+  def empty(cls, batch: int, hw: int, mem_dim: int, hidden_dim: int, *, num_maskmem: int,
+            max_obj_ptrs: int, cond_capacity: int = 2) -> "MemoryBank":
+    """All slots unused; capacities depend only on the config, never on the video length."""
+    r, p, k = num_maskmem - 1, max_obj_ptrs - 1, cond_capacity
+    if r < 1 or p < 1 or k < 1:
+      raise ValueError("need num_maskmem >= 2, max_obj_ptrs >= 2 and cond_capacity >= 1")
+    z = lambda *s: jnp.zeros(s, jnp.float32)
+    e = lambda n: jnp.full((n,), EMPTY, jnp.int32)
+    return cls(cond_feats=z(batch, k, hw, mem_dim), cond_pos=z(batch, k, hw, mem_dim),
+               cond_ptr=z(batch, k, hidden_dim), cond_frame=e(k),
+               mem_feats=z(batch, r, hw, mem_dim), mem_pos=z(batch, r, hw, mem_dim),
+               mem_frame=e(r), ptr=z(batch, p, hidden_dim), ptr_frame=e(p))
+
+  @property
+  def num_ptr_tokens(self) -> int:
+    """Static number of pointer tokens select() emits (each pointer -> C/Cm tokens)."""
+    split = self.ptr.shape[-1] // self.mem_feats.shape[-1]
+    return (self.cond_ptr.shape[1] + self.ptr.shape[1]) * split
+
+  # ---------------------------------------------------------------------------------------
+  def write_cond(self, slot: int, t, feats, pos, obj_ptr) -> "MemoryBank":
+    """Store a conditioning frame t: feats/pos [B,h,w,Cm] (feats rounded to bf16), ptr [B,C]."""
+    b = feats.shape[0]
+    f = bf16_round(feats.reshape(b, -1, feats.shape[-1]))
+    p = jnp.broadcast_to(pos, feats.shape).reshape(f.shape)
+    return self.replace(
+        cond_feats=_set_slot(self.cond_feats, slot, f), cond_pos=_set_slot(self.cond_pos, slot, p),
+        cond_ptr=_set_slot(self.cond_ptr, slot, obj_ptr),
+        cond_frame=self.cond_frame.at[slot].set(jnp.asarray(t, jnp.int32)))
+
+  def write(self, t, feats, pos, obj_ptr) -> "MemoryBank":
+    """Store tracked (non-conditioning) frame t into the rings, overwriting the oldest slot."""
+    b = feats.shape[0]
+    f = bf16_round(feats.reshape(b, -1, feats.shape[-1]))
+    p = jnp.broadcast_to(pos, feats.shape).reshape(f.shape)
+    t = jnp.asarray(t, jnp.int32)
+    r, q = self.mem_frame.shape[0], self.ptr_frame.shape[0]
+    sm, sp = t % r, t % q
+    return self.replace(
+        mem_feats=_set_slot(self.mem_feats, sm, f), mem_pos=_set_slot(self.mem_pos, sm, p),
+        mem_frame=self.mem_frame.at[sm].set(t),
+        ptr=_set_slot(self.ptr, sp, obj_ptr), ptr_frame=self.ptr_frame.at[sp].set(t))
+
+  # ---------------------------------------------------------------------------------------
+  def select(self, t, num_frames: int, tpos_table,
+             ptr_pos_encoding: Callable[[jax.Array, float], jax.Array]):
+    """Memory tokens for frame t: (memory [B,M,Cm], pos [B,M,Cm], mask [B,M] bool).
+
+    tpos_table [num_maskmem, Cm] = maskmem_tpos_enc; ptr_pos_encoding(rel_pos [N], t_diff_max)
+    -> [N,Cm]. Spatial slots come first (whole frames), the static pointer tokens last.
+    """
+    t = jnp.asarray(t, jnp.int32)
+    b, k, hw, cm = self.cond_feats.shape
+    r = self.mem_frame.shape[0]
+    nm = tpos_table.shape[0]
+    # spatial: cond frames use the last temporal slot; tracked frame at distance d uses d-1
+    cond_ok = self.cond_frame != EMPTY
+    d_mem = t - self.mem_frame
+    mem_ok = (self.mem_frame != EMPTY) & (d_mem >= 1) & (d_mem <= r)
+    cond_tpos = jnp.broadcast_to(tpos_table[nm - 1], (k, cm))
+    mem_tpos = tpos_table[jnp.clip(d_mem - 1, 0, nm - 1)]
+    feats = jnp.concatenate([self.cond_feats, self.mem_feats], axis=1)
+    pos = jnp.concatenate([self.cond_pos + cond_tpos[None, :, None],
+                           self.mem_pos + mem_tpos[None, :, None]], axis=1)
+    ok = jnp.concatenate([cond_ok, mem_ok])
+    spatial = feats.reshape(b, -1, cm)
+    spatial_pos = pos.reshape(b, -1, cm)
+    spatial_ok = jnp.repeat(ok, hw)
+    # pointers: cond frames in the past at offset t - t_c; tracked frames at d in 1..max-1
+    max_ptrs = min(int(num_frames), self.ptr_frame.shape[0] + 1)
+    t_diff_max = max(max_ptrs - 1, 1)
+    d_ptr = t - self.ptr_frame
+    ptr_ok = (self.ptr_frame != EMPTY) & (d_ptr >= 1) & (d_ptr <= max_ptrs - 1)
+    cond_ptr_ok = cond_ok & (self.cond_frame <= t)
+    rel = jnp.concatenate([t - self.cond_frame, d_ptr]).astype(jnp.float32)
+    rel = jnp.where(jnp.concatenate([cond_ptr_ok, ptr_ok]), rel, 0.0)
+    ptr_pe = ptr_pos_encoding(rel, t_diff_max)                      # [K+P, Cm]
+    ptrs = jnp.concatenate([self.cond_ptr, self.ptr], axis=1)         # [B,K+P,C]
+    split = ptrs.shape[-1] // cm
+    ptr_tok = ptrs.reshape(b, -1, cm)                                 # consecutive Cm chunks
+    ptr_tok_pos = jnp.repeat(ptr_pe, split, axis=0)
+    ptr_tok_ok = jnp.repeat(jnp.concatenate([cond_ptr_ok, ptr_ok]), split)
+    memory = jnp.concatenate([spatial, ptr_tok], axis=1)
+    memory_pos = jnp.concatenate(
+        [spatial_pos, jnp.broadcast_to(ptr_tok_pos, (b,) + ptr_tok_pos.shape)], axis=1)
+    mask = jnp.broadcast_to(jnp.concatenate([spatial_ok, ptr_tok_ok]), memory.shape[:2])
+    return memory, memory_pos, mask
