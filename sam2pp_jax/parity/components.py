@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sam2pp_jax.model.resize import resize_bilinear
-from sam2pp_jax.parity.fixture import Fixture
+from sam2pp_jax.parity.fixture import Fixture, split_spot_check
 from sam2pp_jax.parity.model_from_fixture import model_and_params
 from sam2pp_jax.tracking import prompts
 
@@ -39,7 +39,6 @@ class Row:
             f"tol={self.tol:8.3g} {self.note}")
 
 
-_SPOT = re.compile(r"^(?P<base>.*)\[\.\.\.,::(?P<k>\d+),::(?P=k)\]$")
 
 
 def _nchw(x):
@@ -319,8 +318,7 @@ class ComponentChecker:
     out = []
     names = sorted(n for n in self.fx.arrays if re.match(r"^frame\d+/", n))
     for name in names:
-      m = _SPOT.match(name)
-      base, k = (m.group("base"), int(m.group("k"))) if m else (name, 0)
+      base, k = split_spot_check(name)
       frame, comp, arr = base.split("/", 2)
       t = int(frame[len("frame"):])
       try:

@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 
 from sam2pp_jax.parity.components import Row, compare
-from sam2pp_jax.parity.fixture import Fixture
+from sam2pp_jax.parity.fixture import Fixture, split_spot_check
 from sam2pp_jax.parity.model_from_fixture import model_and_params
 
 LOGIT_REL_TOL = 2e-3          # max|jax-ref| <= tol * max(1, max|ref|)
@@ -25,7 +25,6 @@ BOX_PX_TOL = 0.05             # video pixels
 # currently FAILS and is kept strict on purpose: open work, not a tolerance to widen.
 BF16_FLIP_FRACTION = 1e-3     # one-ulp bf16 flips allowed on this fraction of elements
 
-_SPOT = re.compile(r"^(?P<base>.*)\[\.\.\.,::(?P<k>\d+),::(?P=k)\]$")
 
 
 def fixture_prompt(fx: Fixture) -> dict:
@@ -125,7 +124,7 @@ def compare_boxes_px(name, got, ref) -> Row:
 
 def compare_array(fx: Fixture, name: str, got, ref) -> Row:
   """Dispatch on the output's kind (logits / scores / boxes / discrete / bf16 memory)."""
-  base = _SPOT.match(name).group("base") if _SPOT.match(name) else name
+  base = split_spot_check(name)[0]
   leaf = base.split("/", 1)[1]
   got, ref = np.asarray(got), np.asarray(ref)
   if leaf == "video_res_mask_logits":
@@ -151,8 +150,7 @@ def compare_array(fx: Fixture, name: str, got, ref) -> Row:
 def path_rows(fx: Fixture, produced: dict, path: str) -> list[Row]:
   rows = []
   for name in sorted(n for n in fx.arrays if n.startswith("outputs/")):
-    m = _SPOT.match(name)
-    base, k = (m.group("base"), int(m.group("k"))) if m else (name, 0)
+    base, k = split_spot_check(name)
     label = f"[{path}] {name}"
     if base not in produced:
       rows.append(Row(label, "FAIL", note="not produced by this path"))

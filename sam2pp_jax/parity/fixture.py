@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -12,6 +13,14 @@ import numpy as np
 from sam2pp_jax.parity import det_init
 
 PARITY_ENV = "SAM2PP_PARITY_DIR"
+# Large maps are stored as strided spot checks named "X[...,::k,::k]".
+SPOT_CHECK = re.compile(r"^(?P<base>.*)\[\.\.\.,::(?P<k>\d+),::(?P=k)\]$")
+
+
+def split_spot_check(name: str) -> tuple[str, int]:
+  """'X[...,::k,::k]' -> ('X', k); a plain name -> (name, 0)."""
+  m = SPOT_CHECK.match(name)
+  return (m.group("base"), int(m.group("k"))) if m else (name, 0)
 
 
 def parity_dir() -> pathlib.Path | None:
