@@ -17,11 +17,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m sam2pp_jax.demo
 
+# pytest exit 5 = no tests collected: a failure for the default suite, fine for the slow one.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	@$(BIN)/python -m pytest -q; rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests"; exit 1; fi; exit $$rc
 
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -q -m slow
+	@$(BIN)/python -m pytest -q -m slow; rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "make test-slow: no slow tests selected"; exit 0; fi; exit $$rc
 
 parity: $(STAMP)
 	$(BIN)/python -m sam2pp_jax.parity --components $(wildcard ../shared/parity/*.npz)
