@@ -190,3 +190,33 @@ def _rule_for_reverse(key, ndim, flat):
     if path in flat and np.ndim(flat[path]) == nd:
       return path, tf
   raise KeyMapError(f"cannot place reference key {key!r} without its shape")
+
+
+def reference_keys(params: Mapping) -> dict[str, tuple]:
+  """{reference key: reference shape} for every leaf of a Flax params tree (inverse rules).
+
+  A module component `name_N` is the reference's `name.N`; every key found is checked to map
+  back to the same Flax path, so the inverse is exact or it raises.
+  """
+  out = {}
+  for path, leaf in flatten(params).items():
+    mods = []
+    for comp in path[:-1]:
+      m = re.match(r"^(.*?)((?:_\d+)+)$", comp)
+      if m and m.group(1):
+        mods.append(m.group(1))
+        mods.extend(m.group(2).strip("_").split("_"))
+      else:
+        mods.append(comp)
+    last = path[-1]
+    leaf_names = {"kernel": "weight", "scale": "weight", "embedding": "weight"}
+    key = ".".join(mods + [leaf_names.get(last, last)])
+    shape = tuple(np.shape(leaf))
+    fpath, tf = rule_for(key, len(shape))
+    if fpath != path:
+      raise KeyMapError(f"Flax param {'/'.join(path)} has no reference name (inverse gives "
+                        f"{key!r} -> {'/'.join(fpath)})")
+    probe = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), shape=shape,
+                                            strides=(0,) * len(shape))
+    out[key] = tuple(tf.to_torch(probe).shape)
+  return out

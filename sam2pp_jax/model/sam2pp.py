@@ -283,10 +283,16 @@ def build_model(config: ml_collections.ConfigDict | str) -> SAM2Plus:
 
 
 def param_shapes(model: SAM2Plus) -> Any:
-  """Abstract params (ShapeDtypeStructs) of the whole model, without computing anything."""
-  s = model.image_size
-  x = jax.ShapeDtypeStruct((1, s, s, 3), jnp.float32)
-  return jax.eval_shape(model.init, jax.random.key(0), x)["params"]
+  """Abstract params (ShapeDtypeStructs) of the whole model, without computing anything.
+
+  No parameter shape depends on the image size, so the template is traced at 64x64 (much
+  cheaper in time and memory than tracing a 1024 model); tests pin it to real manifests.
+  """
+  cfg = ml_collections.ConfigDict(model.config.to_dict())
+  cfg.image_size = 64
+  small = SAM2Plus(ml_collections.FrozenConfigDict(cfg))
+  x = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
+  return jax.eval_shape(small.init, jax.random.key(0), x)["params"]
 
 
 def init_params(model: SAM2Plus, key: jax.Array) -> Any:

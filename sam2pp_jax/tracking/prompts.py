@@ -61,3 +61,111 @@ def mask_to_model_res(mask, image_size: int) -> np.ndarray:
   mh = bilinear_matrix(m.shape[0], image_size, antialias=True)
   mw = bilinear_matrix(m.shape[1], image_size, antialias=True)
   return (mh @ m @ mw.T) >= 0.5
+
+
+# ---------------------------------------------------------------------------------------------
+# Validators: one clear ValueError naming the argument, the offending value and the fix.
+
+CLICK_LABELS = (0, 1)    # the reference's user clicks: 1 positive, 0 negative (2/3 = box corners)
+
+
+def check_frame_index(frame_idx, num_frames: int) -> int:
+  """frame_idx must be an integer in [0, num_frames); returns it as int."""
+  n = int(num_frames)
+  if n < 1:
+    raise ValueError(f"num_frames={num_frames!r}: the video has no frames; give a video with "
+                     "at least one frame")
+  try:
+    f = int(frame_idx)
+    ok = f == frame_idx
+  except (TypeError, ValueError):
+    ok = False
+  if not ok:
+    raise ValueError(f"frame_idx={frame_idx!r} is not an integer; give a frame index in "
+                     f"[0, {n - 1}]")
+  if not 0 <= f < n:
+    raise ValueError(f"frame_idx={f} is out of range for a video of {n} frames; give a frame "
+                     f"index in [0, {n - 1}]")
+  return f
+
+
+def _hw(video_hw):
+  h, w = (int(v) for v in video_hw)
+  if h < 1 or w < 1:
+    raise ValueError(f"video_hw={tuple(video_hw)!r} is not a valid (height, width)")
+  return h, w
+
+
+def check_points(points_xy, labels, video_hw, allowed_labels=CLICK_LABELS):
+  """points_xy [...,P,2] (x, y) video pixels inside [0,W]x[0,H]; labels [...,P] in allowed.
+
+  Returns (float32 points [...,P,2], int32 labels [...,P]). labels=None means all positive.
+  """
+  h, w = _hw(video_hw)
+  try:
+    xy = np.asarray(points_xy, np.float64)
+  except (TypeError, ValueError):
+    raise ValueError(f"points_xy={points_xy!r} is not numeric; give (x, y) pixel "
+                     "coordinates") from None
+  if xy.ndim < 1 or xy.shape[-1] != 2 or xy.size == 0:
+    raise ValueError(f"points_xy has shape {xy.shape}; give at least one point as (x, y) "
+                     "pairs, shape [..., P, 2]")
+  if not np.all(np.isfinite(xy)):
+    raise ValueError(f"points_xy={xy.tolist()!r} contains NaN/inf; give finite pixel "
+                     "coordinates")
+  bad = (xy[..., 0] < 0) | (xy[..., 0] > w) | (xy[..., 1] < 0) | (xy[..., 1] > h)
+  if bad.any():
+    p = xy[bad][0].tolist()
+    raise ValueError(f"points_xy: point (x, y)={tuple(p)} is outside the {w}x{h} frame; give "
+                     f"points with 0 <= x <= {w} and 0 <= y <= {h}")
+  if labels is None:
+    lab = np.ones(xy.shape[:-1], np.int64)
+  else:
+    lab = np.asarray(labels)
+    if lab.shape != xy.shape[:-1]:
+      raise ValueError(f"labels has shape {lab.shape} but points_xy has {xy.shape[:-1]} "
+                       "points; give one label per point")
+    if lab.size and not np.all(np.isin(lab, np.asarray(allowed_labels))):
+      v = lab[~np.isin(lab, np.asarray(allowed_labels))].ravel()[0].item()
+      raise ValueError(f"labels: value {v!r} is not allowed; use one of "
+                       f"{tuple(allowed_labels)} (1 = positive click, 0 = negative click)")
+  return xy.astype(np.float32), lab.astype(np.int32)
+
+
+def check_box(box_xyxy, video_hw) -> np.ndarray:
+  """box (x0, y0, x1, y1) video pixels inside the frame with x1 > x0, y1 > y0; float32 [4]."""
+  h, w = _hw(video_hw)
+  try:
+    b = np.asarray(box_xyxy, np.float64).reshape(-1)
+  except (TypeError, ValueError):
+    raise ValueError(f"box_xyxy={box_xyxy!r} is not numeric; give x0,y0,x1,y1 in "
+                     "pixels") from None
+  if b.shape != (4,):
+    raise ValueError(f"box_xyxy={b.tolist()!r} has {b.size} values; give exactly four: "
+                     "x0,y0,x1,y1")
+  if not np.all(np.isfinite(b)):
+    raise ValueError(f"box_xyxy={b.tolist()!r} contains NaN/inf; give finite pixel coordinates")
+  x0, y0, x1, y1 = b.tolist()
+  if x1 <= x0 or y1 <= y0:
+    raise ValueError(f"box_xyxy={(x0, y0, x1, y1)} is empty or inverted (need x1 > x0 and "
+                     "y1 > y0); give the top-left corner first, then the bottom-right")
+  if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
+    raise ValueError(f"box_xyxy={(x0, y0, x1, y1)} is outside the {w}x{h} frame; give "
+                     f"0 <= x0 < x1 <= {w} and 0 <= y0 < y1 <= {h}")
+  return b.astype(np.float32)
+
+
+def check_mask(mask, video_hw) -> np.ndarray:
+  """mask: 2-D [H, W] matching the video, with at least one foreground pixel; bool copy."""
+  h, w = _hw(video_hw)
+  m = np.asarray(mask)
+  if m.ndim != 2:
+    raise ValueError(f"mask has shape {m.shape}; give a 2-D [height, width] mask")
+  if m.shape != (h, w):
+    raise ValueError(f"mask has size {m.shape[1]}x{m.shape[0]} (WxH) but the video is "
+                     f"{w}x{h}; give a mask of the video's size")
+  m = m.astype(bool)
+  if not m.any():
+    raise ValueError("mask is empty (no foreground pixel); give a mask with at least one "
+                     "non-zero pixel")
+  return m
