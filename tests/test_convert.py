@@ -240,3 +240,17 @@ def test_meta_sam2_manifests_convert(tmp_path, name):
   extra = {k for k in rep["fresh_init_keys"] if "box_head" not in k}
   assert extra == ({"no_obj_embed_spatial", "obj_ptr_tpos_proj.weight", "obj_ptr_tpos_proj.bias"}
                    if name == "sam2_bplus" else set())
+  if name != "sam2.1_t":
+    return
+  import sam2pp_jax
+  cfg, params = sam2pp_jax.load_model(tmp_path / "conv")
+  model = build_model(cfg)
+  s = model.image_size
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(1, s, s, 3)), jnp.float32)
+  enc = jax.jit(lambda p, x, task: model.apply({"params": p}, x, task=task,
+                                               method="encode_image"), static_argnums=2)
+  for task in ("mask", "box", "point"):
+    f = enc(params, x, task)
+    o = model.apply({"params": params}, f["vision"], f["s0"], f["s1"], task=task,
+                    multimask_output=True, method="sam_heads")
+    assert np.all(np.isfinite(np.asarray(o["high_res_masks"]))), task

@@ -63,8 +63,50 @@ def scan_path(fx: Fixture, model=None, params=None, chunk: int = 4) -> dict:
   return {f"outputs/{k}": v for k, v in out.items()}
 
 
-# name -> producer; another path (e.g. the interactive predictor) can be added here.
-PATHS: dict[str, Callable[[Fixture], dict]] = {"scan": scan_path}
+def predictor_path(fx: Fixture, model=None, params=None, chunk: int = 4) -> dict:
+  """outputs/* from the interactive VideoPredictor: prompt on frame 0, propagate forward."""
+  from sam2pp_jax.tracking.predictor import VideoPredictor
+  if model is None:
+    model, params = model_and_params(fx)
+  frames = fx.frames().transpose(0, 2, 3, 1)
+  hw = tuple(int(v) for v in fx["inputs/video_hw"])
+  pred = VideoPredictor(model, params, fx.task, encode_chunk=chunk)
+  state = pred.init_state(frames, video_hw=hw)
+  if fx.task == "mask":
+    pred.add_new_mask(state, 0, 1, fx["inputs/prompt_mask"])
+  elif fx.task == "box":
+    pred.add_new_points_or_box(state, 0, 1, box=np.asarray(fx["inputs/prompt_box_xyxy"]))
+  else:
+    pred.add_new_points_and_generate_gaussian_mask(
+        state, 0, 1, np.asarray(fx["inputs/prompt_point_xy"], np.float32).reshape(-1, 2),
+        np.asarray(fx["inputs/prompt_point_label"]).reshape(-1),
+        radius=int(model.config.point_gaussian_radius),
+        sigma=float(model.config.point_gaussian_sigma))
+  rows = {}
+  for f, _, masks, info in pred.propagate_in_video(state, with_info=True):
+    rows[f] = (masks[0], info, pred.frame_output(state, f, 1))
+  ts = sorted(rows)
+  get = lambda fn: np.stack([fn(*rows[t]) for t in ts])
+  out = {
+      "video_res_mask_logits": get(lambda m, i, o: m),
+      "low_res_mask_logits": get(lambda m, i, o: i["low_res_masks"][0]),
+      "object_score_logits": get(lambda m, i, o: i["object_score_logits"][0]),
+      "obj_ptr": get(lambda m, i, o: o["obj_ptr"]),
+      "maskmem_features_bf16": get(lambda m, i, o: o["maskmem"].transpose(2, 0, 1)),
+  }
+  h = int(model.config.image_size) // 16
+  out["maskmem_pos_enc"] = np.asarray(state.maskmem_pos).reshape(h, h, -1).transpose(2, 0, 1)
+  if fx.task == "box":
+    out["pred_box_xyxy"] = get(lambda m, i, o: i["boxes_xyxy"][0])
+    out["pred_box_xyxy_norm"] = get(lambda m, i, o: i["boxes_xyxy_norm"][0])
+  if fx.task == "point":
+    out["point_xy"] = get(lambda m, i, o: i["points_xy"][0]).astype(np.int64)
+    out["point_visible"] = get(lambda m, i, o: i["visible"][0])
+  return {f"outputs/{k}": v for k, v in out.items()}
+
+
+# name -> producer: the lax.scan tracker and the interactive predictor.
+PATHS: dict[str, Callable[[Fixture], dict]] = {"scan": scan_path, "predictor": predictor_path}
 
 
 # -- comparison rules ----------------------------------------------------------------------------

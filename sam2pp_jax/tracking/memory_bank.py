@@ -92,19 +92,22 @@ class MemoryBank:
 
   # ---------------------------------------------------------------------------------------
   def select(self, t, num_frames: int, tpos_table,
-             ptr_pos_encoding: Callable[[jax.Array, float], jax.Array]):
+             ptr_pos_encoding: Callable[[jax.Array, float], jax.Array], reverse=False):
     """Memory tokens for frame t: (memory [B,M,Cm], pos [B,M,Cm], mask [B,M] bool).
 
     tpos_table [num_maskmem, Cm] = maskmem_tpos_enc; ptr_pos_encoding(rel_pos [N], t_diff_max)
     -> [N,Cm]. Spatial slots come first (whole frames), the static pointer tokens last.
+    reverse (bool, may be traced): tracking backwards in time, so "past" frames are those
+    after t and every distance is measured as (frame - t); pointer offsets keep that sign.
     """
     t = jnp.asarray(t, jnp.int32)
+    sign = jnp.where(jnp.asarray(reverse), -1, 1).astype(jnp.int32)
     b, k, hw, cm = self.cond_feats.shape
     r = self.mem_frame.shape[0]
     nm = tpos_table.shape[0]
     # spatial: cond frames use the last temporal slot; tracked frame at distance d uses d-1
     cond_ok = self.cond_frame != EMPTY
-    d_mem = t - self.mem_frame
+    d_mem = (t - self.mem_frame) * sign
     mem_ok = (self.mem_frame != EMPTY) & (d_mem >= 1) & (d_mem <= r)
     cond_tpos = jnp.broadcast_to(tpos_table[nm - 1], (k, cm))
     mem_tpos = tpos_table[jnp.clip(d_mem - 1, 0, nm - 1)]
@@ -118,10 +121,11 @@ class MemoryBank:
     # pointers: cond frames in the past at offset t - t_c; tracked frames at d in 1..max-1
     max_ptrs = min(int(num_frames), self.ptr_frame.shape[0] + 1)
     t_diff_max = max(max_ptrs - 1, 1)
-    d_ptr = t - self.ptr_frame
+    d_ptr = (t - self.ptr_frame) * sign
     ptr_ok = (self.ptr_frame != EMPTY) & (d_ptr >= 1) & (d_ptr <= max_ptrs - 1)
-    cond_ptr_ok = cond_ok & (self.cond_frame <= t)
-    rel = jnp.concatenate([t - self.cond_frame, d_ptr]).astype(jnp.float32)
+    d_cond = (t - self.cond_frame) * sign
+    cond_ptr_ok = cond_ok & (d_cond >= 0)          # only pointers from the past (eval rule)
+    rel = jnp.concatenate([d_cond, d_ptr]).astype(jnp.float32)
     rel = jnp.where(jnp.concatenate([cond_ptr_ok, ptr_ok]), rel, 0.0)
     ptr_pe = ptr_pos_encoding(rel, t_diff_max)                      # [K+P, Cm]
     ptrs = jnp.concatenate([self.cond_ptr, self.ptr], axis=1)         # [B,K+P,C]
