@@ -35,3 +35,23 @@ def assert_close(name, got, ref, rel=2e-4):
   tol = rel * max(1.0, float(np.max(np.abs(ref))) if ref.size else 1.0)
   assert err <= tol, f"{name}: max abs err {err:.3g} > tol {tol:.3g}"
   return err
+
+
+def numpy_params(model, seed: int = 0):
+  """Random params for `model` filled from numpy (fast: no flax init compile).
+
+  Fan-in-scaled normals; norm scales and FrozenBN variances positive so every layer is sane.
+  """
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from sam2pp_jax.model.sam2pp import param_shapes
+  rng = np.random.default_rng(seed)
+
+  def fill(path, s):
+    name = str(path[-1].key) if hasattr(path[-1], "key") else str(path[-1])
+    if name in ("scale", "running_var"):
+      return jnp.asarray(rng.uniform(0.5, 1.5, s.shape), s.dtype)
+    fan_in = int(np.prod(s.shape[:-1])) if len(s.shape) > 1 else 1
+    return jnp.asarray(rng.standard_normal(s.shape) / np.sqrt(max(fan_in, 1)), s.dtype)
+  return jax.tree_util.tree_map_with_path(fill, param_shapes(model))

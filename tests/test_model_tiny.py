@@ -5,13 +5,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sam2pp_jax.model.sam2pp import build_model, init_params
+from conftest import numpy_params
+from sam2pp_jax.model.sam2pp import build_model
 
 
 @pytest.fixture(scope="module")
 def tiny():
   model = build_model("tiny")
-  return model, init_params(model, jax.random.key(0))
+  return model, numpy_params(model, 0)
 
 
 @pytest.mark.parametrize("task", ["mask", "box", "point"])
