@@ -1,0 +1,185 @@
+"""Peak host memory of the scan tracker (`track_video`) vs video length, one subprocess each.
+
+    python bench/memory.py --frames 100,1000 --preset parity_small --task box
+
+Each setting runs in a fresh Python process (CPU backend: device buffers live in host memory,
+so the process's peak RSS is the peak of everything): build the model, fill random params,
+synthesise the video frame by frame straight into the float32 [T,S,S,3] array that
+`track_video` takes, record VmRSS, run `track_video` once (compile included), then record the
+peak (VmHWM from /proc/self/status) and the bytes of the returned arrays.  Reported per setting:
+
+  peak      VmHWM of the whole process (model, params, JAX runtime, compile, inputs, outputs)
+  before    VmRSS just before the call (everything except the call itself; includes the frames)
+  inputs    bytes of the float32 frames array (O(T) by the API: [T,S,S,3] float32)
+  outputs   bytes of the returned numpy arrays (O(T): per-frame logits, pointers, memories)
+  working   peak - before - outputs: what tracking itself needs on top of its inputs and
+            outputs (device copy of the frames, features, memory bank, scan buffers, compile)
+
+The goal (issue: memory flat in video length) concerns `working`; `peak` necessarily grows by
+inputs + outputs. Ratios 1000/100 of both are printed. The 2 CPU cores of the benchmark
+machine are shared, so the long setting can take several minutes; --max-seconds bounds the
+estimated run time (from the shorter setting) and falls back to the longest feasible length,
+saying so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _status_kb(field: str) -> int:
+  with open("/proc/self/status") as fh:
+    for line in fh:
+      if line.startswith(field + ":"):
+        return int(line.split()[1])
+  raise KeyError(field)
+
+
+def _frame(rng_bg, t: int, size: int):
+  """One uint8 [S,S,3] frame: a bright ellipse drifting over a panning textured background."""
+  import numpy as np
+  yy, xx = np.mgrid[:size, :size].astype(np.float32)
+  cx = size * (0.4 + 0.15 * np.sin(t / 25.0))
+  cy = size * (0.45 + 0.1 * np.cos(t / 31.0))
+  m = ((xx - cx) / (0.18 * size)) ** 2 + ((yy - cy) / (0.12 * size)) ** 2 <= 1
+  img = np.roll(rng_bg, t % size, axis=1).copy()
+  img[m] = (230, 200, 60)
+  return img.astype(np.uint8), m
+
+
+def child(a) -> int:
+  """Run one setting and print a JSON line."""
+  import numpy as np
+  import jax
+  import inspect
+  from sam2pp_jax.data.video_io import normalize_u8
+  from sam2pp_jax.model.sam2pp import build_model
+  from sam2pp_jax.tracking.propagate import track_video
+  sys.path.insert(0, HERE)
+  from propagate import random_params, prompts_from_mask, batched_prompt
+
+  t0 = time.perf_counter()
+  model = build_model(a.preset)
+  s = int(model.config.image_size)
+  params = random_params(model, 0)
+  jax.block_until_ready(params)
+  rss_model = _status_kb("VmRSS")
+  bg = (np.random.default_rng(0).random((s, s, 3)) * 80 + 40).astype(np.float32)
+  frames = np.empty((a.T, s, s, 3), np.float32)
+  mask0 = None
+  for t in range(a.T):   # frames generated on the fly, straight into the model input
+    img, m = _frame(bg, t, s)
+    frames[t] = normalize_u8(img)
+    if t == 0:
+      mask0 = m
+  prompt = batched_prompt(a.task, prompts_from_mask(mask0)[a.task])
+  kw = {"chunk": a.chunk}
+  if "video_res" in inspect.signature(track_video).parameters:
+    kw["video_res"] = not a.no_video_res
+  rss_before = _status_kb("VmRSS")
+  t1 = time.perf_counter()
+  res = track_video(model, params, frames, (s, s), a.task, prompt, **kw)
+  jax.block_until_ready(res)
+  t2 = time.perf_counter()
+  out = {"T": a.T, "preset": a.preset, "task": a.task, "image_size": s, "chunk": a.chunk,
+         "video_res": kw.get("video_res", True),
+         "peak_kb": _status_kb("VmHWM"), "rss_after_kb": _status_kb("VmRSS"),
+         "rss_model_kb": rss_model, "rss_before_kb": rss_before,
+         "inputs_bytes": int(frames.nbytes),
+         "outputs_bytes": int(sum(np.asarray(v).nbytes for v in res.values()
+                                  if hasattr(v, "nbytes"))),
+         "call_s": t2 - t1, "setup_s": t1 - t0,
+         "visible_frac": float(np.mean(res["visible"]))}
+  print("RESULT " + json.dumps(out), flush=True)
+  return 0
+
+
+def run_setting(a, T: int) -> dict:
+  cmd = [sys.executable, os.path.abspath(__file__), "--child", "--T", str(T), "--preset",
+         a.preset, "--task", a.task, "--chunk", str(a.chunk)]
+  if a.no_video_res:
+    cmd.append("--no-video-res")
+  t0 = time.perf_counter()
+  p = subprocess.run(cmd, capture_output=True, text=True)
+  wall = time.perf_counter() - t0
+  if p.returncode != 0:
+    raise RuntimeError(f"T={T} failed (rc {p.returncode}):\n{p.stderr[-3000:]}")
+  line = [l for l in p.stdout.splitlines() if l.startswith("RESULT ")][-1]
+  r = json.loads(line[len("RESULT "):])
+  r["wall_s"] = wall
+  return r
+
+
+def mib(kb_or_bytes, kb=True):
+  return kb_or_bytes / 1024 if kb else kb_or_bytes / 2 ** 20
+
+
+def show(r):
+  working = r["peak_kb"] * 1024 - r["rss_before_kb"] * 1024 - r["outputs_bytes"]
+  r["working_bytes"] = working
+  print(f"T={r['T']:5d}: peak {mib(r['peak_kb']):8.1f} MiB | before call {mib(r['rss_before_kb']):8.1f}"
+        f" MiB (model+params+runtime {mib(r['rss_model_kb']):.1f}, frames "
+        f"{mib(r['inputs_bytes'], False):.1f}) | outputs {mib(r['outputs_bytes'], False):7.1f} MiB"
+        f" | working {mib(working, False):8.1f} MiB | call {r['call_s']:.1f}s "
+        f"(compile included), wall {r['wall_s']:.1f}s", flush=True)
+
+
+def main(argv=None) -> int:
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--frames", default="100,1000", help="comma-separated video lengths")
+  ap.add_argument("--preset", default="parity_small")
+  ap.add_argument("--task", default="box", choices=("mask", "box", "point"))
+  ap.add_argument("--chunk", type=int, default=4)
+  ap.add_argument("--no-video-res", action="store_true",
+                  help="track_video(video_res=False): skip the [T,B,H,W] video-size logits")
+  ap.add_argument("--max-seconds", type=float, default=1800.0,
+                  help="skip (and shorten) a setting whose estimated run time exceeds this")
+  ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+  ap.add_argument("--T", type=int, default=0, help=argparse.SUPPRESS)
+  a = ap.parse_args(argv)
+  if a.child:
+    return child(a)
+
+  lengths = sorted(int(x) for x in a.frames.split(","))
+  import datetime
+  import platform
+  print(f"# bench/memory.py {datetime.datetime.now().isoformat(timespec='seconds')} "
+        f"{platform.node()} {os.cpu_count()} cpus; preset {a.preset}, task {a.task}, chunk "
+        f"{a.chunk}, video_res {not a.no_video_res}; one fresh subprocess per length", flush=True)
+  results = []
+  for T in lengths:
+    if results:
+      prev = results[-1]
+      # per-frame rate from the previous setting; its fixed cost (setup + compile) is an upper
+      # bound on this one's, so this slightly overestimates
+      est = prev["wall_s"] * T / prev["T"]
+      if est > a.max_seconds:
+        feasible = int(prev["T"] * a.max_seconds / prev["wall_s"])
+        print(f"T={T}: estimated {est:.0f}s > --max-seconds {a.max_seconds:.0f}; "
+              f"measuring T={feasible} instead", flush=True)
+        if feasible <= prev["T"]:
+          break
+        T = feasible
+      else:
+        print(f"T={T}: estimated {est:.0f}s", flush=True)
+    r = run_setting(a, T)
+    show(r)
+    results.append(r)
+  if len(results) >= 2:
+    lo, hi = results[0], results[-1]
+    print(f"ratio T={hi['T']}/T={lo['T']}: peak {hi['peak_kb'] / lo['peak_kb']:.3f}x, "
+          f"working (peak - before - outputs) {hi['working_bytes'] / lo['working_bytes']:.3f}x, "
+          f"peak - inputs - outputs "
+          f"{(hi['peak_kb'] * 1024 - hi['inputs_bytes'] - hi['outputs_bytes']) / (lo['peak_kb'] * 1024 - lo['inputs_bytes'] - lo['outputs_bytes']):.3f}x")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,376 @@
+"""Tracking throughput: the `lax.scan` path, the interactive predictor, and the PyTorch reference.
+
+    python bench/propagate.py --presets parity_small,b+ --tasks mask,box,point --frames 8 --repeats 2
+
+For each preset and task, on a synthetic S x S video (a textured ellipse clip written to a
+temporary folder of PNGs, so every side reads identical pixels and the resize to S x S is the
+identity), with random weights (numpy-filled from `param_shapes`; the reference, when timed,
+gets the *same* weights through `convert.key_map.flax_to_torch`):
+
+* scan   : `sam2pp_jax.tracking.propagate.track_video` on the in-memory preprocessed frames.
+           Call 1 = compile + run; calls 2..R+1 = steady state (best of them; the median is
+           printed too). "compile" is call 1 minus the steady-state time. Frame loading (PNG decode + resize) is timed
+           separately ("load") and added for the end-to-end comparison with the reference.
+* pred   : `sam2pp_jax.tracking.predictor.VideoPredictor` (SAM 2 API: init_state on the PNG
+           folder + add_new_mask / add_new_points_or_box + propagate_in_video), if the module
+           exists; otherwise a "not available" line.
+* ref    : the reference `SAM2VideoPredictor_Plus` (torch CPU float32, 2 threads) via
+           bench/_reference.py when $SAM2PLUS_REPO points at a checkout: init_state on the same
+           PNG folder + the prompt call + propagate_in_video. No compile step; its first call is
+           reported too (allocator / one-time warm-up).
+
+After each side's first call, the steady-state calls are interleaved (scan, pred, ref, scan,
+...) so that all sides see similar load on a shared machine. fps = frames / seconds. Ratios ours/ref are computed from the same run of this script:
+  e2e  : (load + scan) and (pred) vs ref (init_state + prompt + propagate), all incl. PNG loading.
+  model: scan (in-memory frames) vs ref minus the reference's own frame-loading time (measured
+         separately with `sam2.utils.misc.load_video_frames` on the same folder).
+A sanity line compares our and the reference's video-resolution logits (same weights, same
+frames): max |diff| and the IoU of the binarised masks over all frames.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+TASKS = ("mask", "box", "point")
+
+
+# -- inputs ------------------------------------------------------------------------------------
+def random_params(model, seed: int = 0):
+  """Random params filled from numpy (fast: no flax init), following the det_init recipe:
+  unit-variance uniform x; FrozenBatchNorm running_var 0.5+u, running_mean 0.1x; 1-D
+  scale/gamma 1+0.1x, other 1-D 0.1x; kernels x/sqrt(fan_in); other >=2-D tensors 0.1x."""
+  import jax
+  import jax.numpy as jnp
+  from sam2pp_jax.model.sam2pp import param_shapes
+  rng = np.random.default_rng(seed)
+
+  def fill(path, s):
+    name = str(getattr(path[-1], "key", path[-1]))
+    u = rng.random(s.shape, np.float32)
+    x = (2.0 * u - 1.0) * np.float32(np.sqrt(3.0))
+    if name == "running_var":
+      v = 0.5 + u
+    elif name == "running_mean":
+      v = 0.1 * x
+    elif len(s.shape) == 1 and name in ("scale", "gamma", "weight"):
+      v = 1.0 + 0.1 * x
+    elif len(s.shape) <= 1:
+      v = 0.1 * x
+    elif name == "kernel":
+      v = x / np.sqrt(float(np.prod(s.shape[:-1])))
+    else:
+      v = 0.1 * x
+    return jnp.asarray(v, s.dtype)
+  return jax.tree_util.tree_map_with_path(fill, param_shapes(model))
+
+
+def make_video(seed: int, frames: int, size: int):
+  """uint8 [T,S,S,3] video and bool [T,S,S] masks (sam2pp_jax.demo.synthetic_clip)."""
+  from sam2pp_jax.demo import synthetic_clip
+  return synthetic_clip(seed, frames, size)
+
+
+def write_pngs(video_u8, folder: str) -> list[str]:
+  from PIL import Image
+  names = []
+  for t, img in enumerate(video_u8):
+    name = f"{t:05d}.png"
+    Image.fromarray(img).save(os.path.join(folder, name), compress_level=1)
+    names.append(name)
+  return names
+
+
+def prompts_from_mask(mask0: np.ndarray) -> dict:
+  """Per-task prompts for one object from its frame-0 mask (video pixels)."""
+  ys, xs = np.nonzero(mask0)
+  box = np.array([xs.min(), ys.min(), xs.max(), ys.max()], np.float32)
+  # a point inside the object, away from integer truncation boundaries
+  pt = np.array([[float(np.median(xs)) + 0.37, float(np.median(ys)) + 0.41]], np.float32)
+  return {"mask": {"mask": mask0}, "box": {"box_xyxy": box},
+          "point": {"points_xy": pt, "point_labels": np.ones(1, np.int32)}}
+
+
+def batched_prompt(task: str, p: dict) -> dict:
+  """Our track_video prompt (object axis 1)."""
+  if task == "mask":
+    return {"mask": p["mask"][None]}
+  if task == "box":
+    return {"box_xyxy": p["box_xyxy"][None]}
+  return {"points_xy": p["points_xy"][None], "point_labels": p["point_labels"][None]}
+
+
+def _median(xs):
+  return statistics.median(xs) if xs else float("nan")
+
+
+# -- our scan path -----------------------------------------------------------------------------
+def scan_run_once(model, params, frames, hw, task, prompt, chunk):
+  """One track_video call (returns numpy, i.e. synchronised): ({"total_s"}, logits [T,H,W])."""
+  import jax
+  from sam2pp_jax.tracking.propagate import track_video
+  t0 = time.perf_counter()
+  res = track_video(model, params, frames, hw, task, batched_prompt(task, prompt), chunk=chunk)
+  jax.block_until_ready(res)
+  return {"total_s": time.perf_counter() - t0}, res["video_res_mask_logits"][:, 0]
+
+
+def time_load(folder, size, repeats):
+  from sam2pp_jax.data.video_io import load_video_for_model
+  times = []
+  for _ in range(max(1, repeats)):
+    t0 = time.perf_counter()
+    load_video_for_model(folder, size)
+    times.append(time.perf_counter() - t0)
+  return _median(times)
+
+
+# -- our interactive predictor ------------------------------------------------------------------
+def predictor_class():
+  """(VideoPredictor class or None, reason)."""
+  try:
+    from sam2pp_jax.tracking import predictor as pmod
+  except ImportError as e:
+    return None, f"sam2pp_jax.tracking.predictor not importable ({e})"
+  cls = getattr(pmod, "VideoPredictor", None)
+  if cls is None:
+    return None, "sam2pp_jax.tracking.predictor has no VideoPredictor"
+  return cls, ""
+
+
+def make_predictor(cls, model, params, task):
+  """Construct VideoPredictor with whichever of the usual signatures it accepts."""
+  errors = []
+  for args, kw in (((model, params, task), {}), ((model, params), {"task": task}),
+                   ((model, params), {})):
+    try:
+      return cls(*args, **kw)
+    except TypeError as e:
+      errors.append(str(e))
+  raise TypeError("cannot construct VideoPredictor: " + " | ".join(errors))
+
+
+def predictor_run_once(pred, folder, task, prompt):
+  t0 = time.perf_counter()
+  state = pred.init_state(folder)
+  t1 = time.perf_counter()
+  if task == "mask":
+    pred.add_new_mask(state, frame_idx=0, obj_id=1, mask=prompt["mask"])
+  elif task == "box":
+    pred.add_new_points_or_box(state, frame_idx=0, obj_id=1, box=prompt["box_xyxy"])
+  else:   # the point task's API (as the reference): click + its Gaussian heatmap
+    pred.add_new_points_and_generate_gaussian_mask(
+        state, frame_idx=0, obj_id=1, points=prompt["points_xy"], labels=prompt["point_labels"],
+        radius=prompt["radius"], sigma=prompt["sigma"])
+  t2 = time.perf_counter()
+  logits = {}
+  for item in pred.propagate_in_video(state):
+    frame_idx, masks = item[0], item[2]
+    logits[int(frame_idx)] = np.asarray(masks).reshape((-1,) + np.shape(masks)[-2:])[0]
+  t3 = time.perf_counter()
+  return {"init_state_s": t1 - t0, "prompt_s": t2 - t1, "propagate_s": t3 - t2,
+          "total_s": t3 - t0}, np.stack([logits[i] for i in sorted(logits)])
+
+
+# -- reporting ---------------------------------------------------------------------------------
+def fps(n, s):
+  return n / s if s and s > 0 else float("nan")
+
+
+def mask_agreement(a, b):
+  a, b = np.asarray(a), np.asarray(b)
+  if a.shape != b.shape:
+    return f"shape {a.shape} vs {b.shape}"
+  ma, mb = a > 0, b > 0
+  union = np.logical_or(ma, mb).sum()
+  iou = np.logical_and(ma, mb).sum() / union if union else 1.0
+  return f"max|dlogit| {np.abs(a - b).max():.3g}, mask IoU {iou:.4f}"
+
+
+def main(argv=None) -> int:
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--presets", default="parity_small,b+")
+  ap.add_argument("--tasks", default="mask,box,point")
+  ap.add_argument("--frames", type=int, default=8)
+  ap.add_argument("--repeats", type=int, default=2, help="steady-state calls after the first")
+  ap.add_argument("--chunk", type=int, default=4, help="track_video encoder chunk")
+  ap.add_argument("--seed", type=int, default=0)
+  ap.add_argument("--no-reference", action="store_true", help="skip the torch reference")
+  ap.add_argument("--no-predictor", action="store_true", help="skip our interactive predictor")
+  ap.add_argument("--threads", type=int, default=2, help="torch threads for the reference")
+  ap.add_argument("--json", default=None, help="also write all numbers to this file")
+  a = ap.parse_args(argv)
+
+  import jax
+  from sam2pp_jax.model.sam2pp import build_model
+
+  presets = [p for p in a.presets.split(",") if p]
+  tasks = [t for t in a.tasks.split(",") if t]
+  for t in tasks:
+    if t not in TASKS:
+      ap.error(f"unknown task {t!r}")
+  T = a.frames
+  print(f"# bench/propagate.py  {datetime.datetime.now().isoformat(timespec='seconds')}  "
+        f"{platform.node()}  {os.cpu_count()} cpus  jax {jax.__version__} "
+        f"({jax.default_backend()}: {jax.devices()[0].device_kind})  frames={T} "
+        f"repeats={a.repeats} chunk={a.chunk}", flush=True)
+
+  ref_ok, ref_why = (False, "--no-reference") if a.no_reference else (None, "")
+  if ref_ok is None:
+    import _reference
+    ref_ok, ref_why = _reference.available()
+  pcls, p_why = (None, "--no-predictor") if a.no_predictor else predictor_class()
+  if not ref_ok:
+    print(f"# reference: not timed ({ref_why})")
+  if pcls is None:
+    print(f"# predictor: not available ({p_why})")
+
+  results = []
+  for preset in presets:
+    model = build_model(preset)
+    s = int(model.config.image_size)
+    t0 = time.perf_counter()
+    params = random_params(model, a.seed)
+    jax.block_until_ready(params)
+    print(f"\n## preset {preset}: S={s}, params filled in {time.perf_counter() - t0:.1f}s",
+          flush=True)
+    video, masks = make_video(a.seed, T, s)
+    hw = (s, s)
+    from sam2pp_jax.data.video_io import normalize_u8
+    frames = normalize_u8(video)
+    prompts = prompts_from_mask(masks[0])
+    tmp = tempfile.TemporaryDirectory(prefix="sam2pp_bench_")
+    names = write_pngs(video, tmp.name)
+    load_s = time_load(tmp.name, s, a.repeats)
+    print(f"ours: load {T} PNG frames + preprocess: {load_s:.3f}s", flush=True)
+
+    ref_pred = ref_load_s = None
+    if ref_ok and preset not in ("parity_small", "b+"):
+      print(f"ref : not timed (no reference structure for preset {preset!r})")
+    elif ref_ok:
+      import _reference
+      from sam2pp_jax.convert.key_map import flax_to_torch
+      t0 = time.perf_counter()
+      ref_pred = _reference.build_predictor(preset, tasks[0], threads=a.threads)
+      sd = flax_to_torch(jax.tree.map(np.asarray, params), _reference.state_dict_shapes(ref_pred))
+      import torch
+      ref_pred.load_state_dict({k: torch.from_numpy(np.array(v, np.float32))
+                                for k, v in sd.items()}, strict=True)
+      del sd
+      from sam2.utils.misc import load_video_frames
+      lt = []
+      for _ in range(max(1, a.repeats)):
+        t1 = time.perf_counter()
+        load_video_frames(tmp.name, s, False, compute_device=torch.device("cpu"), frame_names=names)
+        lt.append(time.perf_counter() - t1)
+      ref_load_s = _median(lt)
+      print(f"ref : built + same weights loaded in {time.perf_counter() - t0:.1f}s; "
+            f"its frame loading: {ref_load_s:.3f}s", flush=True)
+
+    for task in tasks:
+      r = {"preset": preset, "task": task, "frames": T, "image_size": s, "load_s": load_s}
+      p = dict(prompts[task], radius=int(model.config.point_gaussian_radius),
+               sigma=float(model.config.point_gaussian_sigma))
+      # runners: each returns (phase seconds dict with "total_s", video-res logits [T,H,W])
+      runners = {"scan": lambda: scan_run_once(model, params, frames, hw, task, p, a.chunk)}
+      if pcls is not None:
+        try:
+          pred = make_predictor(pcls, model, params, task)
+          runners["pred"] = lambda: predictor_run_once(pred, tmp.name, task, p)
+        except Exception as e:
+          print(f"[{preset}/{task}] pred: FAILED to construct ({type(e).__name__}: {e})")
+      else:
+        print(f"[{preset}/{task}] pred: not available ({p_why})")
+      if ref_pred is not None:
+        def _ref():
+          ref_pred.task = task   # build_sam sets this attribute after construction: same effect
+          o = _reference.run_once(ref_pred, tmp.name, names, task, p)
+          return o, o.pop("video_res_logits")
+        runners["ref"] = _ref
+      # call 1 of each (compile / warm-up), then the steady-state calls interleaved
+      # (scan, pred, ref, scan, pred, ref, ...) so that all sides see similar machine load
+      runs = {k: [] for k in runners}
+      logits = {}
+      for rep in range(a.repeats + 1):
+        for k in list(runners):
+          try:
+            ph, lg = runners[k]()
+          except Exception as e:   # the predictor is being written concurrently: report, go on
+            r[f"{k}_error"] = f"{type(e).__name__}: {e}"
+            print(f"[{preset}/{task}] {k}: FAILED ({r[f'{k}_error'][:400]})", flush=True)
+            del runners[k]
+            continue
+          runs[k].append(ph)
+          logits[k] = lg
+          if rep == 0:
+            print(f"[{preset}/{task}] {k}: first call {ph['total_s']:.2f}s", flush=True)
+      for k, lst in runs.items():
+        if not lst:
+          continue
+        tot = [x["total_s"] for x in lst]
+        later = tot[1:] or tot[:1]
+        best, med = min(later), _median(later)
+        r[f"{k}_first_s"], r[f"{k}_steady_s"], r[f"{k}_steady_median_s"] = tot[0], best, med
+        r[f"{k}_compile_s"] = tot[0] - best
+        r[f"{k}_fps"] = fps(T, best)
+        r[f"{k}_phases"] = lst
+        phases = {q: min(x[q] for x in (lst[1:] or lst)) for q in lst[0] if q != "total_s"}
+        extra = ""
+        if k == "scan":
+          r["scan_e2e_fps"] = fps(T, best + load_s)
+          extra = f"; +PNG loading {load_s:.3f}s -> {r['scan_e2e_fps']:.2f} fps"
+        if k == "ref" and ref_load_s is not None:
+          r["ref_model_fps"] = fps(T, best - ref_load_s)
+          extra = f"; without its frame loading {r['ref_model_fps']:.2f} fps"
+        ph_txt = " + ".join(f"{q[:-2]} {v:.3f}" for q, v in phases.items())
+        print(f"[{preset}/{task}] {k:4s}: first {tot[0]:.2f}s (compile/warm-up ~{tot[0] - best:.2f}s)"
+              f", steady best {best:.3f}s / median {med:.3f}s ({ph_txt}) -> {r[f'{k}_fps']:.2f} fps"
+              f"{extra}", flush=True)
+      if "pred" in logits:
+        print(f"[{preset}/{task}] outputs pred vs scan: {mask_agreement(logits['pred'], logits['scan'])}")
+      if "ref" in runs and runs["ref"]:
+        r["ratio_scan_e2e"] = r["scan_e2e_fps"] / r["ref_fps"]
+        r["ratio_scan_model"] = r["scan_fps"] / r["ref_model_fps"]
+        line = (f"[{preset}/{task}] ours/ref fps: scan e2e {r['ratio_scan_e2e']:.2f}x, "
+                f"scan model-only {r['ratio_scan_model']:.2f}x")
+        if "pred_fps" in r:
+          r["ratio_pred_e2e"] = r["pred_fps"] / r["ref_fps"]
+          line += f", predictor e2e {r['ratio_pred_e2e']:.2f}x"
+        print(line + f"; outputs scan vs ref: {mask_agreement(logits['scan'], logits['ref'])}",
+              flush=True)
+      results.append(r)
+    tmp.cleanup()
+
+  print("\n# summary (fps = frames / steady-state seconds; compile = first call - steady)")
+  hdr = (f"{'preset':13s} {'task':5s} {'scan fps':>8s} {'compile s':>9s} {'pred fps':>8s} "
+         f"{'pred cmp s':>10s} {'ref fps':>8s} {'scan/ref e2e':>12s} {'scan/ref model':>14s} "
+         f"{'pred/ref':>8s}")
+  print(hdr)
+  f = lambda r, k, fmt: format(r[k], fmt) if k in r else "-"
+  for r in results:
+    print(f"{r['preset']:13s} {r['task']:5s} {f(r, 'scan_fps', '8.2f'):>8s} "
+          f"{f(r, 'scan_compile_s', '9.1f'):>9s} {f(r, 'pred_fps', '8.2f'):>8s} "
+          f"{f(r, 'pred_compile_s', '10.1f'):>10s} {f(r, 'ref_fps', '8.2f'):>8s} "
+          f"{f(r, 'ratio_scan_e2e', '12.2f'):>12s} {f(r, 'ratio_scan_model', '14.2f'):>14s} "
+          f"{f(r, 'ratio_pred_e2e', '8.2f'):>8s}")
+  if a.json:
+    with open(a.json, "w") as fh:
+      json.dump(results, fh, indent=1, default=float)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
