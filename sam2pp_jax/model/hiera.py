@@ -143,29 +143,55 @@ class PatchEmbed(nn.Module):
 
 
 class MultiScaleAttention(nn.Module):
-  """Multi-head self-attention whose queries may be max-pooled (stage transitions)."""
+  """Multi-head self-attention whose queries may be max-pooled (stage transitions).
+
+  Takes the whole (normed) map and the window size: `qkv` and `proj` are per-token, so they run
+  on the real tokens only and the windows are formed in between. The zero padding the reference
+  applies before `qkv` turns into bias-valued q/k/v rows (`0 @ W + b`), written in exactly, so
+  the result equals the reference's pad -> qkv -> attend -> proj -> crop.
+  """
 
   dim_out: int
   num_heads: int
   q_stride: tuple[int, int] | None = None
+  window_size: int = 0
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, out_hw: tuple[int, int]):
     b, h, w, _ = x.shape
     nh = self.num_heads
     hd = self.dim_out // nh
-    qkv = nn.Dense(3 * self.dim_out, name="qkv")(x).reshape(b, h, w, 3, nh, hd)
+    dense = nn.Dense(3 * self.dim_out, name="qkv")
+    qkv = dense(x)
+    window = self.window_size
+    if window > 0:
+      ph, pw = (-h) % window, (-w) % window
+      if ph or pw:
+        bias = dense.variables["params"]["bias"].astype(qkv.dtype)
+        qkv = jnp.pad(qkv, ((0, 0), (0, ph), (0, pw), (0, 0)))
+        valid = np.zeros((1, h + ph, w + pw, 1), bool)
+        valid[:, :h, :w] = True
+        qkv = jnp.where(valid, qkv, bias)
+      qkv, _ = window_partition(qkv, window)
+    bw, hh, ww = qkv.shape[:3]
+    qkv = qkv.reshape(bw, hh, ww, 3, nh, hd)
     q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
     if self.q_stride:
-      q = max_pool(q.reshape(b, h, w, nh * hd), self.q_stride)
-      h, w = q.shape[1:3]
-      q = q.reshape(b, h, w, nh, hd)
-    q = q.reshape(b, h * w, nh, hd)
-    k = k.reshape(b, -1, nh, hd)
-    v = v.reshape(b, -1, nh, hd)
+      q = max_pool(q.reshape(bw, hh, ww, nh * hd), self.q_stride)
+      hh, ww = q.shape[1:3]
+      q = q.reshape(bw, hh, ww, nh, hd)
+    q = q.reshape(bw, hh * ww, nh, hd)
+    k = k.reshape(bw, -1, nh, hd)
+    v = v.reshape(bw, -1, nh, hd)
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * jnp.asarray(1.0 / math.sqrt(hd), x.dtype)
     attn = jax.nn.softmax(logits, axis=-1)
-    out = jnp.einsum("bhqk,bkhd->bqhd", attn, v).reshape(b, h, w, self.dim_out)
+    out = jnp.einsum("bhqk,bkhd->bqhd", attn, v).reshape(bw, hh, ww, self.dim_out)
+    if window > 0:
+      # Queries were pooled: windows shrank and the map now has the shortcut's size.
+      win = hh
+      oh, ow = out_hw
+      pad_hw = (oh + (-oh) % win, ow + (-ow) % win)
+      out = window_unpartition(out, win, pad_hw, (oh, ow))
     return nn.Dense(self.dim_out, name="proj")(out)
 
 
@@ -188,21 +214,12 @@ class MultiScaleBlock(nn.Module):
       shortcut = nn.Dense(self.dim_out, name="proj")(x)
       if self.q_stride:
         shortcut = max_pool(shortcut, self.q_stride)
-
-    window = self.window_size
-    if window > 0:
-      h, w = x.shape[1:3]
-      x, pad_hw = window_partition(x, window)
-
-    x = MultiScaleAttention(self.dim_out, self.num_heads, self.q_stride, name="attn")(x)
-
     if self.q_stride:
-      # Queries were pooled: windows shrank and the map now has the shortcut's size.
-      window = self.window_size // self.q_stride[0]
-      h, w = shortcut.shape[1:3]
-      pad_hw = (h + (-h) % window, w + (-w) % window) if window > 0 else None
-    if self.window_size > 0:
-      x = window_unpartition(x, window, pad_hw, (h, w))
+      out_hw = (x.shape[1] // self.q_stride[0], x.shape[2] // self.q_stride[1])
+    else:
+      out_hw = x.shape[1:3]
+    x = MultiScaleAttention(self.dim_out, self.num_heads, self.q_stride, self.window_size,
+                            name="attn")(x, out_hw)
 
     drop = nn.Dropout(self.drop_path, broadcast_dims=(1, 2, 3), name="drop_path")
     x = shortcut + drop(x, deterministic=deterministic)

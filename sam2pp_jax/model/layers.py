@@ -62,6 +62,37 @@ class ConvTranspose2x2(nn.Module):
     return y.reshape(b, 2 * h, 2 * w, self.features) + bias.astype(x.dtype)
 
 
+class DepthwiseConv2d(nn.Module):
+  """Depth-wise KxK conv, stride 1, symmetric zero padding, as an explicit sum of shifted maps.
+
+  Same params as `nn.Conv(feature_group_count=C)` (kernel [K, K, 1, C], bias [C]); XLA CPU's
+  grouped convolution is slow, while the K*K multiply-adds fuse into one elementwise loop.
+  """
+
+  features: int
+  kernel_size: int = 7
+  padding: int = 3
+
+  @nn.compact
+  def __call__(self, x):
+    k, p = self.kernel_size, self.padding
+    c = x.shape[-1]
+    if c != self.features:
+      raise ValueError(f"depth-wise conv of {self.features} channels got {c}")
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, k, 1, c))
+    bias = self.param("bias", nn.initializers.zeros, (c,))
+    _, h, w, _ = x.shape
+    ho, wo = h + 2 * p - k + 1, w + 2 * p - k + 1
+    xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+    kernel = kernel.astype(x.dtype)
+    out = None
+    for i in range(k):
+      for j in range(k):
+        term = xp[:, i:i + ho, j:j + wo, :] * kernel[i, j, 0]
+        out = term if out is None else out + term
+    return out + bias.astype(x.dtype)
+
+
 def conv2d(features: int, kernel_size: int, stride: int = 1, padding: int = 0,
            groups: int = 1, name: str | None = None) -> nn.Conv:
   """A torch-style Conv2d (symmetric integer padding) in NHWC."""

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sam2pp_jax.model.layers import conv2d, gelu, layer_norm
+from sam2pp_jax.model.layers import DepthwiseConv2d, conv2d, gelu, layer_norm
 from sam2pp_jax.model.position_encoding import sine_position_encoding
 
 
@@ -54,8 +54,10 @@ class CXBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    y = conv2d(self.dim, self.kernel_size, padding=self.padding,
-               groups=self.dim if self.use_dwconv else 1, name="dwconv")(x)
+    if self.use_dwconv:
+      y = DepthwiseConv2d(self.dim, self.kernel_size, self.padding, name="dwconv")(x)
+    else:
+      y = conv2d(self.dim, self.kernel_size, padding=self.padding, name="dwconv")(x)
     y = layer_norm(1e-6, name="norm")(y)
     y = nn.Dense(4 * self.dim, name="pwconv1")(y)
     y = nn.Dense(self.dim, name="pwconv2")(gelu(y))
