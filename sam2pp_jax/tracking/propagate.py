@@ -3,11 +3,11 @@
 Objects are a batch axis; the task is static. Follows the reference predictor's per-frame
 recipe (see shared/parity/README.md "What the reference does per task").
 
-Device memory is flat in the video length: frames are encoded inside the scan, `chunk` frames
-at a time (an outer scan over chunks, an inner scan over the chunk's frames), so only one
-chunk's image features exist at once. Only the per-frame outputs (low-res logits, scores,
-pointers, bf16 memories) are stacked over time; video-resolution post-processing also runs in
-chunks.
+Device memory is flat in the video length: frames stay on the host and are fed `chunk` at a
+time to one jitted chunk step (encode the chunk, scan over its frames carrying the donated
+memory bank), called from a Python loop; each chunk's outputs (low-res logits, scores,
+pointers, bf16 memories, and the video-resolution logits computed per chunk) are copied into
+host numpy arrays at once, so nothing on the device is stacked over time.
 
 Prompting on frame k and tracking forward is tracking frames[k:] from their frame 0; tracking
 in reverse from k is tracking frames[k::-1] forward. Both keep the whole video's length as
@@ -147,18 +147,15 @@ def _report_progress(t):
     _PROGRESS[-1](int(t))
 
 
-def _track_jit(model, task: str, num_frames: int, cond_capacity: int, chunk: int,
-               encoded: bool, progress: bool = False):
-  """The jitted whole-video function for one static configuration.
+def _init_jit(model, task: str, cond_capacity: int, encoded: bool):
+  """Jitted prompt frame: init(params, first, pr) -> (y0, bank, pos0).
 
-  run(params, xs, pr): xs is frames [T,S,S,3] (encoded=False: encoded chunk-wise inside the
-  scan) or a features dict of [T,...] arrays (encoded=True). Frame 0 of xs is the prompt frame.
+  `first` is the prompt frame [1,S,S,3] (encoded=False) or its features dict of [1,...] arrays.
   """
   c = model.config
 
-  def run(params, xs, pr):
+  def init(params, first, pr):
     b = (pr["point_coords"] if pr["mask_input"] is None else pr["mask_input"]).shape[0]
-    first = jax.tree.map(lambda a: a[:1], xs)
     f0 = first if encoded else _encode(model, params, first, task)
     o0 = _prompt_frame(model, params, f0, pr, task)
     v0 = _bcast(f0["vision"], b)
@@ -170,21 +167,34 @@ def _track_jit(model, task: str, num_frames: int, cond_capacity: int, chunk: int
                             max_obj_ptrs=int(c.max_obj_ptrs_in_encoder),
                             cond_capacity=cond_capacity)
     bank = bank.write_cond(0, 0, mem0, pos0, o0["obj_ptr"])
-    tpos = params["maskmem_tpos_enc"][:, 0, 0]
-    ptr_pe = lambda rel, tdm: _apply(model, params, "obj_ptr_pos_encoding", rel, tdm)
-    n_ptr = bank.num_ptr_tokens
     y0 = {"low_res": o0["low_res_masks"], "score": o0["object_score_logits"][:, 0],
           "obj_ptr": o0["obj_ptr"], "maskmem": mem0}
     if task == "box":
       y0["box"] = o0["boxes"]
+    return jax.tree.map(lambda a: a[None], y0), bank, pos0[0]
 
-    t_total = jax.tree.leaves(xs)[0].shape[0]
-    n = t_total - 1
-    if n == 0:
-      return jax.tree.map(lambda a: a[None], y0), bank, pos0[0]
+  return jax.jit(init)
+
+
+def _step_jit(model, task: str, num_frames: int, encoded: bool):
+  """The jitted chunk step, one compiled function for every chunk of the video.
+
+  step(params, bank, xs, ts, valid) -> (bank, ys): xs is a chunk of K frames [K,S,S,3]
+  (encoded=False: encoded here, as one batch of K) or a features dict of [K,...] arrays
+  (encoded=True); ts [K] int32 clip-relative frame indices; valid [K] bool (False for the
+  host-side padding of the last chunk: those frames leave the bank untouched). ys: per-frame
+  outputs stacked over the K frames. The bank (argument 1) is donated.
+  """
+
+  def run(params, bank, xs, ts, valid):
+    b = bank.cond_ptr.shape[0]
+    tpos = params["maskmem_tpos_enc"][:, 0, 0]
+    ptr_pe = lambda rel, tdm: _apply(model, params, "obj_ptr_pos_encoding", rel, tdm)
+    n_ptr = bank.num_ptr_tokens
+    feats = xs if encoded else _encode(model, params, xs, task)
 
     def step(bank, x):
-      t, f = x
+      t, ok, f = x
       vis, vpos, s0, s1 = (_bcast(f[k][None], b) for k in FEATURE_KEYS)
       mem, mpos, mmask = bank.select(t, num_frames, tpos, ptr_pe)
       cond = _apply(model, params, "condition_on_memory", vis, vpos, mem, mpos, mmask,
@@ -194,36 +204,16 @@ def _track_jit(model, task: str, num_frames: int, cond_capacity: int, chunk: int
                                      o["object_score_logits"], task)
       new = bank.write(t, feats_t, pos_t, o["obj_ptr"])
       # padding frames past the clip's end leave the bank untouched
-      bank = jax.tree.map(lambda a, o_: jnp.where(t < t_total, a, o_), new, bank)
+      bank = jax.tree.map(lambda a, o_: jnp.where(ok, a, o_), new, bank)
       y = {"low_res": o["low_res_masks"], "score": o["object_score_logits"][:, 0],
            "obj_ptr": o["obj_ptr"], "maskmem": feats_t}
       if task == "box":
         y["box"] = o["boxes"]
-      if progress:   # host callback with the clip-relative frame index (no numeric effect)
-        jax.debug.callback(_report_progress, t, ordered=True)
       return bank, y
 
-    def chunk_body(bank, x):
-      ts, frames_c = x
-      feats = frames_c if encoded else _encode(model, params, frames_c, task)
-      return jax.lax.scan(step, bank, (ts, feats))
+    return jax.lax.scan(step, bank, (ts, valid, feats))
 
-    n_chunks = -(-n // chunk)
-    pad = n_chunks * chunk - n
-
-    def blocks(a):
-      a = a[1:]
-      if pad:
-        a = jnp.concatenate([a, jnp.zeros((pad,) + a.shape[1:], a.dtype)])
-      return a.reshape((n_chunks, chunk) + a.shape[1:])
-
-    ts = jnp.arange(1, 1 + n_chunks * chunk, dtype=jnp.int32).reshape(n_chunks, chunk)
-    bank, ys = jax.lax.scan(chunk_body, bank, (ts, jax.tree.map(blocks, xs)))
-    ys = jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:])[:n], ys)
-    out = jax.tree.map(lambda a, r: jnp.concatenate([a[None], r]), y0, ys)
-    return out, bank, pos0[0]
-
-  return jax.jit(run)
+  return jax.jit(run, donate_argnums=(1,))
 
 
 def _post_jit(hw, task):
@@ -242,7 +232,8 @@ def _post_jit(hw, task):
   return jax.jit(post)
 
 
-_TRACK_CACHE: dict = {}
+_INIT_CACHE: dict = {}
+_STEP_CACHE: dict = {}
 _POST_CACHE: dict = {}
 
 
@@ -257,13 +248,20 @@ def track_video(model, params, frames, video_hw, task: str, prompt: dict | Promp
                 prompt_frame: int = 0, reverse: bool = False, num_frames: int | None = None,
                 features: dict | None = None, video_res: bool = True,
                 progress=None) -> dict:
-  """Track B objects prompted on frame `prompt_frame` through frames [T,S,S,3] (normalised).
+  """Track B objects prompted on frame `prompt_frame` through T frames [S,S,3] (normalised).
 
-  Tracks frames prompt_frame..T-1 (or prompt_frame..0 with reverse). Frames are encoded
-  inside the scan, `chunk` at a time (device memory flat in T); `features` (a dict of [T,...]
-  arrays from `encode_frames`) skips the encoder. `num_frames` (default T) is the video length
-  the pointer normaliser uses. `progress(i)` is called from the device loop after the i-th
-  frame of the clip is tracked (i = 1..T'-1, also for padding frames i >= T').
+  `frames`: a numpy [T,S,S,3] array or any sequence-like with `__len__` and `__getitem__(i)`
+  returning frame i as [S,S,3] (e.g. a lazy loader); frames stay on the host and only the
+  current chunk's are materialised (as float32) and copied to the device. Tracks frames
+  prompt_frame..T-1 (or prompt_frame..0 with reverse): the prompt frame by one jitted call,
+  then one jitted chunk step (encode `chunk` frames as a batch, scan over them carrying the
+  donated MemoryBank) per chunk, called from a Python loop; the last chunk is padded on the
+  host (padding frames leave the bank untouched). Each chunk's outputs (and video-res logits)
+  are copied into preallocated numpy arrays at once, so device memory does not depend on T.
+  `features` (a dict of [T,...] arrays from `encode_frames`) skips the encoder. `num_frames`
+  (default T) is the video length the pointer normaliser uses. `progress(i)` is called on the
+  host after each chunk, for each clip frame i of the chunk (i = 1..T'-1, also for padding
+  frames i >= T').
 
   Returns numpy dict, time axis in processing order (prompt frame first): frame_idx [T'] (the
   original index of each output frame), low_res_mask_logits [T',B,S/4,S/4],
@@ -280,62 +278,88 @@ def track_video(model, params, frames, video_hw, task: str, prompt: dict | Promp
   if not isinstance(prompt, PromptInputs):
     prompt = prepare_prompt(task, prompt, (h, w), s, int(model.config.point_gaussian_radius),
                             float(model.config.point_gaussian_sigma))
-  total = int(frames.shape[0]) if features is None else int(features["vision"].shape[0])
+  encoded = features is not None
+  total = len(frames) if not encoded else int(features["vision"].shape[0])
   if total < 1:
     raise ValueError("need at least one frame")
   idx = clip_indices(total, prompt_frame, reverse)
   num_frames = total if num_frames is None else int(num_frames)
   if num_frames < len(idx):
     raise ValueError(f"num_frames={num_frames} is shorter than the {len(idx)} frames tracked")
-  k = int(idx[0])
-  sel = (lambda a: a[k::-1]) if reverse else (lambda a: a[k:])
-  if features is None:
-    xs = jnp.asarray(sel(np.asarray(frames)) if isinstance(frames, np.ndarray) else
-                     sel(frames))
+  n_out = len(idx)
+  chunk = max(1, min(chunk, n_out - 1))
+
+  if encoded:
+    def gather(ii, n):   # features of clip frames ii (original indices), on the device
+      return {key: jnp.asarray(features[key][ii]) for key in FEATURE_KEYS}
   else:
-    xs = {key: sel(jnp.asarray(features[key])) for key in FEATURE_KEYS}
-  chunk = max(1, min(chunk, len(idx) - 1))
-  key = (model, task, num_frames, cond_capacity, chunk, features is not None,
-         progress is not None)
-  if key not in _TRACK_CACHE:
-    _TRACK_CACHE[key] = (model, _track_jit(model, task, num_frames, cond_capacity, chunk,
-                                           features is not None, progress is not None))
-  fn = _TRACK_CACHE[key][1]
-  pr = {k_: None if v is None else jnp.asarray(v) for k_, v in vars(prompt).items()}
-  _PROGRESS.append(progress)
-  try:
-    out, bank, pos = fn(params, xs, pr)
-    jax.block_until_ready(out)
-    if progress is not None:
-      jax.effects_barrier()
-  finally:
-    _PROGRESS.pop()
-  res = {"frame_idx": idx, "low_res_mask_logits": out["low_res"],
-         "object_score_logits": out["score"], "obj_ptr": out["obj_ptr"],
-         "maskmem_features_bf16": out["maskmem"], "maskmem_pos_enc": pos,
-         "visible": out["score"] > 0}
-  if task == "box":
-    res["pred_box_xyxy_norm"] = out["box"]
-    res["pred_box_xyxy"] = out["box"] * jnp.asarray([w, h, w, h], jnp.float32)
+    def gather(ii, n):   # only these frames are read and copied, as float32, padded to n
+      if isinstance(frames, (np.ndarray, jax.Array)):
+        x = np.asarray(frames[ii], np.float32)   # fancy indexing copies just this chunk
+      else:   # any sequence-like (__len__, __getitem__ -> [S,S,3] frame), e.g. a lazy loader
+        x = np.stack([np.asarray(frames[int(i)], np.float32) for i in ii])
+      if len(ii) < n:   # host-side padding of the last chunk (repeats its last frame)
+        x = np.concatenate([x, np.repeat(x[-1:], n - len(ii), axis=0)])
+      return jnp.asarray(x)
+
+  ikey = (model, task, cond_capacity, encoded)
+  if ikey not in _INIT_CACHE:
+    _INIT_CACHE[ikey] = (model, _init_jit(model, task, cond_capacity, encoded))
+  skey = (model, task, num_frames, encoded)
+  if skey not in _STEP_CACHE:
+    _STEP_CACHE[skey] = (model, _step_jit(model, task, num_frames, encoded))
+  init, step = _INIT_CACHE[ikey][1], _STEP_CACHE[skey][1]
+  post = None
   if video_res or task == "point":
     pkey = (h, w, task)
     if pkey not in _POST_CACHE:
       _POST_CACHE[pkey] = _post_jit((h, w), task)
     post = _POST_CACHE[pkey]
-    low = out["low_res"]
-    parts = []
-    for i in range(0, low.shape[0], chunk):   # blocks of `chunk` frames, to the host at once
-      blk = low[i:i + chunk]
-      m = blk.shape[0]
-      if m < chunk:   # one compiled shape for every block
-        blk = jnp.concatenate([blk, jnp.zeros((chunk - m,) + blk.shape[1:], blk.dtype)])
-      parts.append({k_: np.asarray(v)[:m] for k_, v in post(blk).items()
-                    if video_res or k_ != "video"})
-    if video_res:
-      res["video_res_mask_logits"] = np.concatenate([p["video"] for p in parts])
-    if task == "point":
-      res["point_xy"] = np.concatenate([p["point_xy"] for p in parts])
-  res = {k_: np.asarray(v) for k_, v in res.items()}
+  pr = {k_: None if v is None else jnp.asarray(v) for k_, v in vars(prompt).items()}
+
+  host: dict = {}   # output name -> preallocated numpy [T',...], filled chunk by chunk
+
+  def put(start, m, ys):
+    """Copy the first m frames of a block of device outputs to host rows start..start+m."""
+    blk = dict(ys)
+    if post is not None:   # video-res logits of this block (fixed block shape)
+      blk.update({("post", k_): v for k_, v in post(ys["low_res"]).items()
+                  if video_res or k_ != "video"})
+    for k_, v in blk.items():
+      v = np.asarray(v)
+      if k_ not in host:
+        host[k_] = np.empty((n_out,) + v.shape[1:], v.dtype)
+      host[k_][start:start + m] = v[:m]
+
+  y0, bank, pos = init(params, gather(idx[:1], 1), pr)
+  # the prompt frame's block: pad to `chunk` so the post-processing shape is shared
+  y0p = y0 if chunk == 1 or post is None else jax.tree.map(
+      lambda a: jnp.concatenate([a, jnp.zeros((chunk - 1,) + a.shape[1:], a.dtype)]), y0)
+  put(0, 1, y0p)
+  for i in range(1, n_out, chunk):
+    ii = idx[i:i + chunk]
+    m = len(ii)
+    if encoded and m < chunk:   # features: pad by repeating the last index (no reads)
+      ii = np.concatenate([ii, np.repeat(ii[-1:], chunk - m)])
+    ts = np.arange(i, i + chunk, dtype=np.int32)
+    bank, ys = step(params, bank, gather(ii, chunk), jnp.asarray(ts), jnp.asarray(ts < n_out))
+    put(i, m, ys)
+    del ys
+    if progress is not None:
+      for t in range(i, i + chunk):
+        progress(int(t))
+
+  res = {"frame_idx": idx, "low_res_mask_logits": host["low_res"],
+         "object_score_logits": host["score"], "obj_ptr": host["obj_ptr"],
+         "maskmem_features_bf16": host["maskmem"], "maskmem_pos_enc": np.asarray(pos),
+         "visible": host["score"] > 0}
+  if task == "box":
+    res["pred_box_xyxy_norm"] = host["box"]
+    res["pred_box_xyxy"] = host["box"] * np.asarray([w, h, w, h], np.float32)
+  if video_res:
+    res["video_res_mask_logits"] = host[("post", "video")]
+  if task == "point":
+    res["point_xy"] = host[("post", "point_xy")]
   if return_bank:
     res["bank"] = bank
   return res
