@@ -410,11 +410,17 @@ def save_palette_png(path, mask_ids: np.ndarray, palette=None) -> None:
         + _chunk(b"IDAT", zlib.compress(raw, 6))
         + _chunk(b"IEND", b"")
     )
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".png", dir=d)
+    atomic_write_bytes(path, png)
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    """Write `data` to `path` via a temp file in the same folder + os.replace (never partial)."""
+    path = os.path.abspath(os.fspath(path))
+    d, base = os.path.split(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{base}.tmp-", dir=d)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(png)
+            f.write(data)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

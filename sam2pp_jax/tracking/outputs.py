@@ -23,21 +23,8 @@ import tempfile
 
 import numpy as np
 
+from sam2pp_jax.data.video_io import atomic_write_bytes as _atomic_bytes
 from sam2pp_jax.data.video_io import davis_palette, save_palette_png
-
-
-def _atomic_bytes(path, data: bytes) -> None:
-  path = os.path.abspath(os.fspath(path))
-  d, base = os.path.split(path)
-  fd, tmp = tempfile.mkstemp(prefix=f".{base}.tmp-", dir=d)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
 
 
 def ids_from_logits(logits, obj_ids) -> np.ndarray:
