@@ -55,3 +55,24 @@ def numpy_params(model, seed: int = 0):
     fan_in = int(np.prod(s.shape[:-1])) if len(s.shape) > 1 else 1
     return jnp.asarray(rng.standard_normal(s.shape) / np.sqrt(max(fan_in, 1)), s.dtype)
   return jax.tree_util.tree_map_with_path(fill, param_shapes(model))
+
+
+_E2E_ROWS = {}
+BF16_MEMORY = "maskmem_features_bf16"
+
+
+def e2e_rows(path: str, task: str):
+  """Rows of one tracking path ("scan" | "predictor") vs a dev fixture's outputs/* (cached)."""
+  from sam2pp_jax.parity.end_to_end import PATHS, path_rows
+  if (path, task) not in _E2E_ROWS:
+    fx = get_fixture(task)
+    _E2E_ROWS[path, task] = path_rows(fx, PATHS[path](fx), path)
+  return _E2E_ROWS[path, task]
+
+
+def assert_rows_ok(rows, bf16_memory: bool):
+  """Every row of the selected group (bf16 stored memory, or everything else) is ok."""
+  rows = [r for r in rows if (BF16_MEMORY in r.name) == bf16_memory]
+  assert rows if bf16_memory else len(rows) >= 5
+  bad = [r.line() for r in rows if r.status != "ok"]
+  assert not bad, "\n".join(bad)

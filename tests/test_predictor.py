@@ -6,30 +6,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import get_fixture
+from conftest import assert_rows_ok, e2e_rows, get_fixture
 from sam2pp_jax.model.sam2pp import build_model, param_shapes
 from sam2pp_jax.tracking.predictor import VideoPredictor
 from sam2pp_jax.tracking.propagate import track_video
 
-_ROWS = {}
-
-
-def _rows(task):
-  """Rows of the predictor path vs the fixture's outputs/* (computed once per task)."""
-  from sam2pp_jax.parity.end_to_end import path_rows, predictor_path
-  if task not in _ROWS:
-    fx = get_fixture(task)
-    _ROWS[task] = path_rows(fx, predictor_path(fx), "predictor")
-  return _ROWS[task]
-
-
 @pytest.mark.parametrize("task", ["mask", "box", "point"])
 def test_predictor_parity(task):
   """Every outputs/* array but the bf16 memory meets the end-to-end rules."""
-  rows = [r for r in _rows(task) if "maskmem_features_bf16" not in r.name]
-  assert len(rows) >= 5
-  bad = [r.line() for r in rows if r.status != "ok"]
-  assert not bad, "\n".join(bad)
+  assert_rows_ok(e2e_rows("predictor", task), bf16_memory=False)
 
 
 @pytest.mark.xfail(strict=True, reason="open (issue 3): one-ulp bf16 flips of stored memory on "
@@ -37,10 +22,7 @@ def test_predictor_parity(task):
                    "downstream outputs are within tolerance")
 @pytest.mark.parametrize("task", ["mask", "box", "point"])
 def test_predictor_parity_bf16_memory(task):
-  rows = [r for r in _rows(task) if "maskmem_features_bf16" in r.name]
-  assert rows
-  bad = [r.line() for r in rows if r.status != "ok"]
-  assert not bad, "\n".join(bad)
+  assert_rows_ok(e2e_rows("predictor", task), bf16_memory=True)
 
 
 # -- tiny random-weight model --------------------------------------------------------------------

@@ -5,31 +5,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import get_fixture
+from conftest import assert_rows_ok, e2e_rows, get_fixture
 from sam2pp_jax.model.sam2pp import build_model, param_shapes
 from sam2pp_jax.tracking.memory_bank import MemoryBank
 from sam2pp_jax.tracking.propagate import track_video
 
 
-_E2E_ROWS = {}
-
-
-def _e2e_rows(task):
-  """Rows of the scan path vs the fixture's outputs/* (computed once per task)."""
-  from sam2pp_jax.parity.end_to_end import path_rows, scan_path
-  if task not in _E2E_ROWS:
-    fx = get_fixture(task)
-    _E2E_ROWS[task] = path_rows(fx, scan_path(fx), "scan")
-  return _E2E_ROWS[task]
-
-
 @pytest.mark.parametrize("task", ["mask", "box", "point"])
 def test_end_to_end_parity(task):
   """Every outputs/* array but the bf16 memory meets the issue's end-to-end rules."""
-  rows = [r for r in _e2e_rows(task) if "maskmem_features_bf16" not in r.name]
-  assert len(rows) >= 5
-  bad = [r.line() for r in rows if r.status != "ok"]
-  assert not bad, "\n".join(bad)
+  assert_rows_ok(e2e_rows("scan", task), bf16_memory=False)
 
 
 @pytest.mark.xfail(strict=True, reason="open (issue 3): one-ulp bf16 flips of stored memory on "
@@ -37,10 +22,7 @@ def test_end_to_end_parity(task):
                    "point 0.107% measured); downstream outputs are within tolerance")
 @pytest.mark.parametrize("task", ["mask", "box", "point"])
 def test_end_to_end_bf16_memory(task):
-  rows = [r for r in _e2e_rows(task) if "maskmem_features_bf16" in r.name]
-  assert rows
-  bad = [r.line() for r in rows if r.status != "ok"]
-  assert not bad, "\n".join(bad)
+  assert_rows_ok(e2e_rows("scan", task), bf16_memory=True)
 
 
 @pytest.fixture(scope="module")
