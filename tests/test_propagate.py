@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import assert_rows_ok, e2e_rows, get_fixture
+from conftest import assert_rows_ok, e2e_rows
 from sam2pp_jax.model.sam2pp import build_model, param_shapes
 from sam2pp_jax.tracking.memory_bank import MemoryBank
 from sam2pp_jax.tracking.propagate import track_video
