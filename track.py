@@ -25,38 +25,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 import numpy as np
+
+from sam2pp_jax.progress import Progress
 
 
 class InputError(ValueError):
   """A bad command-line input; reported as one line, exit status 2."""
-
-
-# ------------------------------------------------------------------------------ progress bar
-class Progress:
-  """A minimal stderr progress bar over frames."""
-
-  def __init__(self, total: int, label: str, stream=None, width: int = 30):
-    self.total, self.label, self.width = max(int(total), 1), label, width
-    self.stream = sys.stderr if stream is None else stream
-    self.done, self.t0, self._last = 0, time.time(), -1.0
-
-  def update(self, done: int) -> None:
-    self.done = min(max(int(done), self.done), self.total)
-    now = time.time()
-    if self.done < self.total and now - self._last < 0.1:
-      return
-    self._last = now
-    frac = self.done / self.total
-    bar = "#" * int(round(frac * self.width))
-    rate = self.done / max(now - self.t0, 1e-9)
-    self.stream.write(f"\r{self.label} [{bar:<{self.width}}] {self.done}/{self.total} frames "
-                      f"({rate:.1f}/s)")
-    if self.done >= self.total:
-      self.stream.write("\n")
-    self.stream.flush()
 
 
 # ------------------------------------------------------------------------------ prompts
