@@ -464,6 +464,29 @@ def _unfilter(data: bytes, h: int, stride: int) -> np.ndarray:
     return out
 
 
+def _palette_ids_via_opencv(data: bytes, raw: bytes, h: int, stride: int, plte: np.ndarray):
+    """Index map through OpenCV's decoder when rows use the Average/Paeth filters (our
+    unfilter is a Python loop for those): decode to colours, map colours back to indices.
+    Exact only when the palette's colours are distinct; returns None otherwise."""
+    filters = np.frombuffer(raw, np.uint8)[: h * (stride + 1)][:: stride + 1]
+    if not np.any(filters >= 3):
+        return None
+    packed = (plte[:, 0].astype(np.int64) << 16) | (plte[:, 1].astype(np.int64) << 8) | plte[:, 2]
+    if np.unique(packed).size != packed.size:
+        return None
+    cv2 = _cv2()
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if img is None or img.shape[:2] != (h, stride):
+        return None
+    key = (img[..., 2].astype(np.int64) << 16) | (img[..., 1].astype(np.int64) << 8) | img[..., 0]
+    order = np.argsort(packed)
+    pos = np.searchsorted(packed[order], key)
+    pos = np.minimum(pos, packed.size - 1)
+    if not np.array_equal(packed[order][pos], key):
+        return None
+    return np.ascontiguousarray(order[pos].astype(np.uint8))
+
+
 def _parse_palette_png(data: bytes):
     """Return (ids uint8 [H,W], palette uint8 [N,3]) or None if not a simple palette PNG."""
     if not data.startswith(_PNG_SIG):
@@ -488,7 +511,12 @@ def _parse_palette_png(data: bytes):
     if ctype != 3 or interlace != 0 or depth not in (1, 2, 4, 8):
         return None
     stride = (w * depth + 7) // 8
-    rows = _unfilter(zlib.decompress(b"".join(idat)), h, stride)
+    raw = zlib.decompress(b"".join(idat))
+    if depth == 8 and plte is not None:
+        fast = _palette_ids_via_opencv(data, raw, h, stride, plte)
+        if fast is not None:
+            return fast, plte
+    rows = _unfilter(raw, h, stride)
     if depth == 8:
         ids = rows[:, :w]
     else:
