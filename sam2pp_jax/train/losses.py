@@ -216,7 +216,7 @@ def _option(cfg: Mapping, key: str):
 
 def _weights(cfg: Mapping, task: str) -> dict:
   """The task's weight dict as floats; checks the keys the reference asserts on."""
-  weights = {k: float(v) for k, v in dict(cfg["weight_dict"]).items()}
+  weights = {k: float(v) for k, v in cfg["weight_dict"].items()}
   missing = [k for k in REQUIRED_WEIGHTS[task] if k not in weights]
   if missing:
     raise ValueError(f"{task} loss weight_dict lacks {missing}")
@@ -235,14 +235,13 @@ def reduce_loss(losses: Mapping[str, jax.Array], weights: Mapping[str, float]) -
   return total
 
 
-def _masked_sum(x, mask):
-  return jnp.sum(jnp.where(mask, x, 0.0))
+def _masked_sum(x, mask, axis=None):
+  """Sum of x where mask holds; `where` rather than a product keeps padding's values out."""
+  return jnp.sum(jnp.where(mask, x, 0.0), axis=axis)
 
 
-def _num_objects(valid, n_objects):
-  """Objects that exist in some frame (the reference's N), at least 1."""
-  if valid is None:
-    return float(max(n_objects, 1))
+def _num_objects(valid):
+  """Objects that exist in some frame (the reference's N = objects in the batch), at least 1."""
   return jnp.maximum(jnp.sum(jnp.any(valid, axis=0)).astype(jnp.float32), 1.0)
 
 
@@ -288,7 +287,7 @@ def multistep_loss(outputs: Mapping[str, jax.Array], targets: Mapping[str, jax.A
   valid = (jnp.ones((t_, n_), bool) if valid is None
            else jnp.broadcast_to(jnp.asarray(valid, bool), (t_, n_)))
   if num_objects is None:
-    num_objects = _num_objects(valid, n_)
+    num_objects = _num_objects(valid)
   step_valid = (jnp.ones((t_, s_), bool) if step_valid is None
                 else jnp.broadcast_to(jnp.asarray(step_valid, bool), (t_, s_)))
   if candidate_valid is None:
@@ -353,7 +352,7 @@ def multistep_loss(outputs: Mapping[str, jax.Array], targets: Mapping[str, jax.A
   picked = {k: _select(per_cand[k], best) for k in combo_keys}
   if opt["supervise_all_iou"]:
     n_cand = jnp.maximum(jnp.sum(cand, axis=-1), 1).astype(jnp.float32)
-    picked["loss_iou"] = _masked_sum_last(per_cand["loss_iou"], cand) / n_cand
+    picked["loss_iou"] = _masked_sum(per_cand["loss_iou"], cand, axis=-1) / n_cand
   else:
     picked["loss_iou"] = _select(per_cand["loss_iou"], best)
 
@@ -371,7 +370,3 @@ def multistep_loss(outputs: Mapping[str, jax.Array], targets: Mapping[str, jax.A
 
   losses[CORE_LOSS_KEY] = reduce_loss(losses, weights)
   return losses
-
-
-def _masked_sum_last(x, mask):
-  return jnp.sum(jnp.where(mask, x, 0.0), axis=-1)
