@@ -433,6 +433,8 @@ def _unfilter(data: bytes, h: int, stride: int) -> np.ndarray:
     if buf.size < h * (stride + 1):
         raise ValueError("truncated image data")
     buf = buf[: h * (stride + 1)].reshape(h, stride + 1)
+    if not buf[:, 0].any():  # every row unfiltered (what PIL writes for palette images)
+        return buf[:, 1:].copy()
     out = np.zeros((h, stride), np.uint8)
     prev = np.zeros(stride, np.uint8)
     for y in range(h):

@@ -70,8 +70,9 @@ def list_sequences(gt_dir: str, sequences: Optional[Sequence[str]] = None) -> Li
     else:
       sequences = sorted(n for n in os.listdir(gt_dir)
                          if os.path.isfile(os.path.join(gt_dir, n, "groundtruth.txt")))
-    if not sequences:
-      raise MetricInputError(f"{gt_dir}: no sequences (no list.txt and no <seq>/groundtruth.txt)")
+  if not sequences:
+    raise MetricInputError(f"{gt_dir}: no sequences to score (empty list, or no list.txt and no "
+                           "<seq>/groundtruth.txt)")
   missing = [s for s in sequences if not os.path.isfile(os.path.join(gt_dir, s, "groundtruth.txt"))]
   if missing:
     raise MetricInputError(f"{gt_dir}: no <seq>/groundtruth.txt for sequence(s) {missing}; "
@@ -87,7 +88,7 @@ def _loadtxt(path: str, what: str, **kw) -> np.ndarray:
     with warnings.catch_warnings():
       warnings.simplefilter("ignore")
       return np.loadtxt(path, **kw)
-  except ValueError as e:
+  except (ValueError, OverflowError) as e:
     raise MetricInputError(f"{path}: cannot read the {what} file ({e})") from None
 
 
@@ -120,7 +121,7 @@ def load_pred_ope(path: str) -> np.ndarray:
     with warnings.catch_warnings():
       warnings.simplefilter("ignore")
       pred = np.loadtxt(path, dtype=np.int64)
-  except ValueError as e:
+  except (ValueError, OverflowError) as e:
     raise MetricInputError(
         f"{path}: SAM2-Plus reads predictions with np.loadtxt(dtype=int), which fails here ({e}); "
         "write whitespace-separated integers 'x y w h' (no commas, no decimal points)") from None
@@ -131,7 +132,7 @@ def load_pred_ope(path: str) -> np.ndarray:
     raise MetricInputError(f"{path}: {pred.shape[1]} values per line; write 'x y w h'")
   if (pred[:, 2:] < 0).any():
     row = int(np.nonzero((pred[:, 2:] < 0).any(1))[0][0])
-    raise MetricInputError(f"{path}: negative width/height at line {row + 1} (the reference raises "
+    raise MetricInputError(f"{path}: negative width/height in data row {row + 1} (the reference raises "
                            "'Invalid results'); write 0 0 0 0 for a lost target")
   return pred
 
@@ -158,7 +159,7 @@ def repair_prediction(pred: np.ndarray, gt: np.ndarray, path: str = "prediction"
   bad = (pred[:, 2:] == 0).any(1) & (idx >= 1)
   if bad[n_gt:].any():
     row = n_gt + int(np.nonzero(bad[n_gt:])[0][0])
-    raise MetricInputError(f"{path}: zero-area box at line {row + 1}, past the {n_gt} GT frames; the "
+    raise MetricInputError(f"{path}: zero-area box in data row {row + 1}, past the {n_gt} GT frames; the "
                            "reference indexes the GT there and fails. Trim the file to the GT length")
   src = np.maximum.accumulate(np.where(bad, 0, idx))  # last row at or before i that is kept
   pred = pred[src][:n_gt]
@@ -211,11 +212,71 @@ def sequence_curves(iou, center, norm) -> Dict[str, np.ndarray]:
           "norm_precision": rate(norm[:, None] <= NORM_THRESHOLDS[None])}
 
 
+# torch's float32 sums (cascade_sum, 8-lane Vectorized<float>) accumulate in float32 in a fixed
+# order; following it keeps AUC/OP/precision bit-identical to the reference, not just within 1 ulp.
+_LANES, _ILP, _LEVELS = 8, 4, 4
+
+
+def _cascade_rows(rows: np.ndarray) -> np.ndarray:
+  """Float32 sum over axis 0 in the order of torch's multi_row_sum (sequential below 16 rows)."""
+  n = len(rows)
+  power = max(4, int(np.ceil(np.log2(n))) // _LEVELS if n > 1 else 0)
+  step, mask = 1 << power, (1 << power) - 1
+  acc = np.zeros((_LEVELS,) + rows.shape[1:], np.float32)
+  i = 0
+  while i + step <= n:
+    for _ in range(step):
+      acc[0] += rows[i]
+      i += 1
+    for j in range(1, _LEVELS):
+      acc[j] += acc[j - 1]
+      acc[j - 1] = 0
+      if i & (mask << (j * power)):
+        break
+  for r in rows[i:]:
+    acc[0] += r
+  for j in range(1, _LEVELS):
+    acc[0] += acc[j]
+  return acc[0]
+
+
+def _row_sum(rows: np.ndarray) -> np.ndarray:
+  """torch's row_sum: 4 interleaved cascades, the leftover rows added to the first, then combined."""
+  m = len(rows) // _ILP
+  parts = [_cascade_rows(rows[k:_ILP * m:_ILP]) if m else np.zeros(rows.shape[1:], np.float32)
+           for k in range(_ILP)]
+  for r in rows[_ILP * m:]:
+    parts[0] = parts[0] + r
+  for k in range(1, _ILP):
+    parts[0] = parts[0] + parts[k]
+  return parts[0]
+
+
+def torch_mean_rows_f32(x: np.ndarray) -> np.ndarray:
+  """`x.mean(0)` of a contiguous float32 [S, C] tensor: column blocks of 32 cascade over the rows,
+  the other columns go through row_sum; then a float32 division by S."""
+  x = np.asarray(x, np.float32)
+  c32 = x.shape[1] // (_ILP * _LANES) * (_ILP * _LANES)
+  total = np.concatenate([_cascade_rows(x[:, :c32]), _row_sum(x[:, c32:])])
+  return total / np.float32(len(x))
+
+
+def torch_mean_f32(x: np.ndarray) -> np.float32:
+  """`x.mean()` of a short contiguous float32 vector: 8-lane vector partials, scalar tail first."""
+  x = np.asarray(x, np.float32)
+  nv = len(x) // _LANES
+  lanes = _row_sum(x[:nv * _LANES].reshape(nv, _LANES)) if nv else np.zeros(_LANES, np.float32)
+  acc = np.float32(0)
+  for v in list(x[nv * _LANES:]) + list(lanes):
+    acc = np.float32(acc + v)
+  return np.float32(acc / np.float32(len(x)))
+
+
 def _ope_summary(curves: Dict[str, np.ndarray]) -> Tuple[Dict[str, float], Dict[str, np.ndarray]]:
   """Mean over sequences of the [S, K] float32 curves, x100, then AUC/OP/precision read-outs."""
-  mean = {k: (v.astype(np.float64).mean(0).astype(np.float32) * np.float32(100.0)) for k, v in curves.items()}
+  mean = {k: torch_mean_rows_f32(v) * np.float32(100.0) for k, v in curves.items()}
   succ = mean["success"]
-  scores = {"AUC": float(succ.astype(np.float64).mean().astype(np.float32)),
+  scores = {"AUC": float(torch_mean_f32(succ)),
             "OP50": float(succ[OP50_INDEX]), "OP75": float(succ[OP75_INDEX]),
             "Precision": float(mean["precision"][PRECISION_INDEX]),
             "Norm Precision": float(mean["norm_precision"][PRECISION_INDEX])}
@@ -239,7 +300,8 @@ def score_ope(gt_dir: str, pred_dir: str, *, visibility: bool = False,
   protocol = "sam2plus_sot_benchmark_visibility" if visibility else "sam2plus_sot_benchmark"
   return make_report("box", protocol, overall, per_seq, units="percent (avg_overlap as fraction)",
                      curves_overall={k: v.tolist() for k, v in mean.items()},
-                     curves_per_sequence={s: {k: v.tolist() for k, v in c.items()} for s, c in seq_curves.items()},
+                     curves_per_sequence={s: {k: v.tolist() for k, v in c.items()}
+                                          for s, c in seq_curves.items()},
                      per_frame=per_frame,
                      thresholds={"overlap": OVERLAP_THRESHOLDS.tolist(),
                                  "center_px": CENTER_THRESHOLDS.tolist(),
@@ -252,7 +314,7 @@ def _ope_sequence(gt_dir: str, pred_dir: str, seq: str, visibility: bool):
   gt = load_gt(gt_path)
   if np.isnan(gt).any():
     row = int(np.nonzero(np.isnan(gt).any(1))[0][0])
-    raise MetricInputError(f"{gt_path}: NaN at line {row + 1}; SAM2-Plus raises 'NaNs in annotation'. "
+    raise MetricInputError(f"{gt_path}: NaN in data row {row + 1}; SAM2-Plus raises 'NaNs in annotation'. "
                            "Write absent frames as 0,0,0,0")
   path = _pred_path(pred_dir, seq)
   pred = repair_prediction(load_pred_ope(path), gt, path)

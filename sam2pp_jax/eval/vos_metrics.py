@@ -142,13 +142,15 @@ def _boundary_f(pred: np.ndarray, gt: np.ndarray, kernel: np.ndarray) -> float:
 
 
 def _counts(gt: np.ndarray, pred: np.ndarray, ids: Sequence[int]):
-  """Per id: |G ∩ P|, |G|, |P| via one joint histogram of the two id maps."""
-  g = gt.astype(np.int64).ravel()
-  p = pred.astype(np.int64).ravel()
-  m = int(max(g.max(initial=0), p.max(initial=0), max(ids, default=0))) + 1
-  joint = np.bincount(g * m + p, minlength=m * m).reshape(m, m)
-  ids = np.asarray(list(ids), np.int64)
-  return joint[ids, ids], joint.sum(1)[ids], joint.sum(0)[ids]
+  """Per id: |G ∩ P|, |G|, |P|, plus the boolean masks (reused for the boundary measure)."""
+  inter, ng, np_, masks = [], [], [], []
+  for obj in ids:
+    gm, pm = gt == obj, pred == obj
+    inter.append(np.count_nonzero(gm & pm))
+    ng.append(np.count_nonzero(gm))
+    np_.append(np.count_nonzero(pm))
+    masks.append((gm, pm))
+  return np.array(inter), np.array(ng), np.array(np_), masks
 
 
 def _jaccard(inter, g, p) -> np.ndarray:
@@ -191,8 +193,8 @@ def _davis_sequence(gt_root: str, pred_root: str, seq: str):
     raise MetricInputError(
         f"{gt_dir}: {len(names)} ground-truth PNG(s); davis2017 scores frames 1..N-2 and needs "
         "at least 3 annotated frames")
-  first = _read_ids(os.path.join(gt_dir, names[0])).astype(np.int64)
-  first[first == 255] = 0
+  first = _read_ids(os.path.join(gt_dir, names[0]))
+  first = np.where(first == 255, 0, first)
   k = int(first.max())
   scored = names[1:-1]
   gts, preds = [], []
@@ -201,13 +203,12 @@ def _davis_sequence(gt_root: str, pred_root: str, seq: str):
     if not os.path.isfile(pp):
       raise MetricInputError(f"{pp}: prediction missing for scored frame {n} of {seq}; "
                              "davis2017 needs a PNG for every frame except the first and last")
-    g = _read_ids(os.path.join(gt_dir, n)).astype(np.int64)
-    p = _read_ids(pp).astype(np.int64)
+    g = _read_ids(os.path.join(gt_dir, n))
+    p = _read_ids(pp)
     if g.shape != p.shape:
       raise MetricInputError(f"{pp}: size {p.shape[::-1]} differs from the ground truth "
                              f"{g.shape[::-1]} (W, H)")
-    g[g == 255] = 0
-    gts.append(g)
+    gts.append(np.where(g == 255, 0, g))
     preds.append(p)
   max_pred = max(int(p.max()) for p in preds)
   if max_pred > k:
@@ -220,10 +221,10 @@ def _davis_sequence(gt_root: str, pred_root: str, seq: str):
   if k:
     kernel = disk(boundary_radius(gts[0].shape))
     for t, (g, p) in enumerate(zip(gts, preds)):
-      inter, ng, np_ = _counts(g, p, ids)
+      inter, ng, np_, masks = _counts(g, p, ids)
       j[:, t] = _jaccard(inter, ng, np_)
-      for i, obj in enumerate(ids):
-        f[i, t] = _boundary_f(p == obj, g == obj, kernel)
+      for i, (gm, pm) in enumerate(masks):
+        f[i, t] = _boundary_f(pm, gm, kernel)
   return [n[:-4] for n in scored], j, f
 
 
@@ -267,6 +268,15 @@ def score_davis2017(gt_dir: str, pred_dir: str, *, sequences: Optional[Sequence[
 
 
 # ----------------------------------------------------------------------------- sav_benchmark
+def _present_ids(a: np.ndarray):
+  """Sorted distinct values (np.unique without the sort for small unsigned ids)."""
+  if a.dtype == np.uint8:
+    import cv2
+    hist = cv2.calcHist([np.ascontiguousarray(a)], [0], None, [256], [0, 256])
+    return np.flatnonzero(np.ravel(hist)).tolist()
+  return [int(v) for v in np.unique(a)]
+
+
 class _GrowingObjects:
   """sav_benchmark's per-video accumulator: ids join when first seen in GT or prediction."""
 
@@ -276,18 +286,18 @@ class _GrowingObjects:
     self.f: Dict[int, list] = {}
 
   def feed(self, pred: np.ndarray, gt: np.ndarray, kernel: np.ndarray) -> None:
-    g_ids = [int(v) for v in np.unique(gt) if v != 0]
-    p_ids = [int(v) for v in np.unique(pred) if v != 0]
+    g_ids = [v for v in _present_ids(gt) if v != 0]
+    p_ids = [v for v in _present_ids(pred) if v != 0]
     self.in_gt.update(g_ids)
     self.in_pred.update(p_ids)
     objs = sorted(self.in_gt | self.in_pred)
     if not objs:
       return
-    inter, ng, np_ = _counts(gt, pred, objs)
+    inter, ng, np_, masks = _counts(gt, pred, objs)
     jv = _jaccard(inter, ng, np_)
     for i, obj in enumerate(objs):
       self.j.setdefault(obj, []).append(float(jv[i]))
-      self.f.setdefault(obj, []).append(_boundary_f(pred == obj, gt == obj, kernel))
+      self.f.setdefault(obj, []).append(_boundary_f(masks[i][1], masks[i][0], kernel))
 
   def conclude(self):
     return {o: (float(np.mean(self.j[o])) * 100, float(np.mean(self.f[o])) * 100)
@@ -298,16 +308,16 @@ def _sav_pair(gt_path: str, pred_path: str, sav_format: bool):
   if not os.path.isfile(pred_path):
     raise MetricInputError(f"{pred_path}: prediction missing (sav_benchmark needs every scored "
                            "ground-truth frame)")
-  g = _read_ids(gt_path).astype(np.int64)
-  p = _read_ids(pred_path).astype(np.int64)
+  g = _read_ids(gt_path)
+  p = _read_ids(pred_path)
   if g.shape != p.shape:
     raise MetricInputError(f"shape mismatch: {gt_path} {g.shape} vs {pred_path} {p.shape}")
   if sav_format:
     for arr, path in ((g, gt_path), (p, pred_path)):
-      if np.unique(arr).size > 2:
+      if len(_present_ids(arr)) > 2:
         raise MetricInputError(f"{path}: more than one object id; the SA-V layout holds one "
                                "object per PNG")
-    g, p = (g > 0).astype(np.int64), (p > 0).astype(np.int64)
+    g, p = (g > 0).astype(np.uint8), (p > 0).astype(np.uint8)
   return g, p
 
 
