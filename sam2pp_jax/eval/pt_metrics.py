@@ -1,4 +1,4 @@
-"""Point-tracking scores (TAP-Vid "first" mode and BADJA PCK) exactly as the official toolkits compute them.
+"""Point-tracking scores (TAP-Vid "first" mode, BADJA PCK) exactly as the official toolkits compute.
 
 Files: gt/<seq>.npz and pred/<seq>.npz with trajs_2d [T,N,2] (x, y px), visibs [T,N], size (W, H);
 PCK also reads gt/Annotations/<seq>/*.png (> 0 = object; a `Points` folder may sit next to
@@ -11,7 +11,8 @@ Protocols (report `protocol` / units):
     coordinates x*256/W, y*256/H.
   sam2plus_pck (percent): SAM2-Plus evaluate_pck_from_npz; points at 512x320, masks resized by
     torch-style nearest to 320x512, a GT-visible point of frames 1..T-1 is correct when its float32
-    distance < 0.2*sqrt(mask area). Dataset values are plain means over videos.
+    distance < 0.2*sqrt(mask area). Mask folders: *.png sorted by name (the reference opens
+    every file there). Dataset values are plain means over videos.
 
 Refused (MetricInputError), because the reference raises or produces garbage:
   no gt/*.npz or an empty sequence list; a missing or unreadable gt/pred npz; a missing key
@@ -132,9 +133,9 @@ def _scored_points(gt_vis: np.ndarray) -> np.ndarray:
 
 
 def _divide(num: int, den: int, zero_if_empty: bool) -> float:
-  """SAM2-Plus guards empty denominators with 0; tapnet lets numpy make 0/0 = NaN."""
+  """SAM2-Plus guards empty denominators with 0; tapnet lets numpy make 0/0 = NaN (num <= den)."""
   if den == 0:
-    return 0.0 if zero_if_empty else (np.nan if num == 0 else np.copysign(np.inf, num))
+    return 0.0 if zero_if_empty else np.nan
   return num / den
 
 
@@ -173,7 +174,7 @@ def _truncate_like_int_cast(x: np.ndarray) -> np.ndarray:
 
 
 def _to_256(xy: np.ndarray, size: np.ndarray, truncate: bool) -> np.ndarray:
-  """SAM2-Plus: trunc(x) / W * 256; tapnet input as converted by the reference cases: x * 256 / W."""
+  """SAM2-Plus: trunc(x) / W * 256; tapnet, as the reference cases convert: x * 256 / W."""
   wh = size.reshape(2).astype(np.float64)
   if truncate:
     return _truncate_like_int_cast(xy) / wh * TAPVID_SCALE
@@ -237,7 +238,7 @@ def _mask_dir(gt_dir: str, seq: str) -> str:
 
 
 def mask_areas(gt_dir: str, seq: str, num_frames: int, size_wh) -> np.ndarray:
-  """Object pixels per frame after the nearest resize to 320x512 (float32, as the reference sums)."""
+  """Object pixels per frame after the nearest resize to 320x512 (float32, as torch sums)."""
   folder = _mask_dir(gt_dir, seq)
   names = sorted(n for n in os.listdir(folder) if n.lower().endswith(".png"))
   if len(names) != num_frames:
@@ -267,7 +268,7 @@ def _to_pck_frame(xy: np.ndarray, size: np.ndarray) -> np.ndarray:
 
 
 def pck_counts(gt_xy, gt_vis, pred_xy, areas):
-  """(correct, scored) over GT-visible points of frames 1..T-1; float32 distance < 0.2*sqrt(area)."""
+  """(correct, scored) over GT-visible points of frames 1..T-1: float32 dist < 0.2*sqrt(area)."""
   diff = np.asarray(pred_xy, np.float32) - np.asarray(gt_xy, np.float32)
   dist = np.sqrt(diff[..., 0] * diff[..., 0] + diff[..., 1] * diff[..., 1])
   thr = PCK_FRACTION * np.sqrt(np.asarray(areas, np.float32))

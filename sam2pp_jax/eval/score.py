@@ -91,8 +91,9 @@ def format_table(report: dict, max_rows: int = 50) -> str:
   units = report.get("units")
   lines = [f"{report['task']} / {report['protocol']}" + (f"  ({units})" if units else "")]
   keys = list(overall)
-  lines.append("  ".join(f"{k:>12}" for k in keys))
-  lines.append("  ".join(f"{_fmt(overall[k]):>12}" for k in keys))
+  wd = {k: max(10, len(k)) for k in keys}
+  lines.append("  ".join(f"{k:>{wd[k]}}" for k in keys))
+  lines.append("  ".join(f"{_fmt(overall[k]):>{wd[k]}}" for k in keys))
   seqs = report.get("per_sequence", {})
   if seqs:
     cols = []
@@ -102,13 +103,14 @@ def format_table(report: dict, max_rows: int = 50) -> str:
           cols.append(k)
     width = max(8, min(28, max(len(s) for s in seqs)))
     lines.append("")
-    lines.append(f"{'sequence':<{width}}  " + "  ".join(f"{k:>12}" for k in cols))
+    wc = {k: max(10, len(k)) for k in cols}
+    lines.append(f"{'sequence':<{width}}  " + "  ".join(f"{k:>{wc[k]}}" for k in cols))
     for i, (name, v) in enumerate(seqs.items()):
       if i == max_rows:
         lines.append(f"... {len(seqs) - max_rows} more sequences in the JSON")
         break
       vals = _scalars(v) if isinstance(v, dict) else {}
-      lines.append(f"{name[:width]:<{width}}  " + "  ".join(f"{_fmt(vals.get(k, '')):>12}"
+      lines.append(f"{name[:width]:<{width}}  " + "  ".join(f"{_fmt(vals.get(k, '')):>{wc[k]}}"
                                                          for k in cols))
   return "\n".join(lines)
 
