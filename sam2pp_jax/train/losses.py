@@ -22,7 +22,7 @@ Reference behaviours kept on purpose (they change numbers, so parity needs them)
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -210,7 +210,8 @@ def soft_argmax(logits, size: int):
 
 
 def _option(cfg: Mapping, key: str):
-  value = cfg.get(key, None) if hasattr(cfg, "get") else None
+  """A config option, or the reference class's default when the config leaves it out."""
+  value = cfg.get(key, None)
   return OPTION_DEFAULTS[key] if value is None else value
 
 
@@ -260,6 +261,8 @@ def multistep_loss(outputs: Mapping[str, jax.Array], targets: Mapping[str, jax.A
     multistep_pred_ious                 [T, S, N, M]
     multistep_object_score_logits       [T, S, N, 1]
     multistep_pred_multiboxes_xyxy_norm [T, S, N, M, 4]   (box task; xyxy / image size)
+  N is every object of the batch (several clips: flatten clips x objects, as the reference's
+  bs_obj axis does).
   targets: masks [T, N, H, W] (bool or soft float), boxes [T, N, 4] xyxy pixels (box),
     points [T, N, 2] xy pixels (point), visibles [T, N] (box and point; the mask task reads
     presence off the mask).
