@@ -125,6 +125,8 @@ class SAM2Plus(nn.Module):
 
     vision [B,h,w,C] is the (memory-conditioned) S/16 embedding; points [B,P,2] in model pixels
     with labels [B,P] (None -> one not-a-point token); mask_prompt [B,H',W',1] logits or None.
+    multimask_output may be a traced bool (training): then M candidates are always returned,
+    the single-mask case as M copies of candidate 0.
     """
     _check_task(task)
     b = vision.shape[0]
@@ -148,7 +150,8 @@ class SAM2Plus(nn.Module):
       boxes = jnp.where(is_obj[:, :, None], boxes, 0.0)
     ious = dec["iou_pred"]
     tokens = dec["sam_tokens_out"]
-    if multimask_output:
+    if not isinstance(multimask_output, bool) or multimask_output:
+      # (a traced multimask_output gives M padded candidates; see the decoder)
       best = jnp.argmax(ious, axis=-1)
       pick = lambda x: jnp.take_along_axis(x, best.reshape((b,) + (1,) * (x.ndim - 1)), axis=1)
       low_res = pick(masks)

@@ -142,6 +142,18 @@ class UnifiedDecoder(nn.Module):
     iou_pred = self.iou_prediction_head(iou_token_out)
     object_score_logits = self.pred_obj_score_head(hs[:, 0])
 
+    if not isinstance(multimask_output, bool):
+      # traced switch (training): always M candidates; the single-mask case repeats token 0's
+      # output in every slot, so an arg-max over IoUs still picks it
+      multi = jnp.asarray(multimask_output, bool)
+      m = self.num_mask_tokens - 1
+      pick = lambda a: jnp.where(multi, a[:, 1:], jnp.repeat(a[:, 0:1], m, axis=1))
+      masks, iou_pred = pick(masks), pick(iou_pred)
+      boxes = None if boxes is None else pick(boxes)
+      sam_tokens_out = (pick(mask_tokens_out) if self.use_multimask_token_for_obj_ptr
+                        else jnp.repeat(mask_tokens_out[:, 0:1], m, axis=1))
+      return {"masks": masks, "iou_pred": iou_pred, "sam_tokens_out": sam_tokens_out,
+              "object_score_logits": object_score_logits, "boxes": boxes}
     sel = slice(1, None) if multimask_output else slice(0, 1)
     masks, iou_pred = masks[:, sel], iou_pred[:, sel]
     if boxes is not None:

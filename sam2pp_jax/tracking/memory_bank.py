@@ -92,13 +92,16 @@ class MemoryBank:
 
   # ---------------------------------------------------------------------------------------
   def select(self, t, num_frames: int, tpos_table,
-             ptr_pos_encoding: Callable[[jax.Array, float], jax.Array], reverse=False):
+             ptr_pos_encoding: Callable[[jax.Array, float], jax.Array], reverse=False,
+             future_cond_ptrs: bool = False):
     """Memory tokens for frame t: (memory [B,M,Cm], pos [B,M,Cm], mask [B,M] bool).
 
     tpos_table [num_maskmem, Cm] = maskmem_tpos_enc; ptr_pos_encoding(rel_pos [N], t_diff_max)
     -> [N,Cm]. Spatial slots come first (whole frames), the static pointer tokens last.
     reverse (bool, may be traced): tracking backwards in time, so "past" frames are those
     after t and every distance is measured as (frame - t); pointer offsets keep that sign.
+    future_cond_ptrs (static): also use pointers of conditioning frames after t (the reference
+    does so in training; only_obj_ptrs_in_the_past_for_eval applies at inference).
     """
     t = jnp.asarray(t, jnp.int32)
     sign = jnp.where(jnp.asarray(reverse), -1, 1).astype(jnp.int32)
@@ -124,7 +127,7 @@ class MemoryBank:
     d_ptr = (t - self.ptr_frame) * sign
     ptr_ok = (self.ptr_frame != EMPTY) & (d_ptr >= 1) & (d_ptr <= max_ptrs - 1)
     d_cond = (t - self.cond_frame) * sign
-    cond_ptr_ok = cond_ok & (d_cond >= 0)          # only pointers from the past (eval rule)
+    cond_ptr_ok = cond_ok if future_cond_ptrs else cond_ok & (d_cond >= 0)
     rel = jnp.concatenate([d_cond, d_ptr]).astype(jnp.float32)
     rel = jnp.where(jnp.concatenate([cond_ptr_ok, ptr_ok]), rel, 0.0)
     ptr_pe = ptr_pos_encoding(rel, t_diff_max)                      # [K+P, Cm]
