@@ -14,8 +14,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	@touch $(STAMP)
 
+DEMO_SEED ?= 0
 demo: $(STAMP)
-	$(BIN)/python -m sam2pp_jax.demo
+	$(BIN)/python -m sam2pp_jax.demo --seed $(DEMO_SEED)
 
 # pytest exit 5 = no tests collected: a failure for the default suite, fine for the slow one.
 test: $(STAMP)

@@ -1,97 +1,162 @@
-"""`make demo`: what the project can do today, end to end on the built-in defaults.
+"""`make demo`: the main job on the built-in default, end to end.
 
-Today (core model): builds the tiny model, runs a prompted frame and a memory-conditioned
-frame for each task on a synthetic clip, then runs the block-by-block PyTorch parity check on
-the dev fixtures when ../shared/parity is present. Training, full-video tracking and scoring
-join this demo as the tracker, eval and train issues land.
+1. train the `tiny` preset from scratch on synthetic multi-granularity video (configs/train.py:
+   demo, at most 10 minutes of training steps on this CPU; compilation is not counted);
+2. generate held-out synthetic videos from a different seed (`DEMO_SEED`), as hard as the
+   training ones (textures, distractors, motion, scale change, deformation, occlusion);
+3. track every held-out video at all three granularities with track.py (mask from the frame-0
+   masks, box from object 1's frame-0 box, points from the frame-0 keypoints), overlay videos
+   for the first one;
+4. score with eval.py (davis2017 J&F, OPE success AUC, TAP-Vid delta_avg) and print
+   `demo: J&F=<x> AUC=<x> delta_avg=<x> train_minutes=<x>`.
+
+  python -m sam2pp_jax.demo [--seed N] [--videos K] [--workdir DIR] [--train-minutes M]
 """
 
 from __future__ import annotations
 
+import argparse
+import os
+import shutil
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-
-def synthetic_clip(seed: int, frames: int, size: int):
-  """A bright ellipse drifting over a noisy textured background: uint8 video + bool masks."""
-  rng = np.random.default_rng(seed)
-  yy, xx = np.mgrid[:size, :size].astype(np.float32)
-  bg = (rng.random((size, size, 3)) * 80 + 40).astype(np.float32)
-  cx, cy = rng.uniform(0.3, 0.5, 2) * size
-  vx, vy = rng.uniform(0.5, 1.5, 2)
-  video, masks = [], []
-  for t in range(frames):
-    m = ((xx - cx - vx * t) / (0.18 * size)) ** 2 + ((yy - cy - vy * t) / (0.12 * size)) ** 2 <= 1
-    img = np.roll(bg, t, axis=1).copy()
-    img[m] = (230, 200, 60)
-    video.append(np.clip(img + rng.normal(0, 4, img.shape), 0, 255).astype(np.uint8))
-    masks.append(m)
-  return np.stack(video), np.stack(masks)
+TRAIN_SEED_OFFSET = 0            # training videos: synthetic seeds derived from the train seed
+HELD_OUT_BASE = 1_000_003        # held-out videos: generate_dataset(HELD_OUT_BASE + DEMO_SEED)
 
 
-def _tiny_model_demo(seed: int = 0) -> None:
-  from sam2pp_jax.model.sam2pp import build_model, init_params
-  model = build_model("tiny")
-  s = model.image_size
-  params = init_params(model, jax.random.key(seed))
-  video, masks = synthetic_clip(seed, 2, s)
-  mean = np.array([0.485, 0.456, 0.406], np.float32)
-  std = np.array([0.229, 0.224, 0.225], np.float32)
-  x = jnp.asarray((video / 255.0 - mean) / std, jnp.float32)
-  ys, xs = np.nonzero(masks[0])
-  for task in ("mask", "box", "point"):
-    ap = lambda *a, **k: model.apply({"params": params}, *a, **k)
-    f = ap(x, task=task, method="encode_image")
-    v0 = f["vision"][:1]
-    if task == "box":
-      pts = jnp.array([[[xs.min(), ys.min()], [xs.max(), ys.max()]]], jnp.float32)
-      o = ap(ap(v0, method="no_memory_features"), f["s0"][:1], f["s1"][:1], pts,
-             jnp.array([[2, 3]], jnp.int32), task=task, multimask_output=True, method="sam_heads")
-    else:
-      from sam2pp_jax.tracking.prompts import gaussian_point_mask
-      px, py = float(xs.mean()), float(ys.mean())
-      m0 = masks[0].astype(np.float32) if task == "mask" else gaussian_point_mask(px, py, (s, s))
-      o = ap(v0, f["s0"][:1], f["s1"][:1], jnp.asarray(m0)[None], jnp.array([[[px, py]]]),
-             jnp.ones((1, 1), jnp.int32), task=task, method="prompt_as_output")
-    mem, mpos = ap(v0, o["high_res_masks"], o["object_score_logits"], task=task,
-                   method="encode_memory")
-    cm = model.config.mem_dim
-    ptr = o["obj_ptr"].reshape(1, -1, cm)
-    memory = jnp.concatenate([mem.reshape(1, -1, cm), ptr], axis=1)
-    tpos = ap(jnp.array([1.0]), 1.0, method="obj_ptr_pos_encoding")
-    mpos = mpos.reshape(1, -1, cm) + ap(model.config.num_maskmem - 1, method="memory_time_encoding")
-    pos = jnp.concatenate([mpos, jnp.broadcast_to(tpos[None], ptr.shape)], axis=1)
-    cond = ap(f["vision"][1:], f["vision_pos"][1:], memory, pos, task=task,
-              num_obj_ptr_tokens=ptr.shape[1], method="condition_on_memory")
-    o1 = ap(cond, f["s0"][1:], f["s1"][1:], task=task, multimask_output=True, method="sam_heads")
-    extra = f" box={np.round(np.asarray(o1['boxes'][0]), 3).tolist()}" if task == "box" else ""
-    print(f"  {task:5s}: frame0 score={float(o['object_score_logits'][0, 0]):+.2f} "
-          f"frame1 score={float(o1['object_score_logits'][0, 0]):+.2f} "
-          f"ious={np.round(np.asarray(o1['ious'][0]), 3).tolist()}{extra}")
+def _repo_root() -> str:
+  return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def main() -> int:
-  jax.config.update("jax_default_matmul_precision", "highest")
+def held_out_videos(seed: int, count: int, frames: int = 24, size: int = 96):
+  """The evaluation videos: same generator and difficulty as training, disjoint seeds."""
+  from sam2pp_jax.data import synthetic
+  return list(synthetic.generate_dataset(HELD_OUT_BASE + int(seed), count, num_frames=frames,
+                                         height=size, width=size, difficulty="normal"))
+
+
+def write_held_out(root: str, videos) -> dict:
+  """Frames as JPEG folders plus each task's prompt and ground truth in the scorers' layouts."""
+  import cv2
+  from sam2pp_jax.data.video_io import atomic_write_bytes, save_palette_png
+  from sam2pp_jax.tracking.outputs import write_points_npz
+  paths = {"videos": [], "gt_mask": os.path.join(root, "gt_mask"),
+           "gt_box": os.path.join(root, "gt_box"), "gt_point": os.path.join(root, "gt_point")}
+  for name, v in videos:
+    vd = os.path.join(root, "videos", name)
+    os.makedirs(vd, exist_ok=True)
+    for t, f in enumerate(v["frames"]):
+      cv2.imwrite(os.path.join(vd, f"{t:05d}.jpg"), f[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])
+    paths["videos"].append((name, vd))
+    t_, h, w = v["masks"].shape
+    # mask: palette PNGs of visible objects; the prompt is frame 0
+    md = os.path.join(paths["gt_mask"], "Annotations", name)
+    os.makedirs(md, exist_ok=True)
+    for t in range(t_):
+      save_palette_png(os.path.join(md, f"{t:05d}.png"), v["masks"][t].astype(np.uint8))
+    # box: object 1, GOT-10k layout (absent frames 0,0,0,0 + absence/cover labels)
+    bd = os.path.join(paths["gt_box"], name)
+    os.makedirs(bd, exist_ok=True)
+    b = v["boxes_xywh"][:, 0].astype(np.float64)
+    vis = v["visible"][:, 0] & np.isfinite(b).all(1)
+    b = np.where(vis[:, None], b, 0.0)
+    atomic_write_bytes(os.path.join(bd, "groundtruth.txt"),
+                       "".join(",".join(f"{x:.4f}" for x in row) + "\n" for row in b).encode())
+    atomic_write_bytes(os.path.join(bd, "absence.label"),
+                       "".join(f"{int(not x)}\n" for x in vis).encode())
+    atomic_write_bytes(os.path.join(bd, "cover.label"),
+                       "".join(f"{8 if x else 0}\n" for x in vis).encode())
+    atomic_write_bytes(os.path.join(bd, "cut_by_image.label"), ("0\n" * t_).encode())
+    atomic_write_bytes(os.path.join(bd, "meta_info.ini"),
+                       f"[METAINFO]\nresolution: ({w}, {h})\n".encode())
+    # point: every keypoint of the objects, TAP-Vid npz (query = first visible frame)
+    pts = v["points_xy"].reshape(t_, -1, 2)
+    pvis = v["point_visible"].reshape(t_, -1)
+    keep = pvis[0]                          # tracks queried on frame 0 (online protocol)
+    os.makedirs(paths["gt_point"], exist_ok=True)
+    write_points_npz(os.path.join(paths["gt_point"], name + ".npz"), pts[:, keep], pvis[:, keep],
+                     (w, h))
+  names = [n for n, _ in videos]
+  atomic_write_bytes(os.path.join(paths["gt_box"], "list.txt"),
+                     "".join(n + "\n" for n in names).encode())
+  return paths
+
+
+def track_all(ckpt: str, paths: dict, out: str, quiet: bool) -> dict:
+  """track.py (in-process, so compiled functions are reused) for every video and task."""
+  import track
+  outs = {t: os.path.join(out, f"pred_{t}") for t in ("mask", "box", "point")}
+  for i, (name, vd) in enumerate(paths["videos"]):
+    viz = ["--viz"] if i == 0 else []
+    q = ["--quiet"] if quiet else []
+    rc = track.main(["--checkpoint", ckpt, "--video", vd, "--task", "mask", "--prompt",
+                     os.path.join(paths["gt_mask"], "Annotations", name, "00000.png"),
+                     "--out", outs["mask"], *viz, *q])
+    b = np.loadtxt(os.path.join(paths["gt_box"], name, "groundtruth.txt"), delimiter=",")[0]
+    box = f"{b[0]},{b[1]},{b[0] + b[2]},{b[1] + b[3]}"
+    rc |= track.main(["--checkpoint", ckpt, "--video", vd, "--task", "box", "--prompt", box,
+                      "--out", outs["box"], *viz, *q])
+    rc |= track.main(["--checkpoint", ckpt, "--video", vd, "--task", "point", "--prompt",
+                      os.path.join(paths["gt_point"], name + ".npz"), "--out", outs["point"],
+                      *viz, *q])
+    if rc:
+      raise RuntimeError(f"track.py failed on {name}")
+  return outs
+
+
+def score_all(paths: dict, outs: dict) -> dict:
+  from sam2pp_jax.eval.score import format_table, score
+  r_mask = score("mask", "davis2017", paths["gt_mask"], outs["mask"])
+  r_box = score("box", "ope", paths["gt_box"], outs["box"])
+  r_pt = score("point", "tapvid", paths["gt_point"], outs["point"])
+  for r in (r_mask, r_box, r_pt):
+    print(format_table(r, max_rows=8))
+    print()
+  return {"J&F": r_mask["overall"]["J&F-Mean"], "AUC": r_box["overall"]["AUC"] / 100.0,
+          "delta_avg": r_pt["overall"]["average_pts_within_thresh"]}
+
+
+def main(argv=None) -> int:
+  ap = argparse.ArgumentParser(prog="python -m sam2pp_jax.demo", description=__doc__.split("\n")[0])
+  ap.add_argument("--seed", type=int, default=int(os.environ.get("DEMO_SEED", "0")),
+                  help="seed of the held-out videos (env DEMO_SEED)")
+  ap.add_argument("--videos", type=int, default=6, help="held-out videos per task")
+  ap.add_argument("--workdir", default=os.path.join(_repo_root(), ".demo"))
+  ap.add_argument("--train-minutes", type=float, default=10.0)
+  ap.add_argument("--quiet", action="store_true")
+  args = ap.parse_args(argv)
+  sys.path.insert(0, _repo_root())
+  from absl import logging as absl_logging
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  from configs.train import get_config
+  from sam2pp_jax.train.trainer import train
+
   t0 = time.time()
-  print("[1/2] tiny SAM 2++ (random weights) on a synthetic clip, all three tasks")
-  _tiny_model_demo()
-  from sam2pp_jax.parity.fixture import parity_dir
-  d = parity_dir()
-  rc = 0
-  if d is None:
-    print("[2/2] parity fixtures not found (../shared/parity or $SAM2PP_PARITY_DIR): skipped")
-  else:
-    fixtures = sorted(str(p) for p in d.glob("dev_*.npz"))
-    print(f"[2/2] block-by-block PyTorch parity on {len(fixtures)} dev fixtures")
-    from sam2pp_jax.parity.__main__ import main as parity_main
-    rc = parity_main(["--components", *fixtures])
-  print(f"demo finished in {time.time() - t0:.0f}s "
-        "(training, full-video tracking and scoring arrive with the tracker/eval/train issues)")
-  return rc
+  if os.path.isdir(args.workdir):
+    shutil.rmtree(args.workdir)
+  cfg = get_config("demo")
+  cfg.max_train_minutes = float(args.train_minutes)
+  print(f"demo: training the tiny model on synthetic video for <= {args.train_minutes:g} "
+        "minutes (plus compilation)", flush=True)
+  summary = train(cfg, os.path.join(args.workdir, "train"), quiet=args.quiet)
+  train_minutes = summary["train_seconds"] / 60.0
+  print(f"demo: {summary['step']} steps in {train_minutes:.2f} train minutes "
+        f"(+{summary['compile_seconds']:.0f} s compile)", flush=True)
+
+  data = os.path.join(args.workdir, "heldout")
+  paths = write_held_out(data, held_out_videos(args.seed, args.videos))
+  print(f"demo: tracking {args.videos} held-out videos (seed {args.seed}) at three "
+        "granularities", flush=True)
+  outs = track_all(summary["model_dir"], paths, os.path.join(args.workdir, "results"), args.quiet)
+  scores = score_all(paths, outs)
+  print(f"demo: overlays in {os.path.join(args.workdir, 'results')}/pred_*/*_overlay.mp4; "
+        f"total {(time.time() - t0) / 60:.1f} min")
+  print(f"demo: J&F={scores['J&F']:.3f} AUC={scores['AUC']:.3f} "
+        f"delta_avg={scores['delta_avg']:.3f} train_minutes={train_minutes:.2f}")
+  return 0
 
 
 if __name__ == "__main__":
