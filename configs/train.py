@@ -45,6 +45,7 @@ def _base(preset: str) -> ml_collections.ConfigDict:
 def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
   if arg == "reference":
     c = _base("b+")
+    c.prompts.remat = True        # activation memory: recompute per-frame steps and the encoder
     c.optim.total_steps = c.total_steps
     return c
   if arg in ("demo", "test"):

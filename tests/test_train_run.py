@@ -48,7 +48,11 @@ def _run(workdir, *extra, devices=None, timeout=1500):
 
 
 def test_eight_devices_match_one_device(tmp_path):
-  extra = ("--config.data.global_batch=8", "--config.total_steps=20")
+  # A small lr keeps both runs in the regime where float reduction-order differences (1e-7 at
+  # step 1) are not amplified by training dynamics and discrete choices (at lr 1e-3 they grow
+  # to ~1e-2 by step 14); the data-parallel program itself is what is compared.
+  extra = ("--config.data.global_batch=8", "--config.total_steps=20",
+           "--config.optim.base_lr=1e-5", "--config.optim.vision_lr=1e-5")
   one = _run(tmp_path / "d1", *extra, devices=1)
   eight = _run(tmp_path / "d8", *extra, devices=8)
   assert [s for s, _, _ in one] == list(range(1, 21)) == [s for s, _, _ in eight]

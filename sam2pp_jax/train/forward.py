@@ -45,6 +45,7 @@ def default_prompt_config() -> ml_collections.ConfigDict:
       prob_to_sample_from_gt=0.1,      # prob_to_sample_from_gt_for_train
       box_noise=0.1, box_noise_bound=20.0,   # SAM defaults of sample_(noised_)box_points
       point_radius=5, point_sigma=2.0,       # Gaussian prompt/target (inference values)
+      remat=False,                           # recompute frame steps / encoder in backward
   ))
 
 
@@ -281,8 +282,10 @@ def clip_forward(model, params, batch, key, *, task: str, cfg) -> Dict[str, jax.
   n = b * o_
   s = int(c.image_size)
 
-  feats = _apply(model, params, "encode_image", frames.reshape((b * t_,) + frames.shape[2:]),
-                 task=task)
+  encode = lambda p, x: _apply(model, p, "encode_image", x, task=task)
+  if cfg.get("remat", False):
+    encode = jax.checkpoint(encode)
+  feats = encode(params, frames.reshape((b * t_,) + frames.shape[2:]))
   per_obj = lambda a: jnp.repeat(a.reshape((b, t_) + a.shape[1:]), o_, axis=0).swapaxes(0, 1)
   feats = {k: per_obj(feats[k]) for k in FEATURE_KEYS}          # [T,N,...]
   flat = lambda a: a.swapaxes(1, 2).reshape((n, t_) + a.shape[3:]).swapaxes(0, 1)  # [T,N,...]
@@ -326,7 +329,7 @@ def clip_forward(model, params, batch, key, *, task: str, cfg) -> Dict[str, jax.
     bank = jax.tree.map(lambda a, b_: jnp.where(x["write_cond"], a, b_), as_cond, as_ring)
     return bank, recs
 
-  _, steps = jax.lax.scan(step, bank, xs)
+  _, steps = jax.lax.scan(jax.checkpoint(step) if cfg.get("remat", False) else step, bank, xs)
   out = {
       "multistep_pred_multimasks_high_res": steps["masks"],       # [T,S,N,M,S,S]
       "multistep_pred_ious": steps["ious"],                        # [T,S,N,M]
