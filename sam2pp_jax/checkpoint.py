@@ -127,6 +127,8 @@ def save_model(directory, params, config, *, overwrite: bool = False) -> str:
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=os.path.basename(final) + ".tmp-", dir=parent)
   try:
+    from sam2pp_jax.data.video_io import default_permissions
+    default_permissions(tmp, directory=True)
     plain = _to_plain(config)
     plain["_format_version"] = FORMAT_VERSION
     with open(os.path.join(tmp, CONFIG_FILE), "w") as f:

@@ -334,3 +334,17 @@ def test_palette_png_pillow_interop(tmp_path):
         got, pal = vio.read_palette_png(p)
         np.testing.assert_array_equal(got, sub)
         assert pal is not None
+
+
+def test_atomic_writes_get_umask_permissions(tmp_path):
+  import stat
+  from sam2pp_jax.data.video_io import atomic_write_bytes
+  from sam2pp_jax.tracking.outputs import write_mask_dir
+  umask = os.umask(0o022)
+  try:
+    atomic_write_bytes(tmp_path / "a.txt", b"x")
+    d = write_mask_dir(tmp_path / "seq", ["00000.jpg"], [np.zeros((4, 4), np.uint8)])
+  finally:
+    os.umask(umask)
+  assert stat.S_IMODE(os.stat(tmp_path / "a.txt").st_mode) == 0o644
+  assert stat.S_IMODE(os.stat(d).st_mode) == 0o755

@@ -413,6 +413,13 @@ def save_palette_png(path, mask_ids: np.ndarray, palette=None) -> None:
     atomic_write_bytes(path, png)
 
 
+def default_permissions(path: str, directory: bool = False) -> None:
+    """Give a temp file/dir (created 0600/0700 by tempfile) the usual umask-based mode."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if directory else 0o666) & ~umask)
+
+
 def atomic_write_bytes(path, data: bytes) -> None:
     """Write `data` to `path` via a temp file in the same folder + os.replace (never partial)."""
     path = os.path.abspath(os.fspath(path))
@@ -421,6 +428,7 @@ def atomic_write_bytes(path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        default_permissions(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -24,7 +24,7 @@ import tempfile
 import numpy as np
 
 from sam2pp_jax.data.video_io import atomic_write_bytes as _atomic_bytes
-from sam2pp_jax.data.video_io import davis_palette, save_palette_png
+from sam2pp_jax.data.video_io import davis_palette, default_permissions, save_palette_png
 
 
 def ids_from_logits(logits, obj_ids) -> np.ndarray:
@@ -46,6 +46,7 @@ def write_mask_dir(out_dir, frame_names, id_maps, palette=None, on_frame=None) -
   os.makedirs(parent, exist_ok=True)
   pal = davis_palette() if palette is None else palette
   tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(final)}.tmp-", dir=parent)
+  default_permissions(tmp, directory=True)
   try:
     for i, (name, ids) in enumerate(zip(frame_names, id_maps)):
       save_palette_png(os.path.join(tmp, os.path.splitext(name)[0] + ".png"), ids, pal)
@@ -112,6 +113,7 @@ def write_overlay_mp4(path, frames_u8, draw, fps: float | None = None, on_frame=
       if on_frame is not None:
         on_frame(t)
     writer.release()
+    default_permissions(tmp)
     os.replace(tmp, path)
   except BaseException:
     writer.release()
