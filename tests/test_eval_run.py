@@ -4,29 +4,19 @@ import json
 import os
 import sys
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import scaled_normal_params
 
 from sam2pp_jax.checkpoint import save_model
 from sam2pp_jax.data.formats import writers
 from sam2pp_jax.eval import runner
-from sam2pp_jax.model.sam2pp import build_model, param_shapes
+from sam2pp_jax.model.sam2pp import build_model
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import eval as eval_cli  # noqa: E402
 
 T, H, W = 5, 48, 64
-
-
-def _random_params(model):
-  rng = np.random.default_rng(0)
-
-  def fill(s):
-    fan_in = int(np.prod(s.shape[:-1])) if len(s.shape) > 1 else 1
-    return jnp.asarray(rng.standard_normal(s.shape) / np.sqrt(max(fan_in, 1)), s.dtype)
-  return jax.tree.map(fill, param_shapes(model))
 
 
 def _video(seed, n_obj=2):
@@ -57,7 +47,7 @@ def _video(seed, n_obj=2):
 def setup(tmp_path_factory):
   root = tmp_path_factory.mktemp("evalrun")
   model = build_model("tiny")
-  params = _random_params(model)
+  params = scaled_normal_params(model)
   ckpt = save_model(root / "ckpt", params, "tiny")
   seqs = {"seq_a": _video(1), "seq_b": _video(2)}
   return root, ckpt, (model, params), seqs

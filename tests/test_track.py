@@ -5,13 +5,13 @@ import sys
 
 import cv2
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import scaled_normal_params
 
 from sam2pp_jax.checkpoint import save_model
 from sam2pp_jax.data.video_io import read_palette_png, save_palette_png
-from sam2pp_jax.model.sam2pp import build_model, param_shapes
+from sam2pp_jax.model.sam2pp import build_model
 from sam2pp_jax.tracking import propagate
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -20,20 +20,11 @@ import track  # noqa: E402
 T, H, W = 5, 48, 64
 
 
-def _tiny_params(model):
-  rng = np.random.default_rng(0)
-
-  def fill(s):
-    fan_in = int(np.prod(s.shape[:-1])) if len(s.shape) > 1 else 1
-    return jnp.asarray(rng.standard_normal(s.shape) / np.sqrt(max(fan_in, 1)), s.dtype)
-  return jax.tree.map(fill, param_shapes(model))
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
   root = tmp_path_factory.mktemp("track")
   model = build_model("tiny")
-  ckpt = save_model(root / "ckpt", _tiny_params(model), "tiny")
+  ckpt = save_model(root / "ckpt", scaled_normal_params(model), "tiny")
   vid = root / "clip"
   vid.mkdir()
   for t in range(T):
@@ -151,7 +142,7 @@ def test_bad_inputs(setup, capsys, name, args, special, msg):
 def test_chunked_in_scan_encoding_matches_preencoded(setup):
   """In-scan chunked encoding == the former path (all frames encoded first) for chunk 1/3/8."""
   model = build_model("tiny")
-  params = _tiny_params(model)
+  params = scaled_normal_params(model)
   s = int(model.config.image_size)
   frames = np.random.default_rng(3).standard_normal((7, s, s, 3)).astype(np.float32)
   mask = np.zeros((2, H, W), bool)
@@ -176,7 +167,7 @@ def test_chunked_in_scan_encoding_matches_preencoded(setup):
 def test_reverse_equals_forward_on_reversed_frames(setup):
   """reverse from k == forward on frames[k::-1] with the whole video's num_frames."""
   model = build_model("tiny")
-  params = _tiny_params(model)
+  params = scaled_normal_params(model)
   s = int(model.config.image_size)
   frames = np.random.default_rng(4).standard_normal((6, s, s, 3)).astype(np.float32)
   box = {"box_xyxy": np.array([[10, 5, 40, 30]], np.float32)}
