@@ -93,12 +93,50 @@ class DepthwiseConv2d(nn.Module):
     return out + bias.astype(x.dtype)
 
 
+class Conv2d(nn.Module):
+  """A torch-style Conv2d (symmetric integer padding, NHWC) computed as patch slices and one
+  contraction. Same params as `nn.Conv` (kernel [K, K, Cin, Cout], bias [Cout]); XLA CPU's
+  gradient of a strided convolution (dilated-kernel convolutions) is an order of magnitude
+  slower than the slices and matmuls this lowers to."""
+
+  features: int
+  kernel_size: int
+  stride: int = 1
+  padding: int = 0
+
+  @nn.compact
+  def __call__(self, x):
+    k, s, p = self.kernel_size, self.stride, self.padding
+    cin = x.shape[-1]
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, k, cin, self.features))
+    bias = self.param("bias", nn.initializers.zeros, (self.features,))
+    kernel = kernel.astype(x.dtype)
+    if p:
+      x = jnp.pad(x, [(0, 0)] * (x.ndim - 3) + [(p, p), (p, p), (0, 0)])
+    h, w = x.shape[-3], x.shape[-2]
+    ho, wo = (h - k) // s + 1, (w - k) // s + 1
+    if ho < 1 or wo < 1:
+      raise ValueError(f"a {k}x{k} convolution needs at least {k}x{k} padded input, got {h}x{w}")
+    lead = x.shape[:-3]
+    if s == k:          # non-overlapping patches: a reshape, no copies
+      x = x[..., :ho * k, :wo * k, :].reshape(lead + (ho, k, wo, k, cin))
+      y = jnp.einsum("...hiwjc,ijco->...hwo", x, kernel)
+    else:
+      cols = [x[..., i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s, :]
+              for i in range(k) for j in range(k)]
+      y = jnp.einsum("...hwpc,pco->...hwo", jnp.stack(cols, axis=-2),
+                     kernel.reshape(k * k, cin, self.features))
+    return y + bias.astype(x.dtype)
+
+
 def conv2d(features: int, kernel_size: int, stride: int = 1, padding: int = 0,
-           groups: int = 1, name: str | None = None) -> nn.Conv:
-  """A torch-style Conv2d (symmetric integer padding) in NHWC."""
-  return nn.Conv(features, (kernel_size, kernel_size), strides=(stride, stride),
-                 padding=((padding, padding), (padding, padding)),
-                 feature_group_count=groups, name=name)
+           groups: int = 1, name: str | None = None) -> nn.Module:
+  """A torch-style Conv2d (symmetric integer padding) in NHWC; grouped ones use `nn.Conv`."""
+  if groups != 1:
+    return nn.Conv(features, (kernel_size, kernel_size), strides=(stride, stride),
+                   padding=((padding, padding), (padding, padding)),
+                   feature_group_count=groups, name=name)
+  return Conv2d(features, kernel_size, stride, padding, name=name)
 
 
 def nchw_to_nhwc(x):

@@ -25,7 +25,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from sam2pp_jax.model.sam2pp import build_model, init_params
 from sam2pp_jax.train import data as train_data
-from sam2pp_jax.train import forward, losses
+from sam2pp_jax.train import forward, losses, monitor
 from sam2pp_jax.train.optimizer import make_optimizer
 from sam2pp_jax.train.params import export_inference_params, init_train_params, params_for_task
 
@@ -118,6 +118,9 @@ def make_loss_fn(model, config, task: str):
     terms = losses.multistep_loss(out, r["targets"], loss_cfg, task=task, valid=r["valid"],
                                   step_valid=out["step_valid"],
                                   candidate_valid=out["candidate_valid"])
+    terms = dict(terms)
+    terms.update(monitor.tracking_quality(out, r["targets"], r["plan"]["branch"], r["valid"],
+                                          task))
     return terms[losses.CORE_LOSS_KEY], terms
 
   return loss_fn

@@ -1,0 +1,41 @@
+"""Training-time quality monitors (no gradient): what the losses do not say directly.
+
+`track_iou` is the IoU of the mask the tracker would output (the candidate with the highest
+predicted IoU, first prediction step) on frames tracked from memory, where the target is present;
+for the point task `track_px` is the distance in model pixels from the argmax of that candidate's
+logits to the target point. A collapse (constant output, memory ignored) shows here first.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Mapping
+
+import jax
+import jax.numpy as jnp
+
+from sam2pp_jax.train.forward import B_TRACK
+
+
+def tracking_quality(outputs: Mapping[str, jax.Array], targets: Mapping[str, jax.Array],
+                     branch: jax.Array, valid: jax.Array, task: str) -> Dict[str, jax.Array]:
+  masks = jax.lax.stop_gradient(outputs["multistep_pred_multimasks_high_res"][:, 0])  # [T,N,M,H,W]
+  ious = jax.lax.stop_gradient(outputs["multistep_pred_ious"][:, 0])                 # [T,N,M]
+  cand = jnp.broadcast_to(outputs["candidate_valid"][:, 0][:, None, :], ious.shape) \
+      if outputs["candidate_valid"].ndim == 3 else outputs["candidate_valid"][:, 0]
+  best = jnp.argmax(jnp.where(cand, ious, -jnp.inf), axis=-1)                        # [T,N]
+  logits = jnp.take_along_axis(masks, best[..., None, None, None], axis=2)[:, :, 0]  # [T,N,H,W]
+  tracked = (branch == B_TRACK)[:, None] & valid                                     # [T,N]
+  if task == "point":
+    h, w = logits.shape[-2:]
+    flat = jnp.argmax(logits.reshape(logits.shape[:2] + (-1,)), axis=-1)
+    xy = jnp.stack([flat % w, flat // w], axis=-1).astype(jnp.float32) + 0.5
+    err = jnp.linalg.norm(xy - targets["points"], axis=-1)
+    live = tracked & targets["visibles"]
+    return {"track_px": jnp.sum(jnp.where(live, err, 0.0)) / jnp.maximum(jnp.sum(live), 1)}
+  gt = targets["masks"] > 0
+  pred = logits > 0
+  inter = jnp.sum(pred & gt, axis=(-2, -1))
+  union = jnp.sum(pred | gt, axis=(-2, -1))
+  live = tracked & (jnp.sum(gt, axis=(-2, -1)) > 0)
+  iou = inter / jnp.maximum(union, 1)
+  return {"track_iou": jnp.sum(jnp.where(live, iou, 0.0)) / jnp.maximum(jnp.sum(live), 1)}
