@@ -58,13 +58,13 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     c.optim.grad_clip_norm = 1.0
     c.prompts.num_correction_pt_per_frame = 0   # compile budget on CPU; see README
     c.prompts.prob_to_use_pt_input = 0.0
-    c.data.num_frames = 4
+    c.data.num_frames = 8                       # the recipe's 8-frame clips
     c.data.global_batch = 4
     c.data.sources[0]["video_hw"] = (96, 96)
     c.total_steps = 3000
     c.max_train_minutes = 10.0
     c.log_every = 10
-    c.ckpt_every = 100
+    c.ckpt_every = 500                          # a save costs ~3 s of the 10-minute budget
     if arg == "test":
       c.data.task_probs = (0.0, 0.0, 1.0)       # one task: one compile per test run
       c.data.num_frames = 3

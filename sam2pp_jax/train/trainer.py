@@ -262,30 +262,30 @@ def train(config, workdir: str, *, quiet: bool = False, on_step=None) -> dict:
   last = {}
   step = start
   while step < total and (budget <= 0 or train_seconds < budget):
-    task, local = next(it)
-    if task not in steps:
-      steps[task] = make_train_step(model, tx, config, task, mesh, state_sh)
-      first = True
-    else:
-      first = False
+    # wall time of the whole iteration (data, step, logging, checkpoints); an iteration that
+    # compiles a task's step counts as compilation instead
     t0 = time.time()
+    task, local = next(it)
+    first = task not in steps
+    if first:
+      steps[task] = make_train_step(model, tx, config, task, mesh, state_sh)
     state, metrics = steps[task](state, global_batch(local, mesh))
     metrics = jax.device_get(metrics)
-    dt = time.time() - t0
-    if first:
-      compile_seconds += dt
-    else:
-      train_seconds += dt
     step += 1
     last = {k: float(v) for k, v in metrics.items()}
     if step % int(config.log_every) == 0 or step == total:
-      log.log(step, task, metrics, {"train_seconds": round(train_seconds, 3)})
+      log.log(step, task, metrics, {"train_seconds": round(train_seconds + time.time() - t0, 3)})
     if step % int(config.ckpt_every) == 0:
       save_checkpoint(mngr, state, it.get_state())
     if bar is not None:
       bar.update(step, f"{task} loss {last.get('core_loss', math.nan):.3f}")
     if on_step is not None:
       on_step(step)
+    dt = time.time() - t0
+    if first:
+      compile_seconds += dt
+    else:
+      train_seconds += dt
   if mngr.latest_step() != step:
     save_checkpoint(mngr, state, it.get_state())
   log.close()
