@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from sam2pp_jax.train.forward import B_TRACK
+from sam2pp_jax.train.losses import binary_mask_iou
 
 
 def tracking_quality(outputs: Mapping[str, jax.Array], targets: Mapping[str, jax.Array],
@@ -33,9 +34,6 @@ def tracking_quality(outputs: Mapping[str, jax.Array], targets: Mapping[str, jax
     live = tracked & targets["visibles"]
     return {"track_px": jnp.sum(jnp.where(live, err, 0.0)) / jnp.maximum(jnp.sum(live), 1)}
   gt = targets["masks"] > 0
-  pred = logits > 0
-  inter = jnp.sum(pred & gt, axis=(-2, -1))
-  union = jnp.sum(pred | gt, axis=(-2, -1))
-  live = tracked & (jnp.sum(gt, axis=(-2, -1)) > 0)
-  iou = inter / jnp.maximum(union, 1)
+  live = tracked & jnp.any(gt, axis=(-2, -1))
+  iou = binary_mask_iou(logits > 0, gt)
   return {"track_iou": jnp.sum(jnp.where(live, iou, 0.0)) / jnp.maximum(jnp.sum(live), 1)}
