@@ -41,3 +41,32 @@ def test_bad_config_is_rejected_with_field_name():
     validate_model_config(c)
   with pytest.raises(ValueError, match="unknown model preset"):
     get_model_config("xl")
+
+
+def test_one_channel_mask_prompt_layernorm_is_rejected():
+  # mask_in_chans // 4 == 1 would put a LayerNorm over one channel: a constant, so every
+  # mask prompt would give the same dense embedding
+  c = get_model_config("tiny")
+  c.decoder.mask_in_chans = 4
+  with pytest.raises(ValueError, match="mask_in_chans"):
+    validate_model_config(c)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "parity_small"])
+def test_mask_prompt_reaches_the_dense_embedding(preset):
+  """Two different mask prompts give different dense embeddings (at random init)."""
+  from sam2pp_jax.model.sam2pp import init_params
+  model = build_model(preset)
+  params = init_params(model, jax.random.key(0))
+  n = model.config.image_size // 4
+  yy, xx = jnp.meshgrid(jnp.arange(n), jnp.arange(n), indexing="ij")
+  a = jnp.where((yy < n // 2) & (xx < n // 2), 10.0, -10.0)[None, ..., None]
+  b = jnp.where((yy >= n // 2) & (xx >= n // 2), 10.0, -10.0)[None, ..., None]
+
+  def dense(m):
+    return model.apply({"params": params}, jnp.zeros((1, 1, 2)), -jnp.ones((1, 1), jnp.int32),
+                       None, m, method=lambda mdl, *x: mdl.sam_prompt_encoder(*x))[1]
+
+  da, db = dense(a), dense(b)
+  assert float(jnp.std(da, axis=(1, 2)).mean()) > 1e-2      # spatially varying
+  assert float(jnp.abs(da - db).mean()) > 1e-2              # depends on the prompt

@@ -82,7 +82,7 @@ def get_model_config(preset: str = "b+") -> ml_collections.ConfigDict:
     c.neck.d_model = 64
     c.memory_attention.update(num_layers=2, dim_feedforward=128, num_heads=1)
     c.decoder.update(transformer_mlp_dim=128, transformer_num_heads=2, iou_head_hidden_dim=64,
-                     box_head_inner_dim=64, mask_in_chans=4)
+                     box_head_inner_dim=64)
     c.num_maskmem = 3
     c.max_obj_ptrs_in_encoder = 4
     c.lora.update(rank=4, alpha=8.0)
@@ -101,6 +101,12 @@ def validate_model_config(c: ml_collections.ConfigDict) -> None:
   if c.decoder.box_head_inner_dim // 8 != c.hidden_dim // 8:
     raise ValueError(f"decoder.box_head_inner_dim ({c.decoder.box_head_inner_dim}) must give "
                      f"the hypernetwork width: inner_dim/8 == hidden_dim/8 ({c.hidden_dim // 8})")
+  mic = int(c.decoder.mask_in_chans)
+  if mic % 4 or mic < 8:
+    # the prompt encoder's first mask conv has mask_in_chans // 4 channels and a LayerNorm
+    # over them: with one channel the LayerNorm outputs a constant and mask prompts are lost
+    raise ValueError(f"decoder.mask_in_chans must be a multiple of 4 and >= 8 (its first "
+                     f"LayerNorm needs >= 2 channels), got {mic}")
   if len(c.trunk.stages) != len(c.trunk.window_spec):
     raise ValueError("trunk.stages and trunk.window_spec must have the same length")
   for t in c.tasks:
