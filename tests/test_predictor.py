@@ -42,6 +42,10 @@ def tiny():
       x = 0.5 + np.abs(x)
     return jnp.asarray(x, s.dtype)
   params = jax.tree_util.tree_map_with_path(fill, param_shapes(model))
+  # objects judged present (score logit ~ +3), so masks are live logits rather than the
+  # absent-object constant whatever the prompt
+  head = params["sam_unified_decoder"]["pred_obj_score_head"]["layers_2"]
+  head["bias"] = head["bias"] + 3.0
   frames = np.random.default_rng(3).standard_normal(
       (T, model.config.image_size, model.config.image_size, 3)).astype(np.float32)
   return model, params, frames
