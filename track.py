@@ -2,7 +2,7 @@
 """Track objects through a video with a sam2pp_jax checkpoint; write benchmark-format results.
 
   python track.py --checkpoint DIR --video PATH --task mask|box|point --prompt P --out DIR
-                  [--frame N] [--reverse] [--viz] [--chunk K]
+                  [--frame N] [--reverse] [--viz] [--chunk K] [--point-readout argmax|soft_argmax]
 
 Prompts (video pixels):
   mask   palette PNG of the prompt frame; every non-zero index is one object (several allowed)
@@ -151,6 +151,11 @@ def build_parser():
   p.add_argument("--viz", action="store_true", help="also write <video>_overlay.mp4")
   p.add_argument("--chunk", type=int, default=4, help="frames encoded at once (default 4)")
   p.add_argument("--quiet", action="store_true", help="no progress bar")
+  p.add_argument("--point-readout", default="argmax", choices=("argmax", "soft_argmax"),
+                 help="point task: 'argmax' of the video-res logits, integer pixels, as the "
+                      "reference (default); 'soft_argmax', the readout the point loss trains, "
+                      "sub-pixel (for models whose S/4 logit grid is coarse, see "
+                      "sam2pp_jax/tracking/point_readout.py)")
   return p
 
 
@@ -208,6 +213,7 @@ def run(args) -> int:
     bar = None if args.quiet else Progress(n_clip, "tracking")
     r = track_video(model, params, frames, hw, args.task, prompt, chunk=args.chunk,
                     prompt_frame=f0, reverse=args.reverse, video_res=args.task == "mask",
+                    point_readout=args.point_readout,
                     progress=None if bar is None else (lambda i, b=bar: b.update(i + 1)))
     if bar is not None:
       bar.update(n_clip)

@@ -8,9 +8,12 @@
    masks, box from object 1's frame-0 box, points from the frame-0 keypoints), overlay videos
    for the first one;
 4. score with eval.py (davis2017 J&F, OPE success AUC, TAP-Vid delta_avg) and print
-   `demo: J&F=<x> AUC=<x> delta_avg=<x> train_minutes=<x>`.
+   `demo: J&F=<x> AUC=<x> delta_avg=<x> train_minutes=<x>`. The point task is tracked with both
+   point readouts (tracking/point_readout.py); the last line's delta_avg uses --point-readout
+   (default the reference's argmax), the line above it gives both.
 
   python -m sam2pp_jax.demo [--seed N] [--videos K] [--workdir DIR] [--train-minutes M]
+                            [--point-readout argmax|soft_argmax]
 """
 
 from __future__ import annotations
@@ -85,10 +88,14 @@ def write_held_out(root: str, videos) -> dict:
   return paths
 
 
-def track_all(ckpt: str, paths: dict, out: str, quiet: bool) -> dict:
-  """track.py (in-process, so compiled functions are reused) for every video and task."""
+def track_all(ckpt: str, paths: dict, out: str, quiet: bool,
+              point_readout: str = "argmax") -> dict:
+  """track.py (in-process, so compiled functions are reused) for every video and task; the
+  point task twice: `point` with `point_readout`, `point_other` with the other readout."""
   import track
+  other = "soft_argmax" if point_readout == "argmax" else "argmax"
   outs = {t: os.path.join(out, f"pred_{t}") for t in ("mask", "box", "point")}
+  outs["point_other"] = os.path.join(out, f"pred_point_{other}")
   for i, (name, vd) in enumerate(paths["videos"]):
     viz = ["--viz"] if i == 0 else []
     q = ["--quiet"] if quiet else []
@@ -99,9 +106,10 @@ def track_all(ckpt: str, paths: dict, out: str, quiet: bool) -> dict:
     box = f"{b[0]},{b[1]},{b[0] + b[2]},{b[1] + b[3]}"
     rc |= track.main(["--checkpoint", ckpt, "--video", vd, "--task", "box", "--prompt", box,
                       "--out", outs["box"], *viz, *q])
-    rc |= track.main(["--checkpoint", ckpt, "--video", vd, "--task", "point", "--prompt",
-                      os.path.join(paths["gt_point"], name + ".npz"), "--out", outs["point"],
-                      *viz, *q])
+    for key, readout in (("point", point_readout), ("point_other", other)):
+      rc |= track.main(["--checkpoint", ckpt, "--video", vd, "--task", "point", "--prompt",
+                        os.path.join(paths["gt_point"], name + ".npz"), "--out", outs[key],
+                        "--point-readout", readout, *(viz if key == "point" else []), *q])
     if rc:
       raise RuntimeError(f"track.py failed on {name}")
   return outs
@@ -115,8 +123,12 @@ def score_all(paths: dict, outs: dict) -> dict:
   for r in (r_mask, r_box, r_pt):
     print(format_table(r, max_rows=8))
     print()
-  return {"J&F": r_mask["overall"]["J&F-Mean"], "AUC": r_box["overall"]["AUC"] / 100.0,
-          "delta_avg": r_pt["overall"]["average_pts_within_thresh"]}
+  res = {"J&F": r_mask["overall"]["J&F-Mean"], "AUC": r_box["overall"]["AUC"] / 100.0,
+         "delta_avg": r_pt["overall"]["average_pts_within_thresh"]}
+  if "point_other" in outs:
+    r_other = score("point", "tapvid", paths["gt_point"], outs["point_other"])
+    res["delta_avg_other"] = r_other["overall"]["average_pts_within_thresh"]
+  return res
 
 
 def main(argv=None) -> int:
@@ -127,6 +139,10 @@ def main(argv=None) -> int:
   ap.add_argument("--workdir", default=os.path.join(_repo_root(), ".demo"))
   ap.add_argument("--train-minutes", type=float, default=10.0)
   ap.add_argument("--quiet", action="store_true")
+  ap.add_argument("--point-readout", default=os.environ.get("DEMO_POINT_READOUT", "argmax"),
+                  choices=("argmax", "soft_argmax"),
+                  help="point readout of the delta_avg on the last line (env DEMO_POINT_READOUT;"
+                       " default the reference's argmax); the other one is printed above it")
   args = ap.parse_args(argv)
   sys.path.insert(0, _repo_root())
   from absl import logging as absl_logging
@@ -150,8 +166,14 @@ def main(argv=None) -> int:
   paths = write_held_out(data, held_out_videos(args.seed, args.videos))
   print(f"demo: tracking {args.videos} held-out videos (seed {args.seed}) at three "
         "granularities", flush=True)
-  outs = track_all(summary["model_dir"], paths, os.path.join(args.workdir, "results"), args.quiet)
+  outs = track_all(summary["model_dir"], paths, os.path.join(args.workdir, "results"), args.quiet,
+                   args.point_readout)
   scores = score_all(paths, outs)
+  other = "soft_argmax" if args.point_readout == "argmax" else "argmax"
+  print(f"demo: point readouts: delta_avg={scores['delta_avg']:.3f} ({args.point_readout}), "
+        f"{scores['delta_avg_other']:.3f} ({other}); the argmax snaps to the model's "
+        f"{cfg.model.image_size // 4}x{cfg.model.image_size // 4} logit grid "
+        "(bench/demo_ceiling.py: what that costs a perfect model)")
   print(f"demo: overlays in {os.path.join(args.workdir, 'results')}/pred_*/*_overlay.mp4; "
         f"total {(time.time() - t0) / 60:.1f} min")
   print(f"demo: J&F={scores['J&F']:.3f} AUC={scores['AUC']:.3f} "

@@ -132,6 +132,20 @@ def test_predictor_equals_scan(tiny, task):
     np.testing.assert_array_equal(pts, ref["point_xy"])
 
 
+@_SLOW
+def test_soft_point_readout_predictor_equals_scan(tiny):
+  """point_readout="soft_argmax" reaches both trackers: the same sub-pixel float points."""
+  model, params, frames = tiny
+  pred = VideoPredictor(model, params, "point", encode_chunk=2, point_readout="soft_argmax")
+  _, got = _run(pred, frames, "point", objs=(0, 1))
+  ref = track_video(model, params, frames, HW, "point",
+                    {"points_xy": POINTS[:, None], "point_labels": np.ones((2, 1))}, chunk=2,
+                    point_readout="soft_argmax")
+  pts = np.stack([got[f][1]["points_xy"] for f in range(T)])
+  assert pts.dtype == np.float32 and not np.array_equal(pts, np.round(pts))
+  _close(pts, ref["point_xy"], 1e-4)
+
+
 def test_two_objects_equal_each_alone(tiny):
   _, _, frames = tiny
   pred = _pred(tiny, "mask")

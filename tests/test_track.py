@@ -178,3 +178,19 @@ def test_reverse_equals_forward_on_reversed_frames(setup):
   assert a["frame_idx"].tolist() == [3, 2, 1, 0]
   for k in ("low_res_mask_logits", "pred_box_xyxy", "object_score_logits"):
     np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_point_soft_argmax_readout(setup):
+  """--point-readout soft_argmax: sub-pixel float points inside the frame; the default stays
+  the reference's integer argmax."""
+  root = setup[0]
+  trajs = np.tile(np.asarray([[25.0, 20.0]], np.float32), (T, 1, 1))
+  np.savez(root / "q1.npz", trajs_2d=trajs, visibs=np.ones((T, 1), bool), size=np.array([W, H]))
+  assert _run(setup, "--task", "point", "--prompt", str(root / "q1.npz"), out="out_arg") == 0
+  assert _run(setup, "--task", "point", "--prompt", str(root / "q1.npz"), "--point-readout",
+              "soft_argmax", out="out_soft") == 0
+  arg = np.load(root / "out_arg" / "clip.npz")["trajs_2d"][1:]
+  soft = np.load(root / "out_soft" / "clip.npz")["trajs_2d"][1:]
+  np.testing.assert_array_equal(arg, np.round(arg))
+  assert not np.array_equal(soft, np.round(soft))
+  assert (soft >= 0).all() and (soft[..., 0] <= W).all() and (soft[..., 1] <= H).all()

@@ -24,7 +24,8 @@ yields `(frame_idx, obj_ids, masks)` (or `(frame_idx, obj_ids, masks, info)` wit
 `with_info=True`), masks being float32 [O,H,W] logits at video resolution. The per-frame extras
 `info` are also kept in `state.frame_info[frame_idx]`: object_score_logits [O], visible [O],
 low_res_masks [O,S/4,S/4]; box task: boxes_xyxy [O,4] (video px), boxes_xyxy_norm [O,4];
-point task: points_xy [O,2] int (first maximum of the video-res logits, x then y).
+point task: points_xy [O,2] (x, y): int, the first maximum of the video-res logits (the
+reference's readout, default), or float with point_readout="soft_argmax" (point_readout.py).
 `frame_output(state, frame_idx, obj_id)` returns one object's stored output (pointer, memory).
 """
 
@@ -39,6 +40,7 @@ import numpy as np
 
 from sam2pp_jax.data.video_io import VideoFrames, load_video_for_model, preprocess
 from sam2pp_jax.model.resize import resize_bilinear
+from sam2pp_jax.tracking.point_readout import check_readout, read_points
 from sam2pp_jax.model.sam2pp import NO_OBJ_SCORE
 from sam2pp_jax.tracking import prompts
 from sam2pp_jax.tracking.memory_bank import EMPTY, MemoryBank
@@ -96,13 +98,16 @@ class VideoPredictor:
   model: a SAM2Plus module; params: its parameter tree. encode_chunk: frames encoded per
   image-encoder call (features cached per frame); max_cached_frames: keep at most this many
   frames' features (None = all). max_cond_frames_in_attn: None = the model config's value
-  (-1 = all conditioning frames).
+  (-1 = all conditioning frames). point_readout: "argmax" (the reference's) or "soft_argmax"
+  (the training readout, sub-pixel; see point_readout.py).
   """
 
   def __init__(self, model, params, task: str, *, encode_chunk: int = 4,
-               max_cached_frames: int | None = None, max_cond_frames_in_attn: int | None = None):
+               max_cached_frames: int | None = None, max_cond_frames_in_attn: int | None = None,
+               point_readout: str = "argmax"):
     if task not in ("mask", "box", "point"):
       raise ValueError(f"task={task!r} is unknown; use 'mask', 'box' or 'point'")
+    self.point_readout = check_readout(point_readout)
     c = model.config
     self.model, self.params, self.task = model, params, task
     self.image_size = int(c.image_size)
@@ -664,9 +669,9 @@ class VideoPredictor:
     return run
 
   def _build_video(self, video_hw):
-    """Low-res logits -> video-res logits (+ visibility, boxes in px, point argmax)."""
+    """Low-res logits -> video-res logits (+ visibility, boxes in px, the point readout)."""
     h, w = video_hw
-    task = self.task
+    task, readout = self.task, self.point_readout
 
     def run(low, score, box):
       masks = resize_bilinear(low[..., None], (h, w))[..., 0]
@@ -676,8 +681,7 @@ class VideoPredictor:
         out["boxes_xyxy_norm"] = box
         out["boxes_xyxy"] = box * jnp.asarray([w, h, w, h], jnp.float32)
       if task == "point":
-        flat = jnp.argmax(masks.reshape(masks.shape[0], -1), axis=-1)
-        out["points_xy"] = jnp.stack([flat % w, flat // w], axis=-1)
+        out["points_xy"] = read_points(readout, low, masks, self.image_size, (h, w))
       return out
     return run
 

@@ -28,6 +28,7 @@ import numpy as np
 from sam2pp_jax.model.resize import resize_bilinear
 from sam2pp_jax.tracking import prompts
 from sam2pp_jax.tracking.memory_bank import MemoryBank, bf16_round
+from sam2pp_jax.tracking.point_readout import check_readout, read_points
 
 
 @dataclass(frozen=True)
@@ -216,8 +217,8 @@ def _step_jit(model, task: str, num_frames: int, encoded: bool):
   return jax.jit(run, donate_argnums=(1,))
 
 
-def _post_jit(hw, task):
-  """Video-resolution logits (and point argmax) of a block of frames' low-res logits."""
+def _post_jit(hw, task, point_readout="argmax", image_size=None):
+  """Video-resolution logits (and the point, see point_readout.py) of a block's low-res logits."""
   h, w = hw
 
   def post(low):
@@ -225,8 +226,7 @@ def _post_jit(hw, task):
     video = video.reshape(low.shape[:2] + (h, w))
     out = {"video": video}
     if task == "point":
-      flat = jnp.argmax(video.reshape(video.shape[:2] + (-1,)), axis=-1)  # first max, row-major
-      out["point_xy"] = jnp.stack([flat % w, flat // w], axis=-1)
+      out["point_xy"] = read_points(point_readout, low, video, image_size, (h, w))
     return out
 
   return jax.jit(post)
@@ -247,7 +247,7 @@ def track_video(model, params, frames, video_hw, task: str, prompt: dict | Promp
                 chunk: int = 4, cond_capacity: int = 2, return_bank: bool = False,
                 prompt_frame: int = 0, reverse: bool = False, num_frames: int | None = None,
                 features: dict | None = None, video_res: bool = True,
-                progress=None) -> dict:
+                point_readout: str = "argmax", progress=None) -> dict:
   """Track B objects prompted on frame `prompt_frame` through T frames [S,S,3] (normalised).
 
   `frames`: a numpy [T,S,S,3] array or any sequence-like with `__len__` and `__getitem__(i)`
@@ -267,9 +267,12 @@ def track_video(model, params, frames, video_hw, task: str, prompt: dict | Promp
   original index of each output frame), low_res_mask_logits [T',B,S/4,S/4],
   video_res_mask_logits [T',B,H,W] (omitted when video_res=False), object_score_logits [T',B],
   obj_ptr [T',B,C], maskmem_features_bf16 [T',B,h,w,Cm], maskmem_pos_enc [h,w,Cm],
-  visible [T',B]; box: pred_box_xyxy(_norm) [T',B,4]; point: point_xy [T',B,2] (x, y).
+  visible [T',B]; box: pred_box_xyxy(_norm) [T',B,4]; point: point_xy [T',B,2] (x, y; int32
+  video pixels with point_readout="argmax", the reference's readout, float32 with
+  "soft_argmax", the training readout; see point_readout.py).
   With return_bank, also the final MemoryBank under "bank".
   """
+  check_readout(point_readout)
   s = int(model.config.image_size)
   h, w = int(video_hw[0]), int(video_hw[1])
   chunk = int(chunk)
@@ -311,9 +314,9 @@ def track_video(model, params, frames, video_hw, task: str, prompt: dict | Promp
   init, step = _INIT_CACHE[ikey][1], _STEP_CACHE[skey][1]
   post = None
   if video_res or task == "point":
-    pkey = (h, w, task)
+    pkey = (h, w, task, point_readout, s)
     if pkey not in _POST_CACHE:
-      _POST_CACHE[pkey] = _post_jit((h, w), task)
+      _POST_CACHE[pkey] = _post_jit((h, w), task, point_readout, s)
     post = _POST_CACHE[pkey]
   pr = {k_: None if v is None else jnp.asarray(v) for k_, v in vars(prompt).items()}
 

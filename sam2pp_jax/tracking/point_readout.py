@@ -1,0 +1,59 @@
+"""How the point task reads a point off its mask logits.
+
+* ``argmax`` (the reference's inference): the first maximum of the video-resolution logits, in
+  integer video pixels. The logits are bilinear upsamplings of the S/4 x S/4 low-res grid, whose
+  maxima sit on grid nodes, so this point moves in steps of 4 * W / S video pixels.
+* ``soft_argmax`` (the readout the point loss trains): the softmax-weighted mean pixel of the
+  logits upsampled to the model's S x S input, scaled to video pixels the way prompts and
+  training targets are scaled (x_video = x_model * W / S). Sub-pixel; for small S it removes
+  the grid step (see bench/demo_ceiling.py for what the step costs in delta_avg).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from sam2pp_jax.model.resize import resize_bilinear
+
+READOUTS = ("argmax", "soft_argmax")
+
+
+def check_readout(readout: str) -> str:
+  if readout not in READOUTS:
+    raise ValueError(f"point_readout={readout!r} is unknown; use one of {', '.join(READOUTS)}")
+  return readout
+
+
+def argmax_point(video_logits: jax.Array) -> jax.Array:
+  """[..., H, W] logits -> int32 [..., 2] (x, y) of the first maximum (row-major)."""
+  h, w = video_logits.shape[-2:]
+  flat = jnp.argmax(video_logits.reshape(video_logits.shape[:-2] + (h * w,)), axis=-1)
+  return jnp.stack([flat % w, flat // w], axis=-1).astype(jnp.int32)
+
+
+def soft_argmax_point(low_res_logits: jax.Array, image_size: int,
+                      video_hw: tuple[int, int]) -> jax.Array:
+  """[..., h, w] low-res logits -> float32 [..., 2] (x, y) video pixels (training readout)."""
+  s = int(image_size)
+  lead = low_res_logits.shape[:-2]
+  low = low_res_logits.reshape((-1,) + low_res_logits.shape[-2:]).astype(jnp.float32)
+  hi = resize_bilinear(low[..., None], (s, s))[..., 0]                     # [N, S, S]
+  prob = jax.nn.softmax(hi.reshape(hi.shape[0], s * s), axis=-1).reshape(hi.shape)
+  grid = jnp.arange(s, dtype=jnp.float32)
+  x = jnp.sum(prob * grid[None, None, :], axis=(-2, -1))
+  y = jnp.sum(prob * grid[None, :, None], axis=(-2, -1))
+  h, w = video_hw
+  xy = jnp.stack([x * (w / s), y * (h / s)], axis=-1)
+  return xy.reshape(lead + (2,))
+
+
+def read_points(readout: str, low_res_logits: jax.Array, video_logits: jax.Array,
+                image_size: int, video_hw: tuple[int, int]) -> jax.Array:
+  """The point of each [..., h, w] / [..., H, W] logit map under `readout` (trace-time switch)."""
+  if readout == "argmax":
+    return argmax_point(video_logits)
+  if readout == "soft_argmax":
+    return soft_argmax_point(low_res_logits, image_size, video_hw)
+  check_readout(readout)
+  raise AssertionError("unreachable")
