@@ -88,12 +88,17 @@ def write_held_out(root: str, videos) -> dict:
   return paths
 
 
+def other_readout(point_readout: str) -> str:
+  """The point readout the demo reports beside the chosen one."""
+  return "soft_argmax" if point_readout == "argmax" else "argmax"
+
+
 def track_all(ckpt: str, paths: dict, out: str, quiet: bool,
               point_readout: str = "argmax") -> dict:
   """track.py (in-process, so compiled functions are reused) for every video and task; the
   point task twice: `point` with `point_readout`, `point_other` with the other readout."""
   import track
-  other = "soft_argmax" if point_readout == "argmax" else "argmax"
+  other = other_readout(point_readout)
   outs = {t: os.path.join(out, f"pred_{t}") for t in ("mask", "box", "point")}
   outs["point_other"] = os.path.join(out, f"pred_point_{other}")
   for i, (name, vd) in enumerate(paths["videos"]):
@@ -169,7 +174,7 @@ def main(argv=None) -> int:
   outs = track_all(summary["model_dir"], paths, os.path.join(args.workdir, "results"), args.quiet,
                    args.point_readout)
   scores = score_all(paths, outs)
-  other = "soft_argmax" if args.point_readout == "argmax" else "argmax"
+  other = other_readout(args.point_readout)
   print(f"demo: point readouts: delta_avg={scores['delta_avg']:.3f} ({args.point_readout}), "
         f"{scores['delta_avg_other']:.3f} ({other}); the argmax snaps to the model's "
         f"{cfg.model.image_size // 4}x{cfg.model.image_size // 4} logit grid "

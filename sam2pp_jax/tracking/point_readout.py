@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from sam2pp_jax.model.resize import resize_bilinear
+from sam2pp_jax.train.losses import soft_argmax
 
 READOUTS = ("argmax", "soft_argmax")
 
@@ -39,12 +40,9 @@ def soft_argmax_point(low_res_logits: jax.Array, image_size: int,
   lead = low_res_logits.shape[:-2]
   low = low_res_logits.reshape((-1,) + low_res_logits.shape[-2:]).astype(jnp.float32)
   hi = resize_bilinear(low[..., None], (s, s))[..., 0]                     # [N, S, S]
-  prob = jax.nn.softmax(hi.reshape(hi.shape[0], s * s), axis=-1).reshape(hi.shape)
-  grid = jnp.arange(s, dtype=jnp.float32)
-  x = jnp.sum(prob * grid[None, None, :], axis=(-2, -1))
-  y = jnp.sum(prob * grid[None, :, None], axis=(-2, -1))
+  xy_model = soft_argmax(hi, 1)                      # the point loss's readout, model pixels
   h, w = video_hw
-  xy = jnp.stack([x * (w / s), y * (h / s)], axis=-1)
+  xy = xy_model * jnp.asarray([w / s, h / s], jnp.float32)
   return xy.reshape(lead + (2,))
 
 

@@ -40,10 +40,10 @@ import numpy as np
 
 from sam2pp_jax.data.video_io import VideoFrames, load_video_for_model, preprocess
 from sam2pp_jax.model.resize import resize_bilinear
-from sam2pp_jax.tracking.point_readout import check_readout, read_points
 from sam2pp_jax.model.sam2pp import NO_OBJ_SCORE
 from sam2pp_jax.tracking import prompts
 from sam2pp_jax.tracking.memory_bank import EMPTY, MemoryBank
+from sam2pp_jax.tracking.point_readout import check_readout, read_points
 from sam2pp_jax.tracking.propagate import encode_frames
 
 PREV_LOGIT_CLAMP = 32.0      # previous logits fed back as a dense prompt are clamped to +-this

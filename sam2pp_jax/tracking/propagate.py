@@ -217,7 +217,7 @@ def _step_jit(model, task: str, num_frames: int, encoded: bool):
   return jax.jit(run, donate_argnums=(1,))
 
 
-def _post_jit(hw, task, point_readout="argmax", image_size=None):
+def _post_jit(hw, task, point_readout, image_size):
   """Video-resolution logits (and the point, see point_readout.py) of a block's low-res logits."""
   h, w = hw
 
