@@ -19,29 +19,21 @@ forward distance in the reversed clip; memory_temporal_stride_for_eval is 1.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sam2pp_jax.model.resize import resize_bilinear
 from sam2pp_jax.tracking import prompts
-from sam2pp_jax.tracking.memory_bank import MemoryBank, bf16_round
-from sam2pp_jax.tracking.point_readout import check_readout, read_points
-
-
-@dataclass(frozen=True)
-class PromptInputs:
-  """Model-resolution prompt of frame 0 for B objects (numpy, built on the host)."""
-
-  mask_input: np.ndarray | None      # [B,S,S] float32: binary mask or Gaussian heatmap
-  point_coords: np.ndarray | None    # [B,P,2] model pixels
-  point_labels: np.ndarray | None    # [B,P] int32
+from sam2pp_jax.tracking.point_readout import check_readout
+from sam2pp_jax.tracking.postprocess import video_outputs
+from sam2pp_jax.tracking.step import (FEATURE_KEYS, WRITES, FramePrompt, count_clicks,
+                                      frame_features, new_bank, track_step, use_multimask)
 
 
 def prepare_prompt(task: str, prompt: dict, video_hw, image_size: int, radius: int = 5,
-                   sigma: float = 2.0) -> PromptInputs:
+                   sigma: float = 2.0) -> FramePrompt:
   """Video-resolution prompts -> model inputs, with the reference's exact arithmetic.
 
   mask: {"mask": [B,H,W] bool}; box: {"box_xyxy": [B,4]}; point: {"points_xy": [B,P,2],
@@ -50,11 +42,12 @@ def prepare_prompt(task: str, prompt: dict, video_hw, image_size: int, radius: i
   s = image_size
   if task == "mask":
     m = np.stack([prompts.mask_to_model_res(x, s) for x in np.asarray(prompt["mask"])])
-    return PromptInputs(m.astype(np.float32), None, None)
+    return FramePrompt(mask=m.astype(np.float32))
   if task == "box":
     pts, labels = zip(*(prompts.box_to_points(b, video_hw, s)
                         for b in np.asarray(prompt["box_xyxy"], np.float32).reshape(-1, 4)))
-    return PromptInputs(None, np.stack(pts), np.stack(labels).astype(np.int32))
+    return FramePrompt(point_coords=np.stack(pts),
+                       point_labels=np.stack(labels).astype(np.int32))
   if task == "point":
     xy = np.asarray(prompt["points_xy"], np.float32)
     xy = xy.reshape(xy.shape[0], -1, 2)
@@ -66,11 +59,13 @@ def prepare_prompt(task: str, prompt: dict, video_hw, image_size: int, radius: i
       for (x, y), l in zip(coords[i], labels[i]):
         if l == 1:
           heat[i] = np.maximum(heat[i], prompts.gaussian_point_mask(x, y, (s, s), radius, sigma))
-    return PromptInputs(heat, coords, labels)
+    return FramePrompt(point_coords=coords, point_labels=labels, mask=heat)
   raise ValueError(f"unknown task {task!r}")
 
 
-FEATURE_KEYS = ("vision", "vision_pos", "s0", "s1")
+@partial(jax.jit, static_argnames=("model", "task"))
+def _encode(model, params, images, *, task: str) -> dict:
+  return frame_features(model, params, images, task=task)
 
 
 def encode_frames(model, params, frames, task: str, chunk: int = 4) -> dict:
@@ -79,7 +74,6 @@ def encode_frames(model, params, frames, task: str, chunk: int = 4) -> dict:
   Holds every frame's features on the device (grows with T); `track_video` does not use it
   but accepts its result as `features=` (e.g. features cached for interactive use).
   """
-  enc = _encode_fn(model, task)
   t = frames.shape[0]
   outs = []
   for i in range(0, t, chunk):
@@ -87,154 +81,63 @@ def encode_frames(model, params, frames, task: str, chunk: int = 4) -> dict:
     n = x.shape[0]
     if n < chunk:   # pad the last chunk so one compiled shape serves the whole video
       x = jnp.concatenate([x, jnp.zeros((chunk - n,) + x.shape[1:], x.dtype)])
-    e = enc(params, x)
+    e = _encode(model, params, x, task=task)
     outs.append({k: e[k][:n] for k in FEATURE_KEYS})
   return {k: jnp.concatenate([o[k] for o in outs]) for k in outs[0]}
 
 
-_ENCODE_CACHE: dict = {}
-
-
-def _encode_fn(model, task):
-  """One jitted encoder per (model, task); the model object is kept alive with its entry."""
-  key = (model, task)   # equal models (same config) share compiled functions
-  if key not in _ENCODE_CACHE:
-    _ENCODE_CACHE[key] = (model, jax.jit(
-        lambda p, x: model.apply({"params": p}, x, task=task, method="encode_image")))
-  return _ENCODE_CACHE[key][1]
-
-
-def _apply(model, params, method, *args, **kw):
-  return model.apply({"params": params}, *args, method=method, **kw)
-
-
-def _encode(model, params, x, task):
-  """[N,S,S,3] frames -> the tracker's features dict (traced inside the scan)."""
-  e = _apply(model, params, "encode_image", x, task=task)
-  return {k: e[k] for k in FEATURE_KEYS}
-
-
-def _bcast(x, b):
-  """[1,...] frame features -> [B,...] (one copy per object)."""
-  return jnp.broadcast_to(x, (b,) + x.shape[1:])
-
-
-def _prompt_frame(model, params, feats0, pr: dict, task: str):
-  """Prompt-frame outputs: low-res logits, score, pointer, box (box task) for B objects."""
-  b = pr["point_coords"].shape[0] if pr["mask_input"] is None else pr["mask_input"].shape[0]
-  vision, s0, s1 = (_bcast(feats0[k], b) for k in ("vision", "s0", "s1"))
+def _rows(out, task: str) -> dict:
+  """The per-frame outputs the host keeps (everything else is dead code inside the jit)."""
+  y = {"low_res": out.low_res, "score": out.score, "obj_ptr": out.obj_ptr,
+       "maskmem": out.maskmem}
   if task == "box":
-    nm = _apply(model, params, "no_memory_features", vision)
-    o = _apply(model, params, "sam_heads", nm, s0, s1, pr["point_coords"], pr["point_labels"],
-               None, task=task, multimask_output=True)
-  else:
-    o = _apply(model, params, "prompt_as_output", vision, s0, s1, pr["mask_input"],
-               pr["point_coords"], pr["point_labels"], task=task)
-  return o
+    y["box"] = out.box
+  return y
 
 
-def _frame_memory(model, params, vision, low_res, score, task):
-  """Memory of a frame from its low-res logits upsampled to SxS; features bf16-rounded."""
-  high = _apply(model, params, "upsample_to_image", low_res)
-  feats, pos = _apply(model, params, "encode_memory", vision, high, score, task=task)
-  return bf16_round(feats), pos
+@partial(jax.jit, static_argnames=("model", "task", "route", "multimask", "cond_capacity",
+                                   "encoded"))
+def _first_frame(model, params, first, prompt, *, task, route, multimask, cond_capacity,
+                 encoded):
+  """The prompt frame as clip frame 0 -> (bank, rows [1,...], memory pos [HW,Cm]).
 
-
-_PROGRESS: list = []   # the active progress callback of the running track_video call
-
-
-def _report_progress(t):
-  if _PROGRESS and _PROGRESS[-1] is not None:
-    _PROGRESS[-1](int(t))
-
-
-def _init_jit(model, task: str, cond_capacity: int, encoded: bool):
-  """Jitted prompt frame: init(params, first, pr) -> (y0, bank, pos0).
-
-  `first` is the prompt frame [1,S,S,3] (encoded=False) or its features dict of [1,...] arrays.
+  `first` is the frame [1,S,S,3] (encoded=False) or its features dict of [1,...] arrays.
   """
-  c = model.config
-
-  def init(params, first, pr):
-    b = (pr["point_coords"] if pr["mask_input"] is None else pr["mask_input"]).shape[0]
-    f0 = first if encoded else _encode(model, params, first, task)
-    o0 = _prompt_frame(model, params, f0, pr, task)
-    v0 = _bcast(f0["vision"], b)
-    mem0, pos0 = _frame_memory(model, params, v0, o0["low_res_masks"],
-                               o0["object_score_logits"], task)
-    hw = mem0.shape[1] * mem0.shape[2]
-    bank = MemoryBank.empty(b, hw, int(c.mem_dim), int(c.hidden_dim),
-                            num_maskmem=int(c.num_maskmem),
-                            max_obj_ptrs=int(c.max_obj_ptrs_in_encoder),
-                            cond_capacity=cond_capacity)
-    bank = bank.write_cond(0, 0, mem0, pos0, o0["obj_ptr"])
-    y0 = {"low_res": o0["low_res_masks"], "score": o0["object_score_logits"][:, 0],
-          "obj_ptr": o0["obj_ptr"], "maskmem": mem0}
-    if task == "box":
-      y0["box"] = o0["boxes"]
-    return jax.tree.map(lambda a: a[None], y0), bank, pos0[0]
-
-  return jax.jit(init)
+  feats = first if encoded else frame_features(model, params, first, task=task)
+  bank = new_bank(model, prompt.batch, cond_capacity)
+  bank, out = track_step(model, params, feats, bank, 0, prompt, task=task, route=route,
+                         multimask=multimask, write="cond", cond_slot=0)
+  return bank, jax.tree.map(lambda a: a[None], _rows(out, task)), out.maskmem_pos
 
 
-def _step_jit(model, task: str, num_frames: int, encoded: bool):
-  """The jitted chunk step, one compiled function for every chunk of the video.
+@partial(jax.jit, static_argnames=("model", "task", "num_frames", "encoded"),
+         donate_argnames=("bank",))
+def _chunk_step(model, params, bank, xs, ts, valid, *, task, num_frames, encoded):
+  """One compiled function for every chunk: (bank, rows stacked over the K frames).
 
-  step(params, bank, xs, ts, valid) -> (bank, ys): xs is a chunk of K frames [K,S,S,3]
-  (encoded=False: encoded here, as one batch of K) or a features dict of [K,...] arrays
-  (encoded=True); ts [K] int32 clip-relative frame indices; valid [K] bool (False for the
-  host-side padding of the last chunk: those frames leave the bank untouched). ys: per-frame
-  outputs stacked over the K frames. The bank (argument 1) is donated.
+  xs: K frames [K,S,S,3] (encoded=False: encoded here as one batch) or a features dict of
+  [K,...] arrays; ts [K] clip-relative frame indices; valid [K] (False for the host-side
+  padding of the last chunk: those frames leave the bank untouched). The bank is donated.
   """
+  feats = xs if encoded else frame_features(model, params, xs, task=task)
+  ring, none = WRITES.index("ring"), WRITES.index("none")
+  step = partial(track_step, model, params, task=task, route="memory", multimask=True,
+                 num_frames=num_frames)
 
-  def run(params, bank, xs, ts, valid):
-    b = bank.cond_ptr.shape[0]
-    tpos = params["maskmem_tpos_enc"][:, 0, 0]
-    ptr_pe = lambda rel, tdm: _apply(model, params, "obj_ptr_pos_encoding", rel, tdm)
-    n_ptr = bank.num_ptr_tokens
-    feats = xs if encoded else _encode(model, params, xs, task)
+  def body(bank, x):
+    t, ok, f = x
+    bank, out = step({k: v[None] for k, v in f.items()}, bank, t,
+                     write=jnp.where(ok, ring, none))
+    return bank, _rows(out, task)
 
-    def step(bank, x):
-      t, ok, f = x
-      vis, vpos, s0, s1 = (_bcast(f[k][None], b) for k in FEATURE_KEYS)
-      mem, mpos, mmask = bank.select(t, num_frames, tpos, ptr_pe)
-      cond = _apply(model, params, "condition_on_memory", vis, vpos, mem, mpos, mmask,
-                    task=task, num_obj_ptr_tokens=n_ptr)
-      o = _apply(model, params, "sam_heads", cond, s0, s1, task=task, multimask_output=True)
-      feats_t, pos_t = _frame_memory(model, params, vis, o["low_res_masks"],
-                                     o["object_score_logits"], task)
-      new = bank.write(t, feats_t, pos_t, o["obj_ptr"])
-      # padding frames past the clip's end leave the bank untouched
-      bank = jax.tree.map(lambda a, o_: jnp.where(ok, a, o_), new, bank)
-      y = {"low_res": o["low_res_masks"], "score": o["object_score_logits"][:, 0],
-           "obj_ptr": o["obj_ptr"], "maskmem": feats_t}
-      if task == "box":
-        y["box"] = o["boxes"]
-      return bank, y
-
-    return jax.lax.scan(step, bank, (ts, valid, feats))
-
-  return jax.jit(run, donate_argnums=(1,))
+  return jax.lax.scan(body, bank, (ts, valid, feats))
 
 
-def _post_jit(hw, task, point_readout, image_size):
-  """Video-resolution logits (and the point, see point_readout.py) of a block's low-res logits."""
-  h, w = hw
-
-  def post(low):
-    video = resize_bilinear(low.reshape((-1,) + low.shape[2:])[..., None], (h, w))[..., 0]
-    video = video.reshape(low.shape[:2] + (h, w))
-    out = {"video": video}
-    if task == "point":
-      out["point_xy"] = read_points(point_readout, low, video, image_size, (h, w))
-    return out
-
-  return jax.jit(post)
-
-
-_INIT_CACHE: dict = {}
-_STEP_CACHE: dict = {}
-_POST_CACHE: dict = {}
+def _prompt_multimask(prompt: FramePrompt, task: str, config) -> bool:
+  """Multimask for the prompt frame's decoder route (box task: a box alone is 0 clicks)."""
+  if prompt.point_labels is None:
+    return True
+  return bool(np.all(use_multimask(count_clicks(np.asarray(prompt.point_labels), task), config)))
 
 
 def clip_indices(total: int, prompt_frame: int = 0, reverse: bool = False) -> np.ndarray:
@@ -243,7 +146,7 @@ def clip_indices(total: int, prompt_frame: int = 0, reverse: bool = False) -> np
   return np.arange(k, -1, -1) if reverse else np.arange(k, total)
 
 
-def track_video(model, params, frames, video_hw, task: str, prompt: dict | PromptInputs, *,
+def track_video(model, params, frames, video_hw, task: str, prompt: dict | FramePrompt, *,
                 chunk: int = 4, cond_capacity: int = 2, return_bank: bool = False,
                 prompt_frame: int = 0, reverse: bool = False, num_frames: int | None = None,
                 features: dict | None = None, video_res: bool = True,
@@ -278,7 +181,7 @@ def track_video(model, params, frames, video_hw, task: str, prompt: dict | Promp
   chunk = int(chunk)
   if chunk < 1:
     raise ValueError(f"chunk={chunk}: give a chunk size >= 1")
-  if not isinstance(prompt, PromptInputs):
+  if not isinstance(prompt, FramePrompt):
     prompt = prepare_prompt(task, prompt, (h, w), s, int(model.config.point_gaussian_radius),
                             float(model.config.point_gaussian_sigma))
   encoded = features is not None
@@ -305,20 +208,14 @@ def track_video(model, params, frames, video_hw, task: str, prompt: dict | Promp
         x = np.concatenate([x, np.repeat(x[-1:], n - len(ii), axis=0)])
       return jnp.asarray(x)
 
-  ikey = (model, task, cond_capacity, encoded)
-  if ikey not in _INIT_CACHE:
-    _INIT_CACHE[ikey] = (model, _init_jit(model, task, cond_capacity, encoded))
-  skey = (model, task, num_frames, encoded)
-  if skey not in _STEP_CACHE:
-    _STEP_CACHE[skey] = (model, _step_jit(model, task, num_frames, encoded))
-  init, step = _INIT_CACHE[ikey][1], _STEP_CACHE[skey][1]
+  first_kw = dict(task=task, cond_capacity=int(cond_capacity), encoded=encoded,
+                  route="no_memory" if task == "box" else "prompt_as_output",
+                  multimask=_prompt_multimask(prompt, task, model.config))
   post = None
   if video_res or task == "point":
-    pkey = (h, w, task, point_readout, s)
-    if pkey not in _POST_CACHE:
-      _POST_CACHE[pkey] = _post_jit((h, w), task, point_readout, s)
-    post = _POST_CACHE[pkey]
-  pr = {k_: None if v is None else jnp.asarray(v) for k_, v in vars(prompt).items()}
+    post = partial(video_outputs, video_hw=(h, w), task=task, readout=point_readout,
+                   image_size=s)
+  pr = jax.tree.map(jnp.asarray, prompt)
 
   host: dict = {}   # output name -> preallocated numpy [T',...], filled chunk by chunk
 
@@ -327,14 +224,14 @@ def track_video(model, params, frames, video_hw, task: str, prompt: dict | Promp
     blk = dict(ys)
     if post is not None:   # video-res logits of this block (fixed block shape)
       blk.update({("post", k_): v for k_, v in post(ys["low_res"]).items()
-                  if video_res or k_ != "video"})
+                  if video_res or k_ != "masks"})
     for k_, v in blk.items():
       v = np.asarray(v)
       if k_ not in host:
         host[k_] = np.empty((n_out,) + v.shape[1:], v.dtype)
       host[k_][start:start + m] = v[:m]
 
-  y0, bank, pos = init(params, gather(idx[:1], 1), pr)
+  bank, y0, pos = _first_frame(model, params, gather(idx[:1], 1), pr, **first_kw)
   # the prompt frame's block: pad to `chunk` so the post-processing shape is shared
   y0p = y0 if chunk == 1 or post is None else jax.tree.map(
       lambda a: jnp.concatenate([a, jnp.zeros((chunk - 1,) + a.shape[1:], a.dtype)]), y0)
@@ -345,24 +242,28 @@ def track_video(model, params, frames, video_hw, task: str, prompt: dict | Promp
     if encoded and m < chunk:   # features: pad by repeating the last index (no reads)
       ii = np.concatenate([ii, np.repeat(ii[-1:], chunk - m)])
     ts = np.arange(i, i + chunk, dtype=np.int32)
-    bank, ys = step(params, bank, gather(ii, chunk), jnp.asarray(ts), jnp.asarray(ts < n_out))
+    bank, ys = _chunk_step(model, params, bank, gather(ii, chunk), jnp.asarray(ts),
+                           jnp.asarray(ts < n_out), task=task, num_frames=num_frames,
+                           encoded=encoded)
     put(i, m, ys)
     del ys
     if progress is not None:
       for t in range(i, i + chunk):
         progress(int(t))
 
+  hm = s // 16
   res = {"frame_idx": idx, "low_res_mask_logits": host["low_res"],
          "object_score_logits": host["score"], "obj_ptr": host["obj_ptr"],
-         "maskmem_features_bf16": host["maskmem"], "maskmem_pos_enc": np.asarray(pos),
+         "maskmem_features_bf16": host["maskmem"].reshape(
+             host["maskmem"].shape[:2] + (hm, hm, -1)), "maskmem_pos_enc": np.asarray(pos).reshape(hm, hm, -1),
          "visible": host["score"] > 0}
   if task == "box":
     res["pred_box_xyxy_norm"] = host["box"]
     res["pred_box_xyxy"] = host["box"] * np.asarray([w, h, w, h], np.float32)
   if video_res:
-    res["video_res_mask_logits"] = host[("post", "video")]
+    res["video_res_mask_logits"] = host[("post", "masks")]
   if task == "point":
-    res["point_xy"] = host[("post", "point_xy")]
+    res["point_xy"] = host[("post", "points_xy")]
   if return_bank:
     res["bank"] = bank
   return res

@@ -1,0 +1,272 @@
+"""`track_step`: THE per-frame function of SAM 2++ tracking, shared by every caller.
+
+Whole-video tracking scans it (`propagate.py`), the interactive predictor calls it once per
+frame and object group (`predictor/`), and training scans it with simulated prompts and wraps
+corrective clicks around it (`train/forward.py`), as SAM 2's trainer wraps `_track_step`. A
+frame goes: [select memory -> condition on it] -> prompt encoder + decoder (choose a candidate)
+-> [refine hook] -> encode its memory -> write it into the bank. Every difference between the
+callers is a named argument of `track_step`, never a second code path:
+
+* `route` - how the frame is decoded: "memory" (memory attention over the bank, then the
+  heads), "no_memory" (a new conditioning frame: the learned no-memory embedding, then the
+  heads with the prompt) or "prompt_as_output" (mask / point tasks: the mask or Gaussian
+  heatmap prompt is the output; the heads run once for the object pointer). A Python string
+  traces one route; a traced int32 (an index into ROUTES, training) switches between the
+  routes present in a per-route prompt dict, so memory encoding and the write compile once.
+* `write` - where the frame's memory goes: "ring" (recent ring), "cond" (conditioning slot
+  `cond_slot`) or "none"; or a traced int32 index into WRITES (training: cond or ring per
+  frame; the scan: ring or none for the padding of the last chunk).
+* `multimask`, `num_frames`, `reverse`, `future_cond_ptrs`, `encode_memory`, `refine`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from sam2pp_jax.tracking.memory_bank import MemoryBank, bf16_round
+
+ROUTES = ("prompt_as_output", "no_memory", "memory")
+WRITES = ("none", "ring", "cond")
+FEATURE_KEYS = ("vision", "vision_pos", "s0", "s1")
+
+
+@flax.struct.dataclass
+class FramePrompt:
+  """One frame's prompt for B objects, fixed shapes; None fields are absent (static).
+
+  point_coords [B,P,2] model pixels with point_labels [B,P] int32 (1 positive, 0 negative,
+  2/3 box corners, -1 not-a-point); mask [B,H',W']: for "prompt_as_output" the binary mask or
+  Gaussian heatmap at SxS, for the decoder routes a dense mask prompt (a mask at SxS or the
+  previous low-res logits), resized to the prompt encoder's input as the reference does.
+  """
+
+  point_coords: jax.Array | None = None
+  point_labels: jax.Array | None = None
+  mask: jax.Array | None = None
+
+  @property
+  def batch(self) -> int | None:
+    for x in (self.point_coords, self.mask):
+      if x is not None:
+        return int(x.shape[0])
+    return None
+
+
+@flax.struct.dataclass
+class StepOut:
+  """Outputs of one frame for B objects (M = the decoder's multimask candidates).
+
+  low_res [B,S/4,S/4] chosen logits; high_res [B,S,S] the output at model resolution (the
+  exact prompt logits on "prompt_as_output", else low_res upsampled); score [B] object score
+  logit; obj_ptr [B,C]; box [B,4] normalised xyxy (box task, else None); candidates:
+  multi_high_res [B,M,S,S], ious [B,M], multi_boxes [B,M,4] (box task), candidate_valid [M]
+  (single-mask steps: only candidate 0); pix [B,h,w,C] the features the heads decoded
+  (memory-conditioned or not; training's corrective clicks re-use them); maskmem [B,HW,Cm]
+  the frame's memory rounded to bf16 (as the reference stores it), maskmem_pos [HW,Cm]
+  (None without encode_memory); extra: whatever the refine hook adds (training records).
+  """
+
+  low_res: jax.Array
+  high_res: jax.Array
+  score: jax.Array
+  obj_ptr: jax.Array
+  box: jax.Array | None
+  multi_high_res: jax.Array
+  ious: jax.Array
+  multi_boxes: jax.Array | None
+  candidate_valid: jax.Array
+  pix: jax.Array
+  maskmem: jax.Array | None = None
+  maskmem_pos: jax.Array | None = None
+  extra: object = None
+
+
+def _apply(model, params, method, *args, **kw):
+  return model.apply({"params": params}, *args, method=method, **kw)
+
+
+def _batched(x, b: int):
+  """[1,...] frame features -> [b,...] (objects of one frame share its features)."""
+  return x if x.shape[0] == b else jnp.broadcast_to(x, (b,) + x.shape[1:])
+
+
+def frame_features(model, params, images, *, task: str) -> dict:
+  """[N,S,S,3] normalised frames -> the step's features {vision, vision_pos, s0, s1} [N,...]."""
+  e = _apply(model, params, "encode_image", images, task=task)
+  return {k: e[k] for k in FEATURE_KEYS}
+
+
+def count_clicks(labels, task: str):
+  """Clicks of a prompt for the multimask rule: a box's two corners do not count (box task).
+
+  labels [..., P] int (numpy or jnp, -1 = padding). Returns the count per leading index.
+  """
+  real = labels >= 0
+  n = real.sum(-1)
+  if task == "box":
+    n = n - (labels >= 2).sum(-1)
+  return n
+
+
+def use_multimask(n_clicks, config):
+  """SAM 2's rule for tracking and prompting alike: multimask for min..max clicks (0..1)."""
+  lo, hi = int(config.multimask_min_pt_num), int(config.multimask_max_pt_num)
+  return (n_clicks >= lo) & (n_clicks <= hi)
+
+
+# ---------------------------------------------------------------------------------- decode
+def decode_heads(model, params, pix, feats, prompt: FramePrompt, *, task: str, multimask):
+  """Prompt encoder + decoder + candidate choice + pointer on features `pix` [B,h,w,C]."""
+  mask = None if prompt.mask is None else prompt.mask[..., None]
+  return _apply(model, params, "sam_heads", pix, feats["s0"], feats["s1"], prompt.point_coords,
+                prompt.point_labels, mask, task=task, multimask_output=multimask)
+
+
+def _heads_out(model, params, o, pix) -> StepOut:
+  """sam_heads outputs -> StepOut (candidates padded to the decoder's M)."""
+  m = int(model.config.decoder.num_multimask_outputs)
+  mm = o["multi_masks"]
+  b, k = mm.shape[:2]
+  s = int(model.config.image_size)
+  high = _apply(model, params, "upsample_to_image", mm.reshape((b * k,) + mm.shape[2:]))
+  high = high.reshape((b, k, s, s))
+  pad = lambda a: jnp.pad(a, [(0, 0), (0, m - k)] + [(0, 0)] * (a.ndim - 2))
+  boxes = o["multi_boxes"]
+  return StepOut(
+      low_res=o["low_res_masks"], high_res=o["high_res_masks"],
+      score=o["object_score_logits"][:, 0], obj_ptr=o["obj_ptr"], box=o["boxes"],
+      multi_high_res=pad(high), ious=pad(o["ious"]),
+      multi_boxes=None if boxes is None else pad(boxes),
+      candidate_valid=jnp.arange(m) < k, pix=pix)
+
+
+def _decode(model, params, feats, bank, t, prompt, *, task, route, multimask, num_frames,
+            reverse, future_cond_ptrs) -> StepOut:
+  """One static route (see the module docstring)."""
+  vision = feats["vision"]
+  if route == "prompt_as_output":
+    o = _apply(model, params, "prompt_as_output", vision, feats["s0"], feats["s1"],
+               prompt.mask, prompt.point_coords, prompt.point_labels, task=task)
+    m = int(model.config.decoder.num_multimask_outputs)
+    b = vision.shape[0]
+    pad = lambda a: jnp.pad(a, [(0, 0), (0, m - 1)] + [(0, 0)] * (a.ndim - 2))
+    return StepOut(
+        low_res=o["low_res_masks"], high_res=o["high_res_masks"],
+        score=o["object_score_logits"][:, 0], obj_ptr=o["obj_ptr"],
+        box=None if task != "box" else jnp.zeros((b, 4), jnp.float32),
+        multi_high_res=pad(o["high_res_masks"][:, None]), ious=pad(o["ious"]),
+        multi_boxes=None if task != "box" else jnp.zeros((b, m, 4), jnp.float32),
+        candidate_valid=jnp.arange(m) < 1, pix=vision)
+  if route == "no_memory":
+    pix = _apply(model, params, "no_memory_features", vision)
+  elif route == "memory":
+    tpos = params["maskmem_tpos_enc"][:, 0, 0]
+    ptr_pe = lambda rel, tdm: _apply(model, params, "obj_ptr_pos_encoding", rel, tdm)
+    memory, mpos, mmask = bank.select(t, num_frames, tpos, ptr_pe, reverse=reverse,
+                                      future_cond_ptrs=future_cond_ptrs)
+    pix = _apply(model, params, "condition_on_memory", vision, feats["vision_pos"], memory, mpos,
+                 mmask, task=task, num_obj_ptr_tokens=bank.num_ptr_tokens)
+  else:
+    raise ValueError(f"route={route!r} is unknown; use one of {ROUTES}")
+  o = decode_heads(model, params, pix, feats, prompt, task=task, multimask=multimask)
+  return _heads_out(model, params, o, pix)
+
+
+def _write(bank: MemoryBank, write, cond_slot, t, out: StepOut) -> MemoryBank:
+  """Store the frame's memory: static "none" / "ring" / "cond" or a traced WRITES index."""
+  if isinstance(write, str):
+    if write not in WRITES:
+      raise ValueError(f"write={write!r} is unknown; use one of {WRITES}")
+    if write == "none":
+      return bank
+    if write == "ring":
+      return bank.write(t, out.maskmem, out.maskmem_pos, out.obj_ptr)
+    return bank.write_cond(cond_slot, t, out.maskmem, out.maskmem_pos, out.obj_ptr)
+  w = jnp.asarray(write, jnp.int32)
+  ring = bank.write(t, out.maskmem, out.maskmem_pos, out.obj_ptr)
+  cond = bank.write_cond(cond_slot, t, out.maskmem, out.maskmem_pos, out.obj_ptr)
+  pick = lambda n, r, c: jnp.where(w == WRITES.index("cond"), c,
+                                   jnp.where(w == WRITES.index("ring"), r, n))
+  return jax.tree.map(pick, bank, ring, cond)
+
+
+# ---------------------------------------------------------------------------------- memory
+def frame_memory(model, params, vision, low_res, score, *, task: str):
+  """A frame's memory from its chosen low-res logits upsampled to SxS (as the reference's
+  predictor does): (features [B,HW,Cm] rounded to bf16, position encoding [HW,Cm])."""
+  high = _apply(model, params, "upsample_to_image", low_res)
+  mem, pos = _apply(model, params, "encode_memory", vision, high, score[:, None], task=task)
+  b = mem.shape[0]
+  return bf16_round(mem.reshape(b, -1, mem.shape[-1])), pos[0].reshape(-1, pos.shape[-1])
+
+
+# ---------------------------------------------------------------------------------- step
+def track_step(model, params, feats: Mapping[str, jax.Array], bank: MemoryBank | None, t,
+               prompt: FramePrompt | Mapping[str, FramePrompt] | None = None, *, task: str,
+               route="memory", multimask=True, num_frames: int = 1, reverse=False,
+               future_cond_ptrs: bool = False, write="ring", cond_slot=0,
+               encode_memory: bool = True,
+               refine: Callable[[StepOut], StepOut] | None = None):
+  """One frame t for B objects -> (bank, StepOut). Pure; call it inside jit / scan.
+
+  feats: {vision, vision_pos, s0, s1} of the frame, [B,...] or [1,...] (shared by objects).
+  bank: the MemoryBank (None allowed when route is not "memory" and write is "none").
+  prompt: the frame's FramePrompt (None = no prompt), or with a traced `route` a dict
+  route name -> FramePrompt (routes take prompts of different shapes; absent routes are not
+  traced). multimask: bool, or a traced bool (M candidates always, see sam_heads).
+  num_frames: the video length for the pointer normaliser min(T, max_obj_ptrs) - 1.
+  reverse: tracking backwards (may be traced). future_cond_ptrs: also attend to pointers of
+  conditioning frames after t (training; the reference's eval uses only past ones).
+  encode_memory: run the memory encoder on the chosen logits (upsampled to SxS) and return
+  the memory in the StepOut. refine: a hook StepOut -> StepOut run between decoding and
+  memory encoding (training's corrective clicks).
+  """
+  b = bank.cond_ptr.shape[0] if bank is not None else None
+  if isinstance(prompt, Mapping):
+    b = b or next(p.batch for p in prompt.values() if p is not None and p.batch)
+  elif b is None:
+    b = prompt.batch if prompt is not None else feats["vision"].shape[0]
+  feats = {k: _batched(feats[k], b) for k in FEATURE_KEYS}
+  kw = dict(task=task, multimask=multimask, num_frames=num_frames, reverse=reverse,
+            future_cond_ptrs=future_cond_ptrs)
+  if isinstance(route, str):
+    p = prompt.get(route) if isinstance(prompt, Mapping) else prompt
+    out = _decode(model, params, feats, bank, t, FramePrompt() if p is None else p, route=route,
+                  **kw)
+  else:
+    if not isinstance(prompt, Mapping):
+      raise TypeError("a traced route needs a dict route name -> FramePrompt")
+    names = [r for r in ROUTES if r in prompt]
+    index = jnp.asarray([names.index(r) if r in names else 0 for r in ROUTES], jnp.int32)
+    branches = [lambda r=r: _decode(model, params, feats, bank, t, prompt[r] or FramePrompt(),
+                                    route=r, **kw) for r in names]
+    out = jax.lax.switch(index[jnp.asarray(route, jnp.int32)], branches)
+  if refine is not None:
+    out = refine(out)
+  if encode_memory:
+    mem, pos = frame_memory(model, params, feats["vision"], out.low_res, out.score, task=task)
+    out = out.replace(maskmem=mem, maskmem_pos=pos)
+  if bank is not None and not (isinstance(write, str) and write == "none"):
+    if not encode_memory:
+      raise ValueError("write needs the frame's memory: use encode_memory=True")
+    bank = _write(bank, write, cond_slot, t, out)
+  return bank, out
+
+
+def new_bank(model, batch: int, cond_capacity: int = 2) -> MemoryBank:
+  """An empty bank for `batch` objects with the model's memory geometry."""
+  c = model.config
+  hw = (int(c.image_size) // 16) ** 2
+  return MemoryBank.empty(batch, hw, int(c.mem_dim), int(c.hidden_dim),
+                          num_maskmem=int(c.num_maskmem),
+                          max_obj_ptrs=int(c.max_obj_ptrs_in_encoder),
+                          cond_capacity=cond_capacity)
+
+
+track_step_jit = jax.jit(
+    track_step, static_argnames=("model", "task", "route", "multimask", "num_frames",
+                                 "future_cond_ptrs", "write", "encode_memory", "refine"))
