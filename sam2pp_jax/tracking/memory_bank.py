@@ -60,6 +60,23 @@ class MemoryBank:
                mem_feats=z(batch, r, hw, mem_dim), mem_pos=z(batch, r, hw, mem_dim),
                mem_frame=e(r), ptr=z(batch, p, hidden_dim), ptr_frame=e(p))
 
+  @classmethod
+  def from_slots(cls, slots: dict, pos) -> "MemoryBank":
+    """A bank from per-slot, per-object host memories (the interactive predictor's layout).
+
+    slots: cond_feats / mem_feats: tuples (slot) of tuples (object) of [HW,Cm] memories;
+    cond_ptr / ptr: the same of [C] pointers; cond_frame / mem_frame / ptr_frame: [K] frame
+    indices (EMPTY where unused). pos [HW,Cm] is every memory's position encoding.
+    """
+    stack = lambda xs: jnp.stack([jnp.stack(objs) for objs in xs], axis=1).astype(jnp.float32)
+    cond, mem = stack(slots["cond_feats"]), stack(slots["mem_feats"])
+    frame = lambda k: jnp.asarray(slots[k], jnp.int32)
+    return cls(cond_feats=cond, cond_pos=jnp.broadcast_to(pos, cond.shape),
+               cond_ptr=stack(slots["cond_ptr"]), cond_frame=frame("cond_frame"),
+               mem_feats=mem, mem_pos=jnp.broadcast_to(pos, mem.shape),
+               mem_frame=frame("mem_frame"), ptr=stack(slots["ptr"]),
+               ptr_frame=frame("ptr_frame"))
+
   @property
   def num_ptr_tokens(self) -> int:
     """Static number of pointer tokens select() emits (each pointer -> C/Cm tokens)."""
