@@ -119,29 +119,30 @@ def use_multimask(n_clicks, config):
 
 
 # ---------------------------------------------------------------------------------- decode
-def decode_heads(model, params, pix, feats, prompt: FramePrompt, *, task: str, multimask):
-  """Prompt encoder + decoder + candidate choice + pointer on features `pix` [B,h,w,C]."""
+def decode_heads(model, params, pix, feats, prompt: FramePrompt, *, task: str,
+                 multimask) -> StepOut:
+  """Prompt encoder + decoder + candidate choice + pointer on features `pix` [B,h,w,C].
+
+  Candidates are padded to the decoder's M; a single-mask step (multimask False, static or
+  traced) has only candidate 0 valid."""
   mask = None if prompt.mask is None else prompt.mask[..., None]
-  return _apply(model, params, "sam_heads", pix, feats["s0"], feats["s1"], prompt.point_coords,
-                prompt.point_labels, mask, task=task, multimask_output=multimask)
-
-
-def _heads_out(model, params, o, pix) -> StepOut:
-  """sam_heads outputs -> StepOut (candidates padded to the decoder's M)."""
+  o = _apply(model, params, "sam_heads", pix, feats["s0"], feats["s1"], prompt.point_coords,
+             prompt.point_labels, mask, task=task, multimask_output=multimask)
   m = int(model.config.decoder.num_multimask_outputs)
+  s = int(model.config.image_size)
   mm = o["multi_masks"]
   b, k = mm.shape[:2]
-  s = int(model.config.image_size)
   high = _apply(model, params, "upsample_to_image", mm.reshape((b * k,) + mm.shape[2:]))
-  high = high.reshape((b, k, s, s))
   pad = lambda a: jnp.pad(a, [(0, 0), (0, m - k)] + [(0, 0)] * (a.ndim - 2))
+  valid = jnp.arange(m) < k
+  if not isinstance(multimask, bool):
+    valid = jnp.where(multimask, valid, jnp.arange(m) < 1)
   boxes = o["multi_boxes"]
   return StepOut(
       low_res=o["low_res_masks"], high_res=o["high_res_masks"],
       score=o["object_score_logits"][:, 0], obj_ptr=o["obj_ptr"], box=o["boxes"],
-      multi_high_res=pad(high), ious=pad(o["ious"]),
-      multi_boxes=None if boxes is None else pad(boxes),
-      candidate_valid=jnp.arange(m) < k, pix=pix)
+      multi_high_res=pad(high.reshape((b, k, s, s))), ious=pad(o["ious"]),
+      multi_boxes=None if boxes is None else pad(boxes), candidate_valid=valid, pix=pix)
 
 
 def _decode(model, params, feats, bank, t, prompt, *, task, route, multimask, num_frames,
@@ -172,8 +173,7 @@ def _decode(model, params, feats, bank, t, prompt, *, task, route, multimask, nu
                  mmask, task=task, num_obj_ptr_tokens=bank.num_ptr_tokens)
   else:
     raise ValueError(f"route={route!r} is unknown; use one of {ROUTES}")
-  o = decode_heads(model, params, pix, feats, prompt, task=task, multimask=multimask)
-  return _heads_out(model, params, o, pix)
+  return decode_heads(model, params, pix, feats, prompt, task=task, multimask=multimask)
 
 
 def _write(bank: MemoryBank, write, cond_slot, t, out: StepOut) -> MemoryBank:

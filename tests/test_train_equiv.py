@@ -1,0 +1,80 @@
+"""Training ≡ inference: the training forward (corrections off, a fixed plan) runs the same
+per-frame `track_step` as `track_video`, so its per-frame logits, scores and pointers equal the
+tracker's on the same clip and weights."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sam2pp_jax.model.random_params import random_params
+from sam2pp_jax.model.sam2pp import build_model
+from sam2pp_jax.tracking.propagate import track_video
+from sam2pp_jax.train import forward
+
+T, O = 5, 2
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  model = build_model("tiny")
+  params = random_params(model, 0)
+  # objects judged present, so the compared masks are live logits, not the absent constant
+  head = params["sam_unified_decoder"]["pred_obj_score_head"]["layers_2"]
+  head["bias"] = head["bias"] + 3.0
+  s = int(model.config.image_size)
+  rng = np.random.default_rng(5)
+  frames = rng.standard_normal((T, s, s, 3)).astype(np.float32)
+  yy, xx = np.mgrid[:s, :s]
+  masks = np.zeros((T, O, s, s), bool)
+  boxes = np.zeros((T, O, 4), np.float32)
+  points = np.zeros((T, O, 2), np.float32)
+  for t in range(T):
+    for o in range(O):
+      cx, cy, r = 16 + 24 * o + 2 * t, 20 + 3 * t, 7 + o
+      masks[t, o] = (xx - cx) ** 2 + (yy - cy) ** 2 <= r * r
+      boxes[t, o] = [cx - r, cy - r, cx + r + 1, cy + r + 1]
+      points[t, o] = [cx + 0.25, cy + 0.5]
+  batch = {"frames": frames[None], "masks": masks[None], "boxes": boxes[None],
+           "points": points[None], "visible": np.ones((1, T, O), bool),
+           "obj_valid": np.ones((1, O), bool)}
+  return model, params, batch
+
+
+def _fixed_plan_config():
+  """Corrections off, mask/box prompts only, one conditioning frame: the plan is fixed."""
+  cfg = forward.default_prompt_config()
+  cfg.prob_to_use_pt_input = 0.0
+  cfg.num_init_cond_frames = 1
+  cfg.num_correction_pt_per_frame = 0
+  return cfg
+
+
+@pytest.mark.parametrize("task", ["mask", "box", "point"])
+def test_training_forward_equals_track_video(tiny, task):
+  model, params, batch = tiny
+  s = int(model.config.image_size)
+  cfg = _fixed_plan_config()
+  run = jax.jit(lambda p, b, k: forward.clip_forward(model, p, b, k, task=task, cfg=cfg))
+  r = run(params, batch, jax.random.key(0))
+  plan = {k: np.asarray(v) for k, v in r["plan"].items() if k != "frame_keys"}
+  np.testing.assert_array_equal(plan["order"], np.arange(T))           # the fixed plan
+  assert plan["write_cond"].tolist() == [True] + [False] * (T - 1)
+  prompt = {"mask": {"mask": batch["masks"][0, 0]},
+            "box": {"box_xyxy": batch["boxes"][0, 0]},
+            "point": {"points_xy": batch["points"][0, 0][:, None, :]}}[task]
+  ref = track_video(model, params, batch["frames"][0], (s, s), task, prompt, chunk=2,
+                    video_res=False)
+  got = jax.tree.map(np.asarray, r["frame_outputs"])
+  # frames 1.. are tracked from memory: every difference in the step would show there
+  assert np.all(ref["object_score_logits"] > 0)
+  for name, key in (("low_res", "low_res_mask_logits"), ("score", "object_score_logits"),
+                    ("obj_ptr", "obj_ptr")):
+    a, b = got[name], ref[key]
+    assert a.shape == b.shape, (name, a.shape, b.shape)
+    tol = 1e-4 * max(1.0, float(np.abs(b).max()))
+    err = float(np.abs(a - b).max())
+    assert err <= tol, f"{task} {name}: max abs diff {err:.3g} > {tol:.3g}"
+  # the loss inputs are the same step's candidates: the chosen mask is one of them
+  hi = np.asarray(r["outputs"]["multistep_pred_multimasks_high_res"])[1:, 0]   # [T-1,N,M,S,S]
+  assert np.isfinite(hi).all()
