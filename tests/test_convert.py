@@ -1,7 +1,6 @@
 """convert_torch_weights.py: torch-free safe reading, SAM 2 -> SAM 2++, export back, errors."""
 
 import collections
-import io
 import json
 import os
 import pickle
@@ -15,8 +14,7 @@ import numpy as np
 import pytest
 
 from sam2pp_jax.convert import key_map
-from sam2pp_jax.convert.torch_reader import (CheckpointReadError, UnsafeCheckpointError,
-                                             read_torch_checkpoint)
+from sam2pp_jax.convert.torch_reader import UnsafeCheckpointError, read_torch_checkpoint
 from sam2pp_jax.model.sam2pp import build_model, param_shapes
 from sam2pp_jax.parity.det_init import det_state_dict
 

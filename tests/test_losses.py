@@ -9,6 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from sam2pp_jax.model.corner_head import soft_argmax_xy
 from sam2pp_jax.train import losses as L
 
 LN2, LN3, LN4 = math.log(2.0), math.log(3.0), math.log(4.0)
@@ -160,8 +161,8 @@ def test_box_point_l1_and_soft_argmax():
   got = _run(lambda: (
       L.box_l1_loss(jnp.array([0.0, 0.1, 0.5, 0.5]), jnp.array([0.1, 0.1, 0.3, 0.6])),
       L.point_l1_loss(jnp.array([0.25, 0.5]), jnp.array([0.5, 0.0]), 2.0),
-      L.soft_argmax(jnp.array([[0.0, LN3], [0.0, 0.0]]), 2),
-      L.soft_argmax(peak, 4)))
+      soft_argmax_xy(jnp.array([[0.0, LN3], [0.0, 0.0]])) / 2,     # the point loss's readout
+      soft_argmax_xy(peak) / 4))
   _close(got[0], 0.4)                # no num_objects division for boxes
   _close(got[1], 0.75 / 2)
   # exp(logits) / 6 = [[1, 3], [1, 1]] / 6: E[col] = 4/6, E[row] = 2/6, over size 2.

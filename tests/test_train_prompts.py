@@ -9,14 +9,21 @@ from sam2pp_jax.tracking import prompts
 from sam2pp_jax.train import forward, prompt_sim
 
 
-def test_mask_to_box_inclusive_and_empty():
+def test_mask_to_box_is_the_pixel_extent_and_zero_when_empty():
+  """One convention for training prompts, training targets and data: pixel i covers [i, i+1),
+  so a box is [x0, y0, x_max + 1, y_max + 1]; numpy in -> numpy out, jax in -> jax out."""
   m = np.zeros((3, 10, 12), bool)
   m[0, 2:5, 3:9] = True
   m[1, 9, 11] = True
-  b = np.asarray(prompt_sim.mask_to_box(jnp.asarray(m)))
-  np.testing.assert_array_equal(b[0], [3, 2, 8, 4])
-  np.testing.assert_array_equal(b[1], [11, 9, 11, 9])
+  b = np.asarray(prompts.mask_to_box(jnp.asarray(m)))
+  np.testing.assert_array_equal(b[0], [3, 2, 9, 5])       # the slice bounds mask[2:5, 3:9]
+  np.testing.assert_array_equal(b[1], [11, 9, 12, 10])
   np.testing.assert_array_equal(b[2], [0, 0, 0, 0])
+  host = prompts.mask_to_box(m)
+  assert isinstance(host, np.ndarray) and host.dtype == np.float32
+  np.testing.assert_array_equal(host, b)
+  jitted = jax.jit(prompts.mask_to_box)(jnp.asarray(m[None]))         # any leading axes
+  np.testing.assert_array_equal(np.asarray(jitted)[0], b)
 
 
 def test_box_points_noise_is_bounded_and_clamped():
@@ -49,11 +56,30 @@ def test_click_from_errors_lands_in_the_error_region_with_its_label():
     assert lab[3] == 0 and not gt[3, xy[3, 1], xy[3, 0]]
 
 
-def test_gaussian_heatmaps_equal_the_inference_prompt():
-  pts = np.array([[10.7, 20.2], [0.5, 63.9], [33.0, 31.99]], np.float32)
-  got = np.asarray(prompt_sim.gaussian_heatmaps(jnp.asarray(pts), 64, 5, 2.0))
+def _reference_heat(x, y, hw, radius, sigma):
+  """The reference's point prompt, pixel by pixel in float64: a peak-1 Gaussian on the disc of
+  `radius` around (int(x), int(y)), values below float64 eps dropped, rounded to float32."""
+  cx, cy = int(x), int(y)
+  yy, xx = np.mgrid[:hw[0], :hw[1]]
+  d2 = (xx - cx) ** 2 + (yy - cy) ** 2
+  g = np.exp(-d2 / (2.0 * sigma * sigma))
+  return np.where((d2 <= radius * radius) & (g >= np.finfo(np.float64).eps), g, 0.0).astype(
+      np.float32)
+
+
+@pytest.mark.parametrize("radius, sigma", [(5, 2.0), (3, 0.6), (9, 1.5)])
+def test_gaussian_heatmaps_training_and_inference_are_the_reference_prompt(radius, sigma):
+  pts = np.array([[10.7, 20.2], [0.5, 63.9], [33.0, 31.99], [-2.5, 5.0], [64.0, 2.0],
+                  [-12.0, 3.0]], np.float32)
+  got = np.asarray(prompts.gaussian_heatmaps(jnp.asarray(pts), 64, radius, sigma))
+  rect = np.asarray(prompts.gaussian_heatmaps(jnp.asarray(pts), (48, 80), radius, sigma))
   for i, (x, y) in enumerate(pts):
-    np.testing.assert_array_equal(got[i], prompts.gaussian_point_mask(x, y, (64, 64), 5, 2.0))
+    want = _reference_heat(x, y, (64, 64), radius, sigma)
+    np.testing.assert_array_equal(got[i], want)
+    host = prompts.gaussian_point_mask(x, y, (64, 64), radius, sigma)
+    np.testing.assert_array_equal(host, want)
+    np.testing.assert_array_equal(rect[i], _reference_heat(x, y, (48, 80), radius, sigma))
+  assert got[5].max() == 0 and got[0].max() == 1      # off the grid: empty; peak 1
 
 
 @pytest.mark.parametrize("task", ["mask", "box", "point"])

@@ -11,14 +11,19 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 
+from sam2pp_jax.checkpoint import PARAMS_DIR, load_config, save_model
 from sam2pp_jax.convert import key_map
 from sam2pp_jax.convert.sources import (SourceError, detect_preset, detect_source, fill_missing,
                                         sam2_to_sam2pp, trunk_signature)
 from sam2pp_jax.convert.torch_reader import extract_state_dict, read_torch_checkpoint
+from sam2pp_jax.model.presets import PRESETS, get_model_config
+from sam2pp_jax.model.sam2pp import build_model, param_shapes
 
 REPORT_FILE = "conversion_report.json"
 
@@ -39,10 +44,6 @@ def _module_counts(params) -> dict[str, int]:
 def convert_checkpoint(src, out_dir, *, config: str | None = None, source: str = "auto",
                        dtype: str = "float32", seed: int = 0, overwrite: bool = False) -> dict:
   """Convert `src` (.pt) into the checkpoint directory `out_dir`; returns the report."""
-  from sam2pp_jax.checkpoint import save_model
-  from sam2pp_jax.model.presets import PRESETS, get_model_config
-  from sam2pp_jax.model.sam2pp import build_model, param_shapes
-
   t0 = time.time()
   src = os.fspath(src)
   out = os.path.abspath(os.fspath(out_dir))
@@ -92,8 +93,6 @@ def convert_checkpoint(src, out_dir, *, config: str | None = None, source: str =
   del sd   # the tree now holds the only references: contiguous copies replace them one by one
   # Hand orbax device arrays, made one leaf at a time while each source buffer is dropped:
   # orbax copies numpy leaves again during the save, which would put the peak above 3x.
-  import jax
-  import jax.numpy as jnp
   target = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
   params = _tree_map(lambda a: jax.device_put(np.asarray(a).astype(target, copy=False)), params)
   report = {
@@ -135,8 +134,6 @@ def export_to_torch(ckpt_dir, out_pt) -> int:
   except ImportError:
     raise ConversionError("--to-torch writes a PyTorch file and needs PyTorch: "
                           "pip install torch==2.13.0 (conversion *from* .pt does not)") from None
-  import orbax.checkpoint as ocp
-  from sam2pp_jax.checkpoint import PARAMS_DIR, load_config
   load_config(ckpt_dir)   # validates the directory and its config.json
   params = ocp.StandardCheckpointer().restore(os.path.join(os.fspath(ckpt_dir), PARAMS_DIR))
   params = _tree_map(np.asarray, params)

@@ -14,6 +14,8 @@ from typing import Callable, Mapping
 
 import numpy as np
 
+from sam2pp_jax.model.param_tree import ParamTreeError, check_against_template, flatten
+
 # ---------------------------------------------------------------------------------------------
 # Layout transforms (torch -> flax, and the inverse)
 # ---------------------------------------------------------------------------------------------
@@ -60,8 +62,9 @@ RULES: list[tuple[str, int | None, str | None, Transform]] = [
 _COMPILED = [(re.compile(p), nd, leaf, tf) for p, nd, leaf, tf in RULES]
 
 
-class KeyMapError(ValueError):
+class KeyMapError(ParamTreeError):
   """A state dict does not match the Flax parameter tree (names the offending keys)."""
+
 
 
 def _module_path(parts: list[str]) -> list[str]:
@@ -98,16 +101,6 @@ def _set(tree: dict, path: tuple[str, ...], value) -> None:
   node[path[-1]] = value
 
 
-def flatten(tree: Mapping, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], object]:
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, Mapping):
-      out.update(flatten(v, prefix + (k,)))
-    else:
-      out[prefix + (k,)] = v
-  return out
-
-
 def torch_to_flax(state_dict: Mapping[str, np.ndarray], template: Mapping | None = None) -> dict:
   """Reference state dict -> nested Flax params dict.
 
@@ -120,32 +113,12 @@ def torch_to_flax(state_dict: Mapping[str, np.ndarray], template: Mapping | None
     path, tf = rule_for(key, arr.ndim)
     _set(tree, path, tf.to_flax(arr))
   if template is not None:
-    check_against_template(tree, template, origin=dict(
-        (rule_for(k, np.ndim(v))[0], k) for k, v in state_dict.items()))
+    try:
+      check_against_template(tree, template, origin=dict(
+          (rule_for(k, np.ndim(v))[0], k) for k, v in state_dict.items()))
+    except ParamTreeError as e:
+      raise KeyMapError(str(e)) from None
   return tree
-
-
-def check_against_template(tree: Mapping, template: Mapping, origin: Mapping | None = None):
-  """Raise KeyMapError listing missing, unexpected and mis-shaped params."""
-  got, want = flatten(tree), flatten(template)
-  origin = origin or {}
-  name = lambda p: f"{'/'.join(p)}" + (f" (from {origin[p]})" if p in origin else "")
-  missing = sorted(set(want) - set(got))
-  extra = sorted(set(got) - set(want))
-  bad = [p for p in set(got) & set(want) if tuple(np.shape(got[p])) != tuple(want[p].shape)]
-  msgs = []
-  if missing:
-    msgs.append(f"{len(missing)} Flax params have no reference key: "
-                + ", ".join("/".join(p) for p in missing[:20]))
-  if extra:
-    msgs.append(f"{len(extra)} reference keys match no Flax param: "
-                + ", ".join(name(p) for p in extra[:20]))
-  if bad:
-    msgs.append(f"{len(bad)} shape mismatches: " + ", ".join(
-        f"{name(p)} got {tuple(np.shape(got[p]))} want {tuple(want[p].shape)}"
-        for p in sorted(bad)[:20]))
-  if msgs:
-    raise KeyMapError("state dict does not match the model: " + "; ".join(msgs))
 
 
 def flax_to_torch(params: Mapping, reference_keys: Mapping[str, tuple] | list[str]) -> dict:

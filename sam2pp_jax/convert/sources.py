@@ -18,7 +18,7 @@ from typing import Mapping
 
 import numpy as np
 
-TASKS = ("mask", "point", "box")
+from sam2pp_jax.model.presets import TASKS
 _PER_TASK_DECODER = ("output_hypernetworks_mlps", "output_upscaling", "conv_s0", "conv_s1")
 
 # (trunk embed_dim, number of trunk blocks) -> preset

@@ -51,6 +51,8 @@ from typing import Callable, Iterator, Optional, Tuple, Union
 import cv2
 import numpy as np
 
+from sam2pp_jax.tracking.prompts import mask_to_box
+
 MAX_OBJECTS = 8
 NOT_SIMILAR, SIMILAR, SAME = 0, 1, 2
 
@@ -501,16 +503,15 @@ def _point_visibility(points: np.ndarray, masks: np.ndarray, obj_id: np.ndarray)
 
 
 def _boxes(masks: np.ndarray, k: int) -> np.ndarray:
-  """[T,K,4] xywh pixel-extent boxes of each object's visible pixels; NaN rows where there are none."""
+  """[T,K,4] xywh pixel-extent boxes of each object's visible pixels (`prompts.mask_to_box`,
+  w = x_max + 1 - x0); NaN rows where there are none."""
   t = masks.shape[0]
   boxes = np.full((t, k, 4), np.nan, np.float32)
   for j in range(k):
     m = masks == j + 1
-    rows, cols = m.any(2), m.any(1)
-    has = rows.any(1)
-    y0, y1 = rows.argmax(1), rows.shape[1] - 1 - rows[:, ::-1].argmax(1)
-    x0, x1 = cols.argmax(1), cols.shape[1] - 1 - cols[:, ::-1].argmax(1)
-    boxes[has, j] = np.stack([x0, y0, x1 - x0 + 1, y1 - y0 + 1], -1)[has]
+    has = m.any(axis=(1, 2))
+    xyxy = mask_to_box(m)
+    boxes[has, j] = np.concatenate([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], -1)[has]
   return boxes
 
 

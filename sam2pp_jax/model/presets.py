@@ -9,7 +9,7 @@ from __future__ import annotations
 import ml_collections
 
 PRESETS = ("tiny", "t", "s", "b+", "l", "parity_small")
-TASKS = ("mask", "box", "point")
+TASKS = ("mask", "box", "point")   # the granularities, in this order everywhere: import this one
 
 _TRUNKS = {
     "t": dict(embed_dim=96, num_heads=1, stages=(1, 2, 7, 2), global_att_blocks=(5, 7, 9),

@@ -14,8 +14,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from sam2pp_jax.model.corner_head import soft_argmax_xy
 from sam2pp_jax.model.resize import resize_bilinear
-from sam2pp_jax.train.losses import soft_argmax
+# [..., H, W] logits -> int32 [..., 2] (x, y) of the first maximum in row-major order.
+from sam2pp_jax.model.unified_decoder import argmax_point
 
 READOUTS = ("argmax", "soft_argmax")
 
@@ -26,13 +28,6 @@ def check_readout(readout: str) -> str:
   return readout
 
 
-def argmax_point(video_logits: jax.Array) -> jax.Array:
-  """[..., H, W] logits -> int32 [..., 2] (x, y) of the first maximum (row-major)."""
-  h, w = video_logits.shape[-2:]
-  flat = jnp.argmax(video_logits.reshape(video_logits.shape[:-2] + (h * w,)), axis=-1)
-  return jnp.stack([flat % w, flat // w], axis=-1).astype(jnp.int32)
-
-
 def soft_argmax_point(low_res_logits: jax.Array, image_size: int,
                       video_hw: tuple[int, int]) -> jax.Array:
   """[..., h, w] low-res logits -> float32 [..., 2] (x, y) video pixels (training readout)."""
@@ -40,7 +35,7 @@ def soft_argmax_point(low_res_logits: jax.Array, image_size: int,
   lead = low_res_logits.shape[:-2]
   low = low_res_logits.reshape((-1,) + low_res_logits.shape[-2:]).astype(jnp.float32)
   hi = resize_bilinear(low[..., None], (s, s))[..., 0]                     # [N, S, S]
-  xy_model = soft_argmax(hi, 1)                      # the point loss's readout, model pixels
+  xy_model = soft_argmax_xy(hi)                      # the point loss's readout, model pixels
   h, w = video_hw
   xy = xy_model * jnp.asarray([w / s, h / s], jnp.float32)
   return xy.reshape(lead + (2,))

@@ -1,11 +1,18 @@
-"""Prompt construction at model resolution: point -> Gaussian mask, box -> corner points, masks.
+"""Prompt construction at model resolution: point -> Gaussian mask, mask -> box, box -> corner
+points, masks.
 
-These run on the host in numpy (prompts are tiny and arrive from users), and follow the
-reference predictor's arithmetic so the model sees bit-identical inputs.
+The user-prompt helpers run on the host in numpy (prompts are tiny and arrive from users) and
+follow the reference predictor's arithmetic so the model sees bit-identical inputs. The two
+helpers training also needs inside jit, `gaussian_heatmaps` and `mask_to_box`, are the single
+implementations for inference and training alike.
 """
 
 from __future__ import annotations
 
+import functools
+
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from sam2pp_jax.model.resize import bilinear_matrix
@@ -14,32 +21,62 @@ BOX_LABELS = (2, 3)      # top-left, bottom-right corner labels
 PAD_LABEL = -1           # "not a point"
 
 
-def gaussian_kernel(radius: int, sigma: float) -> np.ndarray:
-  """[2r+1, 2r+1] float64 disc-shaped Gaussian with peak 1 (tiny tails zeroed)."""
-  off = np.arange(-radius, radius + 1, dtype=np.float64)
-  d2 = off[None, :] ** 2 + off[:, None] ** 2
+def _gaussian_profile(radius: int, sigma: float) -> np.ndarray:
+  """float32 [r*r + 1]: the heat at integer squared distance d2 = 0..r*r from the centre.
+
+  exp(-d2 / (2 sigma^2)) in float64, rounded once to float32 (the reference builds its disc
+  kernel in float64, peak 1, and zeroes values below float64 eps). Computed on the host, so the
+  heatmap is bit-identical on every backend (no device exp)."""
+  d2 = np.arange(int(radius) ** 2 + 1, dtype=np.float64)
   g = np.exp(-d2 / (2.0 * sigma * sigma))
-  g[g < np.finfo(np.float64).eps * g.max()] = 0.0
-  g[d2 > radius * radius] = 0.0
-  return g
+  g[g < np.finfo(np.float64).eps] = 0.0
+  return g.astype(np.float32)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def gaussian_heatmaps(points_xy, size, radius: int = 5, sigma: float = 2.0) -> jax.Array:
+  """[N,2] model-pixel (x, y) points -> float32 [N,H,W] heatmaps (jit-able, fixed shapes).
+
+  Each is the reference's point prompt: exp(-d^2 / (2 sigma^2)) on the disc d <= radius around
+  the point's integer pixel (coordinates truncated towards zero, Python's int()), peak 1, zero
+  elsewhere; d is measured between integer pixels. `size` is S (square) or (H, W); radius,
+  sigma and size are static.
+  """
+  h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+  c = jnp.trunc(jnp.asarray(points_xy, jnp.float32)).astype(jnp.int32)      # [N,2]
+  dx = jnp.arange(w, dtype=jnp.int32)[None, :] - c[:, 0:1]                  # [N,W]
+  dy = jnp.arange(h, dtype=jnp.int32)[None, :] - c[:, 1:2]                  # [N,H]
+  d2 = dx[:, None, :] ** 2 + dy[:, :, None] ** 2                            # [N,H,W]
+  inside = d2 <= int(radius) ** 2
+  table = jnp.asarray(_gaussian_profile(radius, sigma))
+  return jnp.where(inside, table[jnp.where(inside, d2, 0)], jnp.float32(0))
 
 
 def gaussian_point_mask(x: float, y: float, size: tuple[int, int], radius: int = 5,
                         sigma: float = 2.0) -> np.ndarray:
-  """float32 [H, W] heatmap of a point given at model scale (centre truncated to int)."""
-  h, w = size
-  cx, cy = int(x), int(y)
-  heat = np.zeros((h, w), np.float32)
-  g = gaussian_kernel(radius, sigma)
-  left, right = min(cx, radius), min(w - cx, radius + 1)
-  top, bottom = min(cy, radius), min(h - cy, radius + 1)
-  if min(right + left, bottom + top) <= 0 or cx < -radius or cy < -radius:
-    return heat
-  dst = heat[cy - top:cy + bottom, cx - left:cx + right]
-  src = g[radius - top:radius + bottom, radius - left:radius + right]
-  if dst.size and src.size:
-    np.maximum(dst, src, out=dst)
-  return heat
+  """float32 [H, W] numpy heatmap of one point given at model scale (`gaussian_heatmaps`)."""
+  centre = np.array([[int(x), int(y)]], np.float32)       # truncate on the host, in float64
+  return np.asarray(gaussian_heatmaps(centre, (int(size[0]), int(size[1])), int(radius),
+                                      float(sigma))[0])
+
+
+def mask_to_box(masks):
+  """Tight box of each mask: bool [..., H, W] -> float32 [..., 4] xyxy; all zeros when empty.
+
+  The project's one box convention: pixel i covers [i, i + 1) (as `to_model_coords`), so the
+  box of the pixels x0..x_max, y0..y_max is the pixel extent [x0, y0, x_max + 1, y_max + 1]:
+  `x + w` of benchmark xywh boxes (w counts pixels), and the inverse of rasterising a box as
+  mask[y0:y1, x0:x1]. A numpy array gives numpy (host data pipeline); a jax array or tracer
+  gives jax (inside jit).
+  """
+  xp = jnp if isinstance(masks, jax.Array) else np
+  m = xp.asarray(masks).astype(bool)
+  h, w = m.shape[-2:]
+  rows, cols = m.any(axis=-1), m.any(axis=-2)                             # [..., H], [..., W]
+  y0, y1 = rows.argmax(axis=-1), h - rows[..., ::-1].argmax(axis=-1)
+  x0, x1 = cols.argmax(axis=-1), w - cols[..., ::-1].argmax(axis=-1)
+  box = xp.stack([x0, y0, x1, y1], axis=-1).astype(xp.float32)
+  return xp.where(rows.any(axis=-1)[..., None], box, xp.float32(0))
 
 
 def to_model_coords(xy, video_hw: tuple[int, int], image_size: int) -> np.ndarray:

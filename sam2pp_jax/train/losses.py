@@ -28,7 +28,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-TASKS = ("mask", "box", "point")
+from sam2pp_jax.model.corner_head import soft_argmax_xy
+from sam2pp_jax.model.presets import TASKS
+
 CORE_LOSS_KEY = "core_loss"
 
 # Weight keys each task's reference loss asserts on (loss_class is optional, default 0).
@@ -195,17 +197,6 @@ def point_l1_loss(pred_points, target_points, num_objects):
   return jnp.sum(jnp.abs(pred_points - target_points), axis=-1) / num_objects
 
 
-def soft_argmax(logits, size: int):
-  """Expected (x, y) pixel of softmax(logits) over [..., H, W], divided by `size`: the
-  differentiable point the point task reads off its mask logits (x = column, y = row)."""
-  h, w = logits.shape[-2:]
-  prob = jax.nn.softmax(logits.reshape(logits.shape[:-2] + (h * w,)), axis=-1)
-  prob = prob.reshape(logits.shape)
-  x = jnp.sum(prob * jnp.arange(w, dtype=prob.dtype), axis=(-2, -1))
-  y = jnp.sum(prob * jnp.arange(h, dtype=prob.dtype)[:, None], axis=(-2, -1))
-  return jnp.stack([x, y], axis=-1) / size
-
-
 # ----------------------------------------------------------------------------- combination
 
 
@@ -326,7 +317,9 @@ def multistep_loss(outputs: Mapping[str, jax.Array], targets: Mapping[str, jax.A
     actual = mask_iou_from_logits(src_masks, tm)
     per_cand["loss_iou"] = iou_prediction_loss(ious, actual, num_objects, opt["iou_use_l1_loss"])
   elif task == "point":
-    src_points = soft_argmax(src_masks, opt["size"])                     # [T, S, N, M, 2]
+    # The point the point task reads off its logits: softmax-expected (column, row) pixel,
+    # normalised by the size (tracking/point_readout.py's soft_argmax readout at inference).
+    src_points = soft_argmax_xy(src_masks) / opt["size"]                 # [T, S, N, M, 2]
     tgt_points = jnp.asarray(targets["points"], jnp.float32) / opt["size"]
     per_cand["loss_l1"] = point_l1_loss(src_points, tgt_points[:, None, :, None], num_objects)
     combo_keys.append("loss_l1")

@@ -1,6 +1,7 @@
-"""Prompt simulation for training, inside jit: box corners (clean or noised), a click sampled
-uniformly from the error region (the reference's `get_next_point(method="uniform")`), and the
-Gaussian point heatmap. Fixed shapes; randomness from explicit keys.
+"""Prompt simulation for training, inside jit: box corners (clean or noised) and a click sampled
+uniformly from the error region (the reference's `get_next_point(method="uniform")`). Fixed
+shapes; randomness from explicit keys. The mask -> box and the Gaussian point heatmap that
+training shares with the tracker are in `sam2pp_jax.tracking.prompts`.
 """
 
 from __future__ import annotations
@@ -8,23 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-BOX_LABELS = (2, 3)
-
-
-def mask_to_box(masks):
-  """[N,H,W] bool -> [N,4] xyxy (max index inclusive); an empty mask gives zeros (as SAM 2)."""
-  n, h, w = masks.shape
-  ys = jnp.arange(h, dtype=jnp.float32)
-  xs = jnp.arange(w, dtype=jnp.float32)
-  row = jnp.any(masks, axis=2)
-  col = jnp.any(masks, axis=1)
-  big = jnp.float32(1e9)
-  x0 = jnp.min(jnp.where(col, xs, big), axis=1)
-  x1 = jnp.max(jnp.where(col, xs, -big), axis=1)
-  y0 = jnp.min(jnp.where(row, ys, big), axis=1)
-  y1 = jnp.max(jnp.where(row, ys, -big), axis=1)
-  box = jnp.stack([x0, y0, x1, y1], axis=1)
-  return jnp.where(jnp.any(row, axis=1)[:, None], box, 0.0)
+from sam2pp_jax.tracking.prompts import BOX_LABELS
 
 
 def box_points(key, boxes_xyxy, image_size: int, noise: float = 0.1, noise_bound: float = 20.0):
@@ -65,16 +50,3 @@ def click_from_errors(key, gt_masks, pred_masks=None):
   pix = idx // 2
   xy = jnp.stack([pix % w, pix // w], axis=1).astype(jnp.float32)
   return xy[:, None, :], label[:, None]
-
-
-def gaussian_heatmaps(points_xy, size: int, radius: int, sigma: float):
-  """[N,2] model-pixel points -> [N,S,S] float32 heatmaps: exp(-d^2 / (2 sigma^2)) on the disc
-  d <= r around the point's integer pixel, peak 1 (what `prompts.gaussian_point_mask` draws)."""
-  c = jnp.trunc(points_xy).astype(jnp.int32)                      # int() truncation
-  ar = jnp.arange(size)
-  dx = ar[None, :] - c[:, 0:1]                                      # [N,S]
-  dy = ar[None, :] - c[:, 1:2]
-  d2 = (dx[:, None, :] ** 2 + dy[:, :, None] ** 2).astype(jnp.float32)
-  g = jnp.exp(-d2 / (2.0 * sigma ** 2))
-  keep = (d2 <= radius * radius) & (g >= jnp.finfo(jnp.float64).eps)
-  return jnp.where(keep, g, 0.0).astype(jnp.float32)
