@@ -68,8 +68,8 @@ def build_parser():
 
 
 def _write_json(path, report):
-  from sam2pp_jax.data.video_io import atomic_write_bytes
   from sam2pp_jax.eval.score import dumps
+  from sam2pp_jax.io.atomic import atomic_write_bytes
   d = os.path.dirname(os.path.abspath(path))
   os.makedirs(d, exist_ok=True)
   atomic_write_bytes(path, (dumps(report) + "\n").encode())
@@ -98,8 +98,8 @@ def cmd_run(args) -> int:
 def main(argv=None) -> int:
   args = build_parser().parse_args(argv)
   from sam2pp_jax.checkpoint import CheckpointError
-  from sam2pp_jax.data.video_io import VideoError
   from sam2pp_jax.eval.common import MetricInputError
+  from sam2pp_jax.io.video import VideoError
   errors = (MetricInputError, VideoError, CheckpointError, OSError)
   try:
     from sam2pp_jax.data.formats.base import DatasetError

@@ -1,34 +1,29 @@
-"""A minimal stderr progress bar shared by the CLIs (track.py, eval.py, train.py); no tqdm dependency."""
+"""Progress bars of the CLIs (track.py, eval.py, train.py): tqdm, driven by absolute counts."""
 
 from __future__ import annotations
 
-import sys
-import time
+from tqdm import tqdm
 
 
 class Progress:
-  """Redraws one stderr line at most every 0.1 s; `update(done)` is monotone and ends the line at total."""
+  """A tqdm bar on stderr moved to absolute counts, the form the frame/step callbacks report:
+  `update(done)` is monotone and capped at `total`, and the bar closes itself at `total`."""
 
-  def __init__(self, total: int, label: str, stream=None, width: int = 30, unit: str = "frames"):
-    self.total, self.label, self.width, self.unit = max(int(total), 1), label, width, unit
-    self.stream = sys.stderr if stream is None else stream
-    self.done, self.t0, self._last = 0, time.time(), -1.0
-    self.postfix = ""
+  def __init__(self, total: int, label: str, stream=None, unit: str = "frames", initial: int = 0):
+    self.bar = tqdm(
+      total=max(int(total), 1),
+      desc=label,
+      unit=unit,
+      file=stream,
+      initial=int(initial),
+      dynamic_ncols=True,
+    )
 
   def update(self, done: int, postfix: str | None = None) -> None:
-    self.done = min(max(int(done), self.done), self.total)
+    done = min(int(done), self.bar.total)
     if postfix is not None:
-      self.postfix = postfix
-    now = time.time()
-    if self.done < self.total and now - self._last < 0.1:
-      return
-    self._last = now
-    frac = self.done / self.total
-    bar = "#" * int(round(frac * self.width))
-    rate = self.done / max(now - self.t0, 1e-9)
-    extra = f" {self.postfix}" if self.postfix else ""
-    self.stream.write(f"\r{self.label} [{bar:<{self.width}}] {self.done}/{self.total} {self.unit} "
-                      f"({rate:.1f}/s){extra}")
-    if self.done >= self.total:
-      self.stream.write("\n")
-    self.stream.flush()
+      self.bar.set_postfix_str(postfix, refresh=False)
+    if done > self.bar.n:
+      self.bar.update(done - self.bar.n)
+    if done >= self.bar.total:
+      self.bar.close()

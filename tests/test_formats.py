@@ -10,7 +10,7 @@ cv2 = pytest.importorskip("cv2")
 
 from sam2pp_jax.data.formats import DatasetError, known_datasets, open_dataset  # noqa: E402
 from sam2pp_jax.data.formats import writers as wr  # noqa: E402
-from sam2pp_jax.data.video_io import save_palette_png  # noqa: E402
+from sam2pp_jax.io.png import save_palette_png  # noqa: E402
 
 H, W = 32, 48
 JPEG_TOL = 8   # max abs error of a quality-100 JPEG of these smooth frames (measured: <= 5)

@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
-import tempfile
 
 import numpy as np
 
-from sam2pp_jax.data.video_io import atomic_write_bytes as _atomic_bytes
-from sam2pp_jax.data.video_io import davis_palette, default_permissions, save_palette_png
+from sam2pp_jax.io.atomic import atomic_dir, atomic_path
+from sam2pp_jax.io.atomic import atomic_write_bytes as _atomic_bytes
+from sam2pp_jax.io.png import davis_palette, save_palette_png
 
 
 def ids_from_logits(logits, obj_ids) -> np.ndarray:
@@ -41,34 +40,13 @@ def write_mask_dir(out_dir, frame_names, id_maps, palette=None, on_frame=None) -
 
   The PNGs go to a temporary sibling directory that replaces `out_dir` only when complete.
   """
-  final = os.path.abspath(os.fspath(out_dir))
-  parent = os.path.dirname(final)
-  os.makedirs(parent, exist_ok=True)
   pal = davis_palette() if palette is None else palette
-  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(final)}.tmp-", dir=parent)
-  default_permissions(tmp, directory=True)
-  try:
+  with atomic_dir(out_dir) as tmp:
     for i, (name, ids) in enumerate(zip(frame_names, id_maps)):
       save_palette_png(os.path.join(tmp, os.path.splitext(name)[0] + ".png"), ids, pal)
       if on_frame is not None:
         on_frame(i)
-    _replace_dir(tmp, final)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
-  return final
-
-
-def _replace_dir(tmp: str, final: str) -> None:
-  if os.path.exists(final):
-    old = tempfile.mkdtemp(prefix=f".{os.path.basename(final)}.old-",
-                           dir=os.path.dirname(final))
-    os.rmdir(old)
-    os.rename(final, old)
-    os.rename(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
-  else:
-    os.rename(tmp, final)
+  return os.path.abspath(os.fspath(out_dir))
 
 
 def xyxy_to_xywh_int(boxes_xyxy) -> np.ndarray:
@@ -99,27 +77,19 @@ def write_overlay_mp4(path, frames_u8, draw, fps: float | None = None, on_frame=
   """An mp4 of RGB frames [T,H,W,3] with draw(t, bgr_frame) -> bgr_frame applied, atomically."""
   import cv2
   path = os.path.abspath(os.fspath(path))
-  d, base = os.path.split(path)
-  fd, tmp = tempfile.mkstemp(prefix=f".{os.path.splitext(base)[0]}.tmp-", suffix=".mp4", dir=d)
-  os.close(fd)
   h, w = frames_u8.shape[1:3]
-  writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), float(fps or 24.0), (w, h))
-  try:
-    if not writer.isOpened():
-      raise OSError(f"OpenCV cannot write an mp4 to {path!r} (no mp4v encoder)")
-    for t in range(frames_u8.shape[0]):
-      bgr = np.ascontiguousarray(frames_u8[t][..., ::-1])
-      writer.write(np.ascontiguousarray(draw(t, bgr)))
-      if on_frame is not None:
-        on_frame(t)
-    writer.release()
-    default_permissions(tmp)
-    os.replace(tmp, path)
-  except BaseException:
-    writer.release()
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  with atomic_path(path, suffix=".mp4") as tmp:
+    writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), float(fps or 24.0), (w, h))
+    try:
+      if not writer.isOpened():
+        raise OSError(f"OpenCV cannot write an mp4 to {path!r} (no mp4v encoder)")
+      for t in range(frames_u8.shape[0]):
+        bgr = np.ascontiguousarray(frames_u8[t][..., ::-1])
+        writer.write(np.ascontiguousarray(draw(t, bgr)))
+        if on_frame is not None:
+          on_frame(t)
+    finally:
+      writer.release()
   return path
 
 

@@ -13,17 +13,22 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict
 
 import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+from tensorboardX import SummaryWriter
 
+from sam2pp_jax.checkpoint import load_model, save_model
+from sam2pp_jax.io.atomic import atomic_write_text
 from sam2pp_jax.model.sam2pp import build_model, init_params
+from sam2pp_jax.progress import Progress
 from sam2pp_jax.train import data as train_data
 from sam2pp_jax.train import forward, losses, monitor
 from sam2pp_jax.train.optimizer import make_optimizer
@@ -90,7 +95,6 @@ def init_state(config, model, key) -> tuple:
   """(TrainState, optax tx, OptimizerInfo) from config.init_from or a fresh init."""
   k_init, k_lora = jax.random.split(key)
   if config.init_from:
-    from sam2pp_jax.checkpoint import load_model
     loaded_cfg, params = load_model(config.init_from)
     if loaded_cfg.preset != config.model.preset:
       raise ValueError(f"--config.init_from {config.init_from!r} holds preset "
@@ -135,10 +139,9 @@ def make_train_step(model, tx, config, task: str, mesh, state_sh) -> Callable:
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, key)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = jax.tree.map(lambda p, u: p + u, state.params, updates)
-    gnorm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
+    params = optax.apply_updates(state.params, updates)
     metrics = dict(terms)
-    metrics["grad_norm"] = gnorm
+    metrics["grad_norm"] = optax.global_norm(grads)
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   repl = NamedSharding(mesh, P())
@@ -153,7 +156,8 @@ def global_batch(local: Dict[str, np.ndarray], mesh) -> Dict[str, jax.Array]:
 
 # ------------------------------------------------------------------------------ logging
 class Logger:
-  """stdout lines, metrics.jsonl (truncated to the resumed step on restart) and TensorBoard."""
+  """stdout lines, metrics.jsonl (truncated to the resumed step on restart) and TensorBoard
+  event files under workdir/tb (tensorboardX)."""
 
   def __init__(self, workdir: str, resume_step: int, quiet: bool = False):
     self.quiet = quiet
@@ -161,16 +165,8 @@ class Logger:
     if os.path.exists(self.jsonl):      # drop lines a killed run wrote after its checkpoint
       with open(self.jsonl) as f:
         keep = [ln for ln in f if ln.strip() and json.loads(ln)["step"] <= resume_step]
-      tmp = self.jsonl + ".tmp"
-      with open(tmp, "w") as f:
-        f.writelines(keep)
-      os.replace(tmp, self.jsonl)
-    self.tb = None
-    try:
-      from sam2pp_jax.train.tb_writer import EventWriter
-      self.tb = EventWriter(os.path.join(workdir, "tb"))
-    except ImportError:   # pragma: no cover
-      pass
+      atomic_write_text(self.jsonl, "".join(keep))
+    self.tb = SummaryWriter(os.path.join(workdir, "tb"))
 
   def log(self, step: int, task: str, metrics: Dict[str, float], extra: Dict[str, float]):
     rec = {"step": step, "task": task}
@@ -178,16 +174,15 @@ class Logger:
     rec.update(extra)
     with open(self.jsonl, "a") as f:
       f.write(json.dumps(rec) + "\n")
-    if self.tb is not None:
-      self.tb.scalars({f"{task}/{k}": float(v) for k, v in metrics.items()}, step)
-      self.tb.flush()
+    for k, v in metrics.items():
+      self.tb.add_scalar(f"{task}/{k}", float(v), step)
+    self.tb.flush()
     if not self.quiet:
       terms = " ".join(f"{k}={float(v):.4f}" for k, v in sorted(metrics.items()))
       print(f"step {step} [{task}] {terms}", flush=True)
 
   def close(self):
-    if self.tb is not None:
-      self.tb.close()
+    self.tb.close()
 
 
 # ------------------------------------------------------------------------------ checkpoints
@@ -223,9 +218,6 @@ def train(config, workdir: str, *, quiet: bool = False, on_step=None) -> dict:
   config.ckpt_every steps and at the end, and writes the inference checkpoint (merged per-task
   memory attention) to workdir/model.
   """
-  from sam2pp_jax.checkpoint import save_model
-  from sam2pp_jax.progress import Progress
-
   maybe_initialize_distributed()
   os.makedirs(workdir, exist_ok=True)
   mesh = make_mesh(config.mesh)
@@ -256,9 +248,7 @@ def train(config, workdir: str, *, quiet: bool = False, on_step=None) -> dict:
   total = int(config.total_steps)
   budget = float(config.max_train_minutes) * 60.0
   train_seconds, compile_seconds = 0.0, 0.0
-  bar = None if (quiet or pi != 0) else Progress(total, "train", unit="steps")
-  if bar is not None:
-    bar.update(start)
+  bar = None if (quiet or pi != 0) else Progress(total, "train", unit="steps", initial=start)
   last = {}
   step = start
   while step < total and (budget <= 0 or train_seconds < budget):

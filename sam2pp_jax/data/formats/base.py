@@ -22,7 +22,8 @@ from typing import Callable, Dict, List, Optional, Sequence as SequenceT
 
 import numpy as np
 
-from sam2pp_jax.data.video_io import VideoError, natural_sort_key, read_palette_png
+from sam2pp_jax.io.png import read_palette_png
+from sam2pp_jax.io.video import VideoError, natural_sort_key, read_rgb_image
 
 TASKS = ("mask", "box", "point")
 JPEG_EXTS = (".jpg", ".jpeg")
@@ -44,12 +45,11 @@ class DiskFrames:
     return len(self.paths)
 
   def read(self, i: int) -> np.ndarray:
-    from sam2pp_jax.data.video_io import _read_rgb_image   # same decoder as load_video
     path = self.paths[i]
     if not os.path.isfile(path):
       raise DatasetError(f"frame file {path!r} is missing")
     try:
-      return _read_rgb_image(path)
+      return read_rgb_image(path)             # the decoder of load_video
     except VideoError as e:
       raise DatasetError(f"frame file {path!r} is unreadable: {e}") from None
 

@@ -18,11 +18,11 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from sam2pp_jax.data.video_io import natural_sort_key
 from sam2pp_jax.data.formats.base import (PNG_EXTS, JPEG_EXTS, ArrayFrames, Dataset,
                                           DatasetError, EncodedFrames, Sequence, disk_frames,
                                           existing_dir, fixed_task, load_points_npz,
                                           mask_paths_by_stem, register, stem)
+from sam2pp_jax.io.video import natural_sort_key
 
 BADJA_SEQUENCES = ("bear", "camel", "cows", "dog", "dog-agility", "horsejump-high",
                    "horsejump-low")

@@ -11,10 +11,10 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from sam2pp_jax.data.video_io import natural_sort_key
 from sam2pp_jax.data.formats.base import (Dataset, DatasetError, Sequence, check_length,
                                           disk_frames, existing_dir, existing_file, fixed_task,
                                           read_flags, read_lines, read_table, register)
+from sam2pp_jax.io.video import natural_sort_key
 
 
 def read_boxes(path: str) -> np.ndarray:

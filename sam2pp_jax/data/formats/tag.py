@@ -20,11 +20,11 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from sam2pp_jax.data.video_io import natural_sort_key
 from sam2pp_jax.data.formats.base import (TASKS, Dataset, DatasetError, Sequence, disk_frames,
                                           existing_dir, existing_file, mask_paths_by_stem,
                                           load_points_npz, read_flags, read_lines, register)
 from sam2pp_jax.data.formats.sot import read_boxes
+from sam2pp_jax.io.video import natural_sort_key
 
 
 def _locate(root: str, split: Optional[str]):

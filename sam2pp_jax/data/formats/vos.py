@@ -11,10 +11,10 @@ import json
 import os
 from typing import Optional
 
-from sam2pp_jax.data.video_io import natural_sort_key
 from sam2pp_jax.data.formats.base import (Dataset, DatasetError, Sequence, disk_frames,
                                           existing_dir, fixed_task, mask_paths_by_stem,
                                           read_lines, register)
+from sam2pp_jax.io.video import natural_sort_key
 
 
 def _vos_sequence(name, img_dir, ann_dir, mask_prompt, meta=None) -> Sequence:

@@ -20,7 +20,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from sam2pp_jax.data.video_io import save_palette_png
+from sam2pp_jax.io.png import save_palette_png
 
 
 # ------------------------------------------------------------------------------ primitives
