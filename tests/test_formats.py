@@ -370,9 +370,9 @@ def test_prompts_feed_prepare_prompt(tmp_path):
     out = prepare_prompt(task, p["prompt"], seq.video_hw, image_size=64)
     b = len(p["obj_ids"])
     if task == "point":
-      assert out.mask_input.shape == (b, 64, 64) and out.point_coords.shape == (b, 1, 2)
+      assert out.mask.shape == (b, 64, 64) and out.point_coords.shape == (b, 1, 2)
       np.testing.assert_allclose(p["prompt"]["points_xy"][0, 0], s["points_xy"][0, 0], atol=1e-5)
     elif task == "box":
       assert out.point_coords.shape == (1, 2, 2)
     else:
-      assert out.mask_input.shape == (2, 64, 64)
+      assert out.mask.shape == (2, 64, 64)
