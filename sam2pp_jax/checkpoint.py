@@ -18,8 +18,15 @@ import shutil
 import tempfile
 from typing import Any
 
+import jax
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
+
+from sam2pp_jax.io.atomic import default_permissions
+from sam2pp_jax.model.param_tree import ParamTreeError, check_against_template, flatten
+from sam2pp_jax.model.presets import PRESETS, get_model_config, validate_model_config
+from sam2pp_jax.model.sam2pp import build_model, param_shapes
 
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
@@ -40,11 +47,6 @@ def _to_plain(x):
   if isinstance(x, np.generic):
     return x.item()
   return x
-
-
-def config_to_json(config) -> str:
-  """The model ConfigDict as indented JSON (tuples become lists)."""
-  return json.dumps(_to_plain(config), indent=2, sort_keys=True)
 
 
 def _merge(template: ml_collections.ConfigDict, data: dict, where: str, path: str) -> None:
@@ -81,7 +83,6 @@ def _merge(template: ml_collections.ConfigDict, data: dict, where: str, path: st
 
 def config_from_json(text: str, path: str = CONFIG_FILE) -> ml_collections.ConfigDict:
   """Parse and validate a config.json: preset template + the recorded fields."""
-  from sam2pp_jax.model.presets import PRESETS, get_model_config, validate_model_config
   try:
     data = json.loads(text)
   except json.JSONDecodeError as e:
@@ -111,8 +112,6 @@ def save_model(directory, params, config, *, overwrite: bool = False) -> str:
   `config` is a model ConfigDict (or a preset name). With overwrite, an existing checkpoint
   directory is replaced (the old one is removed only after the new one is in place).
   """
-  import orbax.checkpoint as ocp
-  from sam2pp_jax.model.presets import get_model_config, validate_model_config
   if isinstance(config, str):
     config = get_model_config(config)
   if "preset" not in config:
@@ -127,7 +126,6 @@ def save_model(directory, params, config, *, overwrite: bool = False) -> str:
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=os.path.basename(final) + ".tmp-", dir=parent)
   try:
-    from sam2pp_jax.data.video_io import default_permissions
     default_permissions(tmp, directory=True)
     plain = _to_plain(config)
     plain["_format_version"] = FORMAT_VERSION
@@ -166,10 +164,6 @@ def load_config(directory) -> ml_collections.ConfigDict:
 
 def load_params(directory, model) -> Any:
   """The checkpoint's params, checked against `model`'s template (jax arrays)."""
-  import jax
-  import orbax.checkpoint as ocp
-  from sam2pp_jax.convert.key_map import KeyMapError, check_against_template, flatten
-  from sam2pp_jax.model.sam2pp import param_shapes
   d = os.path.abspath(os.fspath(directory))
   pdir = os.path.join(d, PARAMS_DIR)
   if not os.path.isdir(pdir):
@@ -182,7 +176,7 @@ def load_params(directory, model) -> Any:
   template = param_shapes(model)
   try:
     check_against_template(params, template)
-  except KeyMapError as e:
+  except ParamTreeError as e:
     raise CheckpointError(f"params of checkpoint {d!r} do not match its config.json "
                           f"(preset {model.config.preset!r}): {e}") from None
   got, want = flatten(params), flatten(template)
@@ -201,7 +195,6 @@ def load_model(directory):
 
   `sam2pp_jax.model.sam2pp.build_model(config)` gives the module to apply the params with.
   """
-  from sam2pp_jax.model.sam2pp import build_model
   config = load_config(directory)
   try:
     model = build_model(config)

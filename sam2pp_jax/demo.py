@@ -1,12 +1,13 @@
 """`make demo`: the main job on the built-in default, end to end.
 
-1. train the `tiny` preset from scratch on synthetic multi-granularity video (configs/train.py:
-   demo, at most 10 minutes of training steps on this CPU; compilation is not counted);
+1. train the `tiny` preset from scratch on synthetic multi-granularity video (the `demo` recipe
+   of sam2pp_jax/train/recipes.py, as configs/train.py:demo; at most 10 minutes of training
+   steps on this CPU; compilation is not counted);
 2. generate held-out synthetic videos from a different seed (`DEMO_SEED`), as hard as the
    training ones (textures, distractors, motion, scale change, deformation, occlusion);
-3. track every held-out video at all three granularities with track.py (mask from the frame-0
-   masks, box from object 1's frame-0 box, points from the frame-0 keypoints), overlay videos
-   for the first one;
+3. track every held-out video at all three granularities with track.py's `main` (mask from the
+   frame-0 masks, box from object 1's frame-0 box, points from the frame-0 keypoints), overlay
+   videos for the first one;
 4. score with eval.py (davis2017 J&F, OPE success AUC, TAP-Vid delta_avg) and print
    `demo: J&F=<x> AUC=<x> delta_avg=<x> train_minutes=<x>`. The point task is tracked with both
    point readouts (tracking/point_readout.py); the last line's delta_avg uses --point-readout
@@ -24,7 +25,17 @@ import shutil
 import sys
 import time
 
+import cv2
 import numpy as np
+
+from sam2pp_jax.data import synthetic
+from sam2pp_jax.eval.score import format_table, score
+from sam2pp_jax.io.atomic import atomic_write_bytes
+from sam2pp_jax.io.png import save_palette_png
+from sam2pp_jax.tracking import cli as track_cli
+from sam2pp_jax.tracking.outputs import write_points_npz
+from sam2pp_jax.train.recipes import get_train_config
+from sam2pp_jax.train.trainer import train
 
 TRAIN_SEED_OFFSET = 0            # training videos: synthetic seeds derived from the train seed
 HELD_OUT_BASE = 1_000_003        # held-out videos: generate_dataset(HELD_OUT_BASE + DEMO_SEED)
@@ -36,16 +47,12 @@ def _repo_root() -> str:
 
 def held_out_videos(seed: int, count: int, frames: int = 24, size: int = 96):
   """The evaluation videos: same generator and difficulty as training, disjoint seeds."""
-  from sam2pp_jax.data import synthetic
   return list(synthetic.generate_dataset(HELD_OUT_BASE + int(seed), count, num_frames=frames,
                                          height=size, width=size, difficulty="normal"))
 
 
 def write_held_out(root: str, videos) -> dict:
   """Frames as JPEG folders plus each task's prompt and ground truth in the scorers' layouts."""
-  import cv2
-  from sam2pp_jax.data.video_io import atomic_write_bytes, save_palette_png
-  from sam2pp_jax.tracking.outputs import write_points_npz
   paths = {"videos": [], "gt_mask": os.path.join(root, "gt_mask"),
            "gt_box": os.path.join(root, "gt_box"), "gt_point": os.path.join(root, "gt_point")}
   for name, v in videos:
@@ -95,33 +102,32 @@ def other_readout(point_readout: str) -> str:
 
 def track_all(ckpt: str, paths: dict, out: str, quiet: bool,
               point_readout: str = "argmax") -> dict:
-  """track.py (in-process, so compiled functions are reused) for every video and task; the
-  point task twice: `point` with `point_readout`, `point_other` with the other readout."""
-  import track
+  """track.py's `main` (in-process, so compiled functions are reused) for every video and task;
+  the point task twice: `point` with `point_readout`, `point_other` with the other readout."""
   other = other_readout(point_readout)
   outs = {t: os.path.join(out, f"pred_{t}") for t in ("mask", "box", "point")}
   outs["point_other"] = os.path.join(out, f"pred_point_{other}")
   for i, (name, vd) in enumerate(paths["videos"]):
     viz = ["--viz"] if i == 0 else []
     q = ["--quiet"] if quiet else []
-    rc = track.main(["--checkpoint", ckpt, "--video", vd, "--task", "mask", "--prompt",
-                     os.path.join(paths["gt_mask"], "Annotations", name, "00000.png"),
-                     "--out", outs["mask"], *viz, *q])
+    rc = track_cli.main(["--checkpoint", ckpt, "--video", vd, "--task", "mask", "--prompt",
+                         os.path.join(paths["gt_mask"], "Annotations", name, "00000.png"),
+                         "--out", outs["mask"], *viz, *q])
     b = np.loadtxt(os.path.join(paths["gt_box"], name, "groundtruth.txt"), delimiter=",")[0]
     box = f"{b[0]},{b[1]},{b[0] + b[2]},{b[1] + b[3]}"
-    rc |= track.main(["--checkpoint", ckpt, "--video", vd, "--task", "box", "--prompt", box,
-                      "--out", outs["box"], *viz, *q])
+    rc |= track_cli.main(["--checkpoint", ckpt, "--video", vd, "--task", "box", "--prompt",
+                          box, "--out", outs["box"], *viz, *q])
     for key, readout in (("point", point_readout), ("point_other", other)):
-      rc |= track.main(["--checkpoint", ckpt, "--video", vd, "--task", "point", "--prompt",
-                        os.path.join(paths["gt_point"], name + ".npz"), "--out", outs[key],
-                        "--point-readout", readout, *(viz if key == "point" else []), *q])
+      rc |= track_cli.main(["--checkpoint", ckpt, "--video", vd, "--task", "point",
+                            "--prompt", os.path.join(paths["gt_point"], name + ".npz"),
+                            "--out", outs[key], "--point-readout", readout,
+                            *(viz if key == "point" else []), *q])
     if rc:
       raise RuntimeError(f"track.py failed on {name}")
   return outs
 
 
 def score_all(paths: dict, outs: dict) -> dict:
-  from sam2pp_jax.eval.score import format_table, score
   r_mask = score("mask", "davis2017", paths["gt_mask"], outs["mask"])
   r_box = score("box", "ope", paths["gt_box"], outs["box"])
   r_pt = score("point", "tapvid", paths["gt_point"], outs["point"])
@@ -149,16 +155,13 @@ def main(argv=None) -> int:
                   help="point readout of the delta_avg on the last line (env DEMO_POINT_READOUT;"
                        " default the reference's argmax); the other one is printed above it")
   args = ap.parse_args(argv)
-  sys.path.insert(0, _repo_root())
   from absl import logging as absl_logging
-  absl_logging.set_verbosity(absl_logging.WARNING)
-  from configs.train import get_config
-  from sam2pp_jax.train.trainer import train
+  absl_logging.set_verbosity(absl_logging.WARNING)   # orbax logs every save at INFO
 
   t0 = time.time()
   if os.path.isdir(args.workdir):
     shutil.rmtree(args.workdir)
-  cfg = get_config("demo")
+  cfg = get_train_config("demo")
   cfg.max_train_minutes = float(args.train_minutes)
   print(f"demo: training the tiny model on synthetic video for <= {args.train_minutes:g} "
         "minutes (plus compilation)", flush=True)

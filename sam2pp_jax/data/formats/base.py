@@ -24,8 +24,7 @@ import numpy as np
 
 from sam2pp_jax.io.png import read_palette_png
 from sam2pp_jax.io.video import VideoError, natural_sort_key, read_rgb_image
-
-TASKS = ("mask", "box", "point")
+from sam2pp_jax.model.presets import TASKS
 JPEG_EXTS = (".jpg", ".jpeg")
 PNG_EXTS = (".png",)
 
