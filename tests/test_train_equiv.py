@@ -78,3 +78,12 @@ def test_training_forward_equals_track_video(tiny, task):
   # the loss inputs are the same step's candidates: the chosen mask is one of them
   hi = np.asarray(r["outputs"]["multistep_pred_multimasks_high_res"])[1:, 0]   # [T-1,N,M,S,S]
   assert np.isfinite(hi).all()
+
+
+def test_training_box_prompt_is_sams_inclusive_box():
+  """The mask task's box prompt is SAM 2's: corners at the first and last pixel index."""
+  m = np.zeros((3, 10, 12), bool)
+  m[0, 2:5, 3:9] = True        # rows 2..4, cols 3..8
+  m[1, 7, 11] = True           # one pixel
+  box = np.asarray(forward._inclusive_box(jnp.asarray(m)))
+  np.testing.assert_array_equal(box, [[3, 2, 8, 4], [11, 7, 11, 7], [0, 0, 0, 0]])

@@ -119,6 +119,14 @@ def _record(out: StepOut) -> Dict[str, jax.Array]:
   return rec
 
 
+def _inclusive_box(masks):
+  """SAM 2's training box prompt of a mask: corners at the first and the last pixel's index
+  (x_max, y_max), one less than the pixel extent `prompts.mask_to_box` gives; zeros if empty."""
+  box = prompts.mask_to_box(masks)
+  last = box - jnp.asarray([0.0, 0.0, 1.0, 1.0], jnp.float32)
+  return jnp.where(jnp.any(masks, axis=(-2, -1))[..., None], last, 0.0)
+
+
 class _Frame:
   """One frame's training-only pieces around `track_step`: its simulated prompts per route
   and the corrective-click refine hook."""
@@ -148,7 +156,7 @@ class _Frame:
     x = self.x
     kind = x["kind"]
     if self.task == "mask":       # SAM's box from the GT mask, always noised
-      boxes, noise = prompts.mask_to_box(x["gt_masks"]), self.cfg.box_noise
+      boxes, noise = _inclusive_box(x["gt_masks"]), self.cfg.box_noise
       bpts, blab = prompt_sim.box_points(jax.random.fold_in(x["key"], 7), boxes, self.s, noise,
                                          self.cfg.box_noise_bound)
     else:
