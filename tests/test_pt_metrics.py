@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sam2pp_jax.data.video_io import save_palette_png
+from sam2pp_jax.io.png import save_palette_png
 from sam2pp_jax.eval import pt_metrics as pm
 from sam2pp_jax.eval.common import MetricInputError
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from sam2pp_jax.data.formats.base import ArrayFrames, Sequence
-from sam2pp_jax.data.video_io import IMG_MEAN, IMG_STD, save_palette_png
+from sam2pp_jax.io.png import save_palette_png
+from sam2pp_jax.io.video import IMG_MEAN, IMG_STD
 from sam2pp_jax.train import data as D
 
 S = 32

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from sam2pp_jax.data.video_io import save_palette_png
+from sam2pp_jax.io.png import save_palette_png
 from sam2pp_jax.eval import vos_metrics as vm
 from sam2pp_jax.eval.common import MetricInputError
 
@@ -184,7 +184,7 @@ def test_void_label_is_background_in_gt(tmp_path):
     return [g.copy() for g in gt]
   g, p = _toy(tmp_path, pred)
   # put void (255) on the background of a scored GT frame: davis2017 ignores it
-  from sam2pp_jax.data.video_io import read_palette_png
+  from sam2pp_jax.io.png import read_palette_png
   path = os.path.join(g, "Annotations", "s", "00001.png")
   ids, _ = read_palette_png(path)
   ids = ids.copy()
@@ -227,7 +227,7 @@ def test_sav_object_set_grows_and_davis_scores_absent_ids(tmp_path):
     return [np.where(x == 2, 0, x).astype(np.uint8) for x in gt]
   g, p = _toy(tmp_path, pred, n=5)
   gt_dir = os.path.join(g, "Annotations", "s")
-  from sam2pp_jax.data.video_io import read_palette_png
+  from sam2pp_jax.io.png import read_palette_png
   for i in (0, 1):
     ids = read_palette_png(os.path.join(gt_dir, f"{i:05d}.png"))[0].copy()
     ids[ids == 2] = 0

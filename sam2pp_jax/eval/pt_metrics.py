@@ -38,7 +38,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from sam2pp_jax.data.video_io import VideoError, read_palette_png
+from sam2pp_jax.io.png import read_palette_png
+from sam2pp_jax.io.video import VideoError
 from sam2pp_jax.eval.common import MetricInputError, make_report
 
 THRESHOLDS = (1, 2, 4, 8, 16)

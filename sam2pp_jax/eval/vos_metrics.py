@@ -27,7 +27,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from sam2pp_jax.data.video_io import VideoError, read_palette_png
+from sam2pp_jax.io.png import read_palette_png
+from sam2pp_jax.io.video import VideoError
 from sam2pp_jax.eval.common import MetricInputError, make_report
 
 BOUNDARY_FRACTION = 0.008

@@ -15,9 +15,9 @@ import jax.numpy as jnp
 
 from sam2pp_jax.model.corner_head import PyramidCornerHead, soft_argmax_xy
 from sam2pp_jax.model.layers import MLP, ConvTranspose2x2, conv2d, gelu, layer_norm
+from sam2pp_jax.model.presets import TASKS
 from sam2pp_jax.model.two_way_transformer import TwoWayTransformer
 
-TASKS = ("mask", "box", "point")
 
 
 def _check_task(task: str):

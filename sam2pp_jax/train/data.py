@@ -57,9 +57,11 @@ import ml_collections
 import numpy as np
 
 from sam2pp_jax.data import synthetic
-from sam2pp_jax.data.video_io import normalize_u8
+from sam2pp_jax.data.formats import open_dataset
+from sam2pp_jax.io.video import normalize_u8
+from sam2pp_jax.model.presets import TASKS
+from sam2pp_jax.tracking.prompts import mask_to_box
 
-TASKS = ("mask", "box", "point")
 CLIP_KEYS = ("frames", "masks", "boxes", "points", "visible", "obj_valid")
 SOURCE_KINDS = ("synthetic", "dataset")
 _SYNTHETIC_KEYS = {"kind", "seed_offset", "weight", "difficulty", "video_hw", "video_frames",
@@ -259,7 +261,6 @@ def sequence_to_video(seq, frames_idx) -> dict:
 @functools.lru_cache(maxsize=32)
 def _open_dataset(name: str, root: str, split: Optional[str], task: Optional[str]):
   """Opened once per process: listing a benchmark's sequences can read many files."""
-  from sam2pp_jax.data.formats import open_dataset
   return open_dataset(name, root, split, task)
 
 
@@ -518,17 +519,6 @@ def _photometric(frames: np.ndarray, rng, aug) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------ targets
-def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
-  """float32 [...,4] pixel-extent boxes [x0, y0, x_max+1, y_max+1] of bool [...,H,W]; 0 if empty."""
-  rows, cols = masks.any(-1), masks.any(-2)
-  has = rows.any(-1)
-  h, w = masks.shape[-2:]
-  y0, y1 = rows.argmax(-1), h - rows[..., ::-1].argmax(-1)
-  x0, x1 = cols.argmax(-1), w - cols[..., ::-1].argmax(-1)
-  boxes = np.stack([x0, y0, x1, y1], -1).astype(np.float32)
-  return np.where(has[..., None], boxes, np.float32(0))
-
-
 def _targets(task, masks, points, pvis, cfg):
   """(masks, boxes, points, visible) per task, after augmentation."""
   s = int(cfg.image_size)
@@ -547,7 +537,7 @@ def _targets(task, masks, points, pvis, cfg):
     masks = masks & vis[..., None, None]
   else:
     vis = masks.any((-2, -1))
-  return masks, masks_to_boxes(masks), np.zeros(vis.shape + (2,), np.float32), vis
+  return masks, mask_to_box(masks), np.zeros(vis.shape + (2,), np.float32), vis
 
 
 def _pad_objects(clip: dict, o: int) -> dict:

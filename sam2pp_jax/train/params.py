@@ -13,8 +13,8 @@ from typing import Mapping
 import jax
 
 from sam2pp_jax.model import lora
+from sam2pp_jax.model.presets import TASKS
 
-TASKS = ("mask", "box", "point")
 
 
 def mem_attn_key(task: str) -> str:

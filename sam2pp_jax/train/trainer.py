@@ -27,6 +27,7 @@ from tensorboardX import SummaryWriter
 
 from sam2pp_jax.checkpoint import load_model, save_model
 from sam2pp_jax.io.atomic import atomic_write_text
+from sam2pp_jax.model.presets import TASKS
 from sam2pp_jax.model.sam2pp import build_model, init_params
 from sam2pp_jax.progress import Progress
 from sam2pp_jax.train import data as train_data
@@ -34,7 +35,6 @@ from sam2pp_jax.train import forward, losses, monitor
 from sam2pp_jax.train.optimizer import make_optimizer
 from sam2pp_jax.train.params import export_inference_params, init_train_params, params_for_task
 
-TASKS = ("mask", "box", "point")
 
 
 @flax.struct.dataclass
