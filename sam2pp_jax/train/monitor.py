@@ -13,6 +13,7 @@ from typing import Dict, Mapping
 import jax
 import jax.numpy as jnp
 
+from sam2pp_jax.tracking.point_readout import argmax_point
 from sam2pp_jax.train.forward import B_TRACK
 from sam2pp_jax.train.losses import binary_mask_iou
 
@@ -27,9 +28,7 @@ def tracking_quality(outputs: Mapping[str, jax.Array], targets: Mapping[str, jax
   logits = jnp.take_along_axis(masks, best[..., None, None, None], axis=2)[:, :, 0]  # [T,N,H,W]
   tracked = (branch == B_TRACK)[:, None] & valid                                     # [T,N]
   if task == "point":
-    h, w = logits.shape[-2:]
-    flat = jnp.argmax(logits.reshape(logits.shape[:2] + (-1,)), axis=-1)
-    xy = jnp.stack([flat % w, flat // w], axis=-1).astype(jnp.float32) + 0.5
+    xy = argmax_point(logits).astype(jnp.float32) + 0.5       # pixel centre, as the targets
     err = jnp.linalg.norm(xy - targets["points"], axis=-1)
     live = tracked & targets["visibles"]
     return {"track_px": jnp.sum(jnp.where(live, err, 0.0)) / jnp.maximum(jnp.sum(live), 1)}
