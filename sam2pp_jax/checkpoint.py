@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from typing import Any
 
 import jax
@@ -23,7 +21,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from sam2pp_jax.io.atomic import default_permissions
+from sam2pp_jax.io.atomic import atomic_dir
 from sam2pp_jax.model.param_tree import ParamTreeError, check_against_template, flatten
 from sam2pp_jax.model.presets import PRESETS, get_model_config, validate_model_config
 from sam2pp_jax.model.sam2pp import build_model, param_shapes
@@ -106,6 +104,18 @@ def config_from_json(text: str, path: str = CONFIG_FILE) -> ml_collections.Confi
   return config
 
 
+def write_model(directory, params, config) -> None:
+  """Write config.json and the orbax params into the existing empty folder `directory` (not
+  atomic by itself: `save_model` and the converter call it inside `io.atomic.atomic_dir`)."""
+  plain = _to_plain(config)
+  plain["_format_version"] = FORMAT_VERSION
+  with open(os.path.join(directory, CONFIG_FILE), "w") as f:
+    f.write(json.dumps(plain, indent=2, sort_keys=True) + "\n")
+  ckptr = ocp.StandardCheckpointer()
+  ckptr.save(os.path.join(directory, PARAMS_DIR), params)
+  ckptr.wait_until_finished()
+
+
 def save_model(directory, params, config, *, overwrite: bool = False) -> str:
   """Write params + config to `directory` atomically; returns its absolute path.
 
@@ -122,29 +132,8 @@ def save_model(directory, params, config, *, overwrite: bool = False) -> str:
   if os.path.exists(final) and not overwrite:
     raise CheckpointError(f"checkpoint directory {final!r} already exists; choose another "
                           "path or pass overwrite=True")
-  parent = os.path.dirname(final)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=os.path.basename(final) + ".tmp-", dir=parent)
-  try:
-    default_permissions(tmp, directory=True)
-    plain = _to_plain(config)
-    plain["_format_version"] = FORMAT_VERSION
-    with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
-      f.write(json.dumps(plain, indent=2, sort_keys=True) + "\n")
-    ckptr = ocp.StandardCheckpointer()
-    ckptr.save(os.path.join(tmp, PARAMS_DIR), params)
-    ckptr.wait_until_finished()
-    old = None
-    if os.path.exists(final):
-      old = tempfile.mkdtemp(prefix=os.path.basename(final) + ".old-", dir=parent)
-      os.rmdir(old)
-      os.rename(final, old)
-    os.rename(tmp, final)
-    if old is not None:
-      shutil.rmtree(old, ignore_errors=True)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
+  with atomic_dir(final) as tmp:
+    write_model(tmp, params, config)
   return final
 
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import time
 
 import jax
@@ -17,11 +15,12 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from sam2pp_jax.checkpoint import PARAMS_DIR, load_config, save_model
+from sam2pp_jax.checkpoint import PARAMS_DIR, load_config, write_model
 from sam2pp_jax.convert import key_map
 from sam2pp_jax.convert.sources import (SourceError, detect_preset, detect_source, fill_missing,
                                         sam2_to_sam2pp, trunk_signature)
 from sam2pp_jax.convert.torch_reader import extract_state_dict, read_torch_checkpoint
+from sam2pp_jax.io.atomic import atomic_dir, atomic_path
 from sam2pp_jax.model.presets import PRESETS, get_model_config
 from sam2pp_jax.model.sam2pp import build_model, param_shapes
 
@@ -102,19 +101,11 @@ def convert_checkpoint(src, out_dir, *, config: str | None = None, source: str =
       "fresh_init_keys": fresh, "params_per_module": _module_counts(params),
       "total_params": int(sum(_module_counts(params).values())),
   }
-  parent = os.path.dirname(out)
-  os.makedirs(parent, exist_ok=True)
-  stage = tempfile.mkdtemp(prefix=os.path.basename(out) + ".conv-", dir=parent)
-  try:
-    ckpt = save_model(os.path.join(stage, "ckpt"), params, cfg)
+  with atomic_dir(out) as tmp:   # an existing checkpoint is replaced only when complete
+    write_model(tmp, params, cfg)
     report["seconds"] = round(time.time() - t0, 2)
-    with open(os.path.join(ckpt, REPORT_FILE), "w") as f:
+    with open(os.path.join(tmp, REPORT_FILE), "w") as f:
       json.dump(report, f, indent=2)
-    if os.path.exists(out):
-      shutil.rmtree(out)
-    os.rename(ckpt, out)
-  finally:
-    shutil.rmtree(stage, ignore_errors=True)
   return report
 
 
@@ -144,12 +135,6 @@ def export_to_torch(ckpt_dir, out_pt) -> int:
       return torch.from_numpy(np.ascontiguousarray(a).view(np.int16)).view(torch.bfloat16)
     return torch.from_numpy(np.ascontiguousarray(a))
   state = {k: to_t(v) for k, v in sd.items()}
-  out_pt = os.path.abspath(os.fspath(out_pt))
-  tmp = out_pt + f".tmp-{os.getpid()}"
-  try:
+  with atomic_path(out_pt) as tmp:
     torch.save({"model": state}, tmp)
-    os.replace(tmp, out_pt)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
   return len(state)
