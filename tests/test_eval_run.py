@@ -6,11 +6,11 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import scaled_normal_params
 
 from sam2pp_jax.checkpoint import save_model
 from sam2pp_jax.data.formats import writers
 from sam2pp_jax.eval import runner
+from sam2pp_jax.model.random_params import random_params
 from sam2pp_jax.model.sam2pp import build_model
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -47,7 +47,7 @@ def _video(seed, n_obj=2):
 def setup(tmp_path_factory):
   root = tmp_path_factory.mktemp("evalrun")
   model = build_model("tiny")
-  params = scaled_normal_params(model)
+  params = random_params(model, 0)
   ckpt = save_model(root / "ckpt", params, "tiny")
   seqs = {"seq_a": _video(1), "seq_b": _video(2)}
   return root, ckpt, (model, params), seqs
@@ -96,7 +96,9 @@ def test_run_every_layout(setup, tmp_path, reader, task, write, split):
     assert p.exists()
   if task == "box":
     rows = np.loadtxt(out / "pred" / f"{names[0]}.txt", dtype=int)
-    assert rows.shape == (T, 4)
+    assert rows.shape == (T, 4) and (rows >= 0).all()
+    z = np.load(out / "pred" / f"{names[0]}_xyxy.npz")      # the float boxes next to it
+    assert z["boxes_xyxy"].shape == (T, 4) and z["tracked"].all()
 
 
 def test_cli_run_is_resumable(setup, tmp_path, monkeypatch, capsys):
@@ -110,7 +112,7 @@ def test_cli_run_is_resumable(setup, tmp_path, monkeypatch, capsys):
   first = json.loads((out / "scores_davis2017.json").read_text())
   assert set(first["per_sequence"]) == {"seq_a", "seq_b"}
   # prediction PNGs cover every frame, with the video's size
-  from sam2pp_jax.data.video_io import read_palette_png
+  from sam2pp_jax.io.png import read_palette_png
   pngs = sorted(os.listdir(out / "pred" / "seq_a"))
   assert len(pngs) == T and read_palette_png(out / "pred" / "seq_a" / pngs[0])[0].shape == (H, W)
 
@@ -141,3 +143,19 @@ def test_cli_run_bad_inputs(setup, tmp_path, capsys):
                       str(tmp_path), "--task", "box", "--protocol", "davis2017", "--out",
                       str(tmp_path / "o")])
   assert rc == 2 and "protocol" in capsys.readouterr().err
+
+
+def test_box_prediction_files(tmp_path):
+  """pred/<seq>.txt as the reference writes it (float32 xywh clipped at 0, '%d'), '0 0 0 0' for
+  frames not tracked (NaN in the tracker's result), and the float boxes in <seq>_xyxy.npz."""
+  class Seq:
+    name = "seq_x"
+  boxes = np.array([[1061.3, 298.7, 946.2, 872.9], [np.nan] * 4, [-2.5, 3.9, 10.2, 20.0]],
+                   np.float32)
+  path = runner.write_prediction(str(tmp_path), "box", Seq(), {"boxes_xyxy": boxes})
+  assert path == str(tmp_path / "seq_x.txt")
+  # by hand: (1061.3, 298.7, -115.1, 574.2) -> 1061 298 0 574; (-2.5, 3.9, 12.7, 16.1) -> 0 3 12 16
+  assert (tmp_path / "seq_x.txt").read_text() == "1061 298 0 574\n0 0 0 0\n0 3 12 16\n"
+  z = np.load(tmp_path / "seq_x_xyxy.npz")
+  assert z["tracked"].tolist() == [True, False, True]
+  np.testing.assert_array_equal(z["boxes_xyxy"], boxes)      # NaN where not tracked

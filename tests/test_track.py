@@ -7,10 +7,10 @@ import cv2
 import jax
 import numpy as np
 import pytest
-from conftest import scaled_normal_params
 
 from sam2pp_jax.checkpoint import save_model
-from sam2pp_jax.data.video_io import read_palette_png, save_palette_png
+from sam2pp_jax.io.png import read_palette_png, save_palette_png
+from sam2pp_jax.model.random_params import random_params
 from sam2pp_jax.model.sam2pp import build_model
 from sam2pp_jax.tracking import propagate
 
@@ -24,7 +24,7 @@ T, H, W = 5, 48, 64
 def setup(tmp_path_factory):
   root = tmp_path_factory.mktemp("track")
   model = build_model("tiny")
-  ckpt = save_model(root / "ckpt", scaled_normal_params(model), "tiny")
+  ckpt = save_model(root / "ckpt", random_params(model, 0), "tiny")
   vid = root / "clip"
   vid.mkdir()
   for t in range(T):
@@ -65,6 +65,16 @@ def test_box(setup):
               out="out_box") == 0
   b = np.loadtxt(root / "out_box" / "clip.txt", dtype=int)     # the reference's reader
   assert b.shape == (T, 4) and not b[3:].any()
+  # the float boxes next to it; the txt is the reference's rule applied to them by hand
+  z = np.load(root / "out_box" / "clip_xyxy.npz")
+  assert z["tracked"].tolist() == [True, True, True, False, False]
+  xyxy = z["boxes_xyxy"]
+  assert xyxy.dtype == np.float32 and np.isfinite(xyxy[:3]).all() and np.isnan(xyxy[3:]).all()
+  lines = []
+  for x0, y0, x1, y1 in xyxy[:3]:                   # float32 xywh, clip at 0, '%d' (truncation)
+    lines.append(" ".join("%d" % max(v, 0) for v in (x0, y0, x1 - x0, y1 - y0)))
+  want = "\n".join(lines + ["0 0 0 0"] * 2) + "\n"
+  assert (root / "out_box" / "clip.txt").read_text() == want
 
 
 def test_point(setup):
@@ -142,7 +152,7 @@ def test_bad_inputs(setup, capsys, name, args, special, msg):
 def test_chunked_in_scan_encoding_matches_preencoded(setup):
   """In-scan chunked encoding == the former path (all frames encoded first) for chunk 1/3/8."""
   model = build_model("tiny")
-  params = scaled_normal_params(model)
+  params = random_params(model, 0)
   s = int(model.config.image_size)
   frames = np.random.default_rng(3).standard_normal((7, s, s, 3)).astype(np.float32)
   mask = np.zeros((2, H, W), bool)
@@ -167,7 +177,7 @@ def test_chunked_in_scan_encoding_matches_preencoded(setup):
 def test_reverse_equals_forward_on_reversed_frames(setup):
   """reverse from k == forward on frames[k::-1] with the whole video's num_frames."""
   model = build_model("tiny")
-  params = scaled_normal_params(model)
+  params = random_params(model, 0)
   s = int(model.config.image_size)
   frames = np.random.default_rng(4).standard_normal((6, s, s, 3)).astype(np.float32)
   box = {"box_xyxy": np.array([[10, 5, 40, 30]], np.float32)}

@@ -1,7 +1,8 @@
 """`eval.py run`: track every sequence of a benchmark online from its protocol's prompts, write
 predictions (and the ground truth) in the layouts the scorers read, then score. Resumable.
 
-Layout under OUT: `pred/` (mask: `<seq>/<frame>.png`; box: `<seq>.txt`; point: `<seq>.npz`),
+Layout under OUT: `pred/` (mask: `<seq>/<frame>.png`; box: `<seq>.txt`, the reference's integer
+`x y w h` lines, plus the float boxes `<seq>_xyxy.npz`; point: `<seq>.npz`),
 `gt/` (mask: `Annotations/<seq>/*.png`; box: `<seq>/groundtruth.txt` + labels + `list.txt`;
 point: `<seq>.npz` + `Annotations/<seq>` when the dataset has masks) and
 `scores_<protocol>.json`. Each sequence's prediction is written atomically, so its presence
@@ -16,7 +17,16 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from sam2pp_jax.checkpoint import load_model
+from sam2pp_jax.data.formats import open_dataset
+from sam2pp_jax.eval.common import MetricInputError
+from sam2pp_jax.eval.score import dumps, protocol_fn, score
+from sam2pp_jax.io.atomic import atomic_write_bytes
+from sam2pp_jax.io.video import preprocess
+from sam2pp_jax.model.sam2pp import build_model
 from sam2pp_jax.progress import Progress
+from sam2pp_jax.tracking import outputs
+from sam2pp_jax.tracking.propagate import track_video
 
 
 class _ModelFrames:
@@ -29,7 +39,6 @@ class _ModelFrames:
     return self.seq.num_frames
 
   def __getitem__(self, i):
-    from sam2pp_jax.data.video_io import preprocess
     return preprocess(self.seq.frame(int(i))[None], self.s)[0]
 
 
@@ -41,7 +50,6 @@ def _paint(ids: np.ndarray, mask: np.ndarray, obj: int) -> None:
 
 def track_sequence(model, params, seq, task: str, *, chunk: int = 4, progress=None) -> dict:
   """Online tracking of one sequence from all its prompt groups; arrays over the whole video."""
-  from sam2pp_jax.tracking.propagate import track_video
   t_total, hw = seq.num_frames, seq.video_hw
   frames = _ModelFrames(seq, model.config.image_size)
   groups = seq.prompts(task)
@@ -52,7 +60,7 @@ def track_sequence(model, params, seq, task: str, *, chunk: int = 4, progress=No
       raise ValueError(f"sequence {seq.name!r}: object id {max_id} does not fit a palette PNG")
     out["ids"] = np.zeros((t_total,) + tuple(hw), np.uint8)
   elif task == "box":
-    out["boxes_xyxy"] = np.full((t_total, 4), np.nan)
+    out["boxes_xyxy"] = np.full((t_total, 4), np.nan, np.float32)
   else:
     n = seq.gt_points_xy.shape[1]
     out["trajs"] = np.full((t_total, n, 2), -1.0, np.float32)
@@ -86,26 +94,22 @@ def _pred_path(pred_root: str, task: str, name: str) -> str:
 
 
 def write_prediction(pred_root: str, task: str, seq, result: dict) -> str:
-  from sam2pp_jax.tracking import outputs
   path = _pred_path(pred_root, task, seq.name)
   if task == "mask":
     return outputs.write_mask_dir(path, seq.frame_names, (m for m in result["ids"]))
-  if task == "box":
+  if task == "box":              # <seq>_xyxy.npz (float), then <seq>.txt (the reference's ints)
     b = result["boxes_xyxy"]
-    xywh = outputs.xyxy_to_xywh_int(np.where(np.isfinite(b), b, 0.0))
-    return outputs.write_box_txt(path, xywh)
+    return outputs.write_box_results(path, b, np.isfinite(b).all(axis=1))[-1]
   h, w = seq.video_hw
   return outputs.write_points_npz(path, result["trajs"], result["visibs"], (w, h))
 
 
 def _write_text(path: str, text: str) -> None:
-  from sam2pp_jax.data.video_io import atomic_write_bytes
   atomic_write_bytes(path, text.encode())
 
 
 def write_ground_truth(gt_root: str, task: str, seq) -> None:
   """The sequence's ground truth in the layout the `task` scorers read (see module doc)."""
-  from sam2pp_jax.tracking import outputs
   h, w = seq.video_hw
   if task in ("mask", "point") and seq.annotated_mask_frames:
     frames = seq.annotated_mask_frames
@@ -145,10 +149,6 @@ def run_benchmark(checkpoint: str, dataset: str, root: str, task: str, out: str,
                   sequences: Optional[Sequence[str]] = None, quiet: bool = False,
                   model_and_params=None) -> dict:
   """Track, write and score a whole benchmark split; returns the score report."""
-  from sam2pp_jax.data.formats import open_dataset
-  from sam2pp_jax.data.video_io import atomic_write_bytes
-  from sam2pp_jax.eval.common import MetricInputError
-  from sam2pp_jax.eval.score import dumps, protocol_fn, score
 
   if chunk < 1:
     raise MetricInputError(f"--chunk {chunk}: give a chunk size >= 1")
@@ -174,8 +174,6 @@ def run_benchmark(checkpoint: str, dataset: str, root: str, task: str, out: str,
     if model_and_params is not None:
       model, params = model_and_params
     else:
-      from sam2pp_jax.checkpoint import load_model
-      from sam2pp_jax.model.sam2pp import build_model
       config, params = load_model(checkpoint)
       model = build_model(config)
   seq_bar = None if quiet else Progress(len(names), "sequences", unit="seqs")

@@ -6,8 +6,13 @@ Formats follow the reference's benchmark readers (/tmp/ref = the SAM2-Plus repos
   object id, 0 = background; objects are painted in decreasing id order so the lowest id wins
   on overlap (as ``put_per_obj_mask`` of the reference's ``tools/vos_inference.py``).
 * box (SOT, GOT-10k style): ``<video>.txt``, one ``x y w h`` line per frame, integers separated
-  by spaces -- ``benchmarks/sot_benchmark/utils.py`` reads results with
-  ``np.loadtxt(path, dtype=int)`` (whitespace, integers).
+  by single spaces, a newline after every line, exactly as the reference's
+  ``tools/sot_inference_plus.py`` writes them (``xyxy_to_xywh_int``: float32 ``x0, y0,
+  x1 - x0, y1 - y0``, every value clipped at 0, then ``%d``, i.e. truncated toward zero) --
+  ``benchmarks/sot_benchmark/utils.py`` reads results with ``np.loadtxt(path, dtype=int)``.
+  The full-precision boxes go next to it, ``<video>_xyxy.npz`` (``box_float_path``):
+  ``boxes_xyxy`` float32 [T,4] (x0, y0, x1, y1 video pixels, NaN on frames not tracked) and
+  ``tracked`` bool [T]. ``write_box_results`` writes both.
 * point (TAP-Vid style): ``<video>.npz`` with ``trajs_2d`` float32 [T,N,2] (x, y pixels),
   ``visibs`` bool [T,N] and ``size`` int64 [2] = (W, H) --
   ``benchmarks/pt_benchmark/metrics/Jaccard.py`` reads ``trajs_2d`` (astype int), ``visibs``
@@ -50,18 +55,50 @@ def write_mask_dir(out_dir, frame_names, id_maps, palette=None, on_frame=None) -
 
 
 def xyxy_to_xywh_int(boxes_xyxy) -> np.ndarray:
-  """[T,4] (x0,y0,x1,y1) float pixels -> int64 [T,4] (x, y, w, h), corners rounded."""
-  b = np.asarray(boxes_xyxy, np.float64)
-  b = np.rint(np.where(np.isfinite(b), b, 0.0)).astype(np.int64)   # non-finite -> 0
-  return np.stack([b[:, 0], b[:, 1], b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], axis=1)
+  """[T,4] (x0,y0,x1,y1) float pixels -> int64 [T,4] (x, y, w, h) as the reference writes them.
+
+  The reference's rule (``tools/sot_inference_plus.py``: ``np_box_clamp_xywh(
+  np_box_xyxy_to_xywh(box))``, then ``np.savetxt(fmt="%d")``): in the box's float32,
+  ``x = x0, y = y0, w = x1 - x0, h = y1 - y0``; every value clipped at 0 (so a box with x1 < x0
+  gets w = 0, a corner left of / above the frame gets x / y = 0); ``%d`` truncates toward
+  zero. The prompt frame is no exception: its line is the model's box on that frame.
+  A non-finite value (NaN, +inf; -inf clips to 0) is written as 0: the reference has no output
+  for it (``%d`` raises there).
+  """
+  b = np.asarray(boxes_xyxy, np.float32).reshape(-1, 4)       # the reference's boxes are float32
+  xywh = np.concatenate([b[:, :2], b[:, 2:] - b[:, :2]], axis=1)   # float32 subtraction
+  xywh = np.clip(xywh, np.float32(0), None)
+  finite = np.isfinite(xywh)
+  return np.trunc(np.where(finite, xywh, 0)).astype(np.int64)
 
 
 def write_box_txt(path, boxes_xywh) -> str:
-  """GOT-10k style result file: one 'x y w h' integer line per frame."""
+  """GOT-10k style result file: one 'x y w h' integer line per frame (np.savetxt fmt='%d')."""
   b = np.asarray(boxes_xywh, np.int64).reshape(-1, 4)
   text = "".join(f"{x} {y} {w} {h}\n" for x, y, w, h in b.tolist())
   _atomic_bytes(path, text.encode())
   return os.path.abspath(path)
+
+
+def box_float_path(txt_path) -> str:
+  """``<video>.txt`` -> ``<video>_xyxy.npz``, the full-precision boxes written next to it."""
+  return os.path.splitext(os.fspath(txt_path))[0] + "_xyxy.npz"
+
+
+def write_box_results(txt_path, boxes_xyxy, tracked=None) -> list:
+  """Write a video's box results: ``<video>_xyxy.npz`` (float32 xyxy, NaN where not tracked;
+  ``tracked`` bool [T]), then ``<video>.txt`` (the reference's integer ``x y w h``; "0 0 0 0"
+  where not tracked). The txt goes last, so its presence means both are complete.
+  Returns both paths (npz, txt)."""
+  b = np.asarray(boxes_xyxy, np.float32).reshape(-1, 4)
+  tr = np.ones(len(b), bool) if tracked is None else np.asarray(tracked, bool).reshape(len(b))
+  buf = io.BytesIO()
+  np.savez(buf, boxes_xyxy=np.where(tr[:, None], b, np.float32(np.nan)), tracked=tr)
+  npz = box_float_path(txt_path)
+  _atomic_bytes(npz, buf.getvalue())
+  xywh = xyxy_to_xywh_int(b)
+  xywh[~tr] = 0
+  return [os.path.abspath(npz), write_box_txt(txt_path, xywh)]
 
 
 def write_points_npz(path, trajs_2d, visibs, size_wh) -> str:
