@@ -17,9 +17,6 @@ def test_predictor_parity(task):
   assert_rows_ok(e2e_rows("predictor", task), bf16_memory=False)
 
 
-@pytest.mark.xfail(strict=True, reason="open (issue 3): one-ulp bf16 flips of stored memory on "
-                   "more than the required 0.1% of elements (same as the scan path); "
-                   "downstream outputs are within tolerance")
 @pytest.mark.parametrize("task", ["mask", "box", "point"])
 def test_predictor_parity_bf16_memory(task):
   assert_rows_ok(e2e_rows("predictor", task), bf16_memory=True)

@@ -17,9 +17,6 @@ def test_end_to_end_parity(task):
   assert_rows_ok(e2e_rows("scan", task), bf16_memory=False)
 
 
-@pytest.mark.xfail(strict=True, reason="open (issue 3): one-ulp bf16 flips of stored memory on "
-                   "0.11-0.35% of elements vs the required <= 0.1% (mask 0.127%, box 0.347%, "
-                   "point 0.107% measured); downstream outputs are within tolerance")
 @pytest.mark.parametrize("task", ["mask", "box", "point"])
 def test_end_to_end_bf16_memory(task):
   assert_rows_ok(e2e_rows("scan", task), bf16_memory=True)

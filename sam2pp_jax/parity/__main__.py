@@ -13,6 +13,9 @@ import time
 
 import jax
 
+from sam2pp_jax.parity.components import NEEDS_TRACKER, ComponentChecker
+from sam2pp_jax.parity.fixture import load_fixture
+
 
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(prog="python -m sam2pp_jax.parity", description=__doc__,
@@ -24,7 +27,6 @@ def main(argv=None) -> int:
   args = ap.parse_args(argv)
   jax.config.update("jax_default_matmul_precision", "highest")
 
-  from sam2pp_jax.parity.fixture import load_fixture
   if not args.components:
     try:
       from sam2pp_jax.parity.end_to_end import check_end_to_end  # provided by the tracker
@@ -32,7 +34,6 @@ def main(argv=None) -> int:
       print("end-to-end mode needs the streaming tracker (sam2pp_jax.parity.end_to_end), "
             "which is not in this version; use --components", file=sys.stderr)
       return 2
-  from sam2pp_jax.parity.components import NEEDS_TRACKER, ComponentChecker
 
   all_ok = True
   for path in args.fixtures:

@@ -6,7 +6,6 @@ Each tracking path (today: the `lax.scan` tracker) produces the outputs in the r
 
 from __future__ import annotations
 
-import re
 from typing import Callable
 
 import numpy as np
@@ -14,17 +13,22 @@ import numpy as np
 from sam2pp_jax.parity.components import Row, compare
 from sam2pp_jax.parity.fixture import Fixture, split_spot_check
 from sam2pp_jax.parity.model_from_fixture import model_and_params
+from sam2pp_jax.tracking.predictor import VideoPredictor
+from sam2pp_jax.tracking.propagate import track_video
 
-LOGIT_REL_TOL = 2e-3          # max|jax-ref| <= tol * max(1, max|ref|)
-MASK_IOU_MIN = 0.999          # binarised video-res masks, per frame
-BOX_PX_TOL = 0.05             # video pixels
-# Stored memory (bf16): equal except one-ulp flips on at most 0.1 % of the elements (the
-# issue's acceptance rule). Measured on the dev set with the scan path: mask 0.127 %,
-# box 0.347 %, point 0.107 % -- float32 noise of ~1e-6 pushed across bf16 rounding boundaries,
-# amplified on tracked frames; every downstream output stays within 2e-4 relative. This rule
-# currently FAILS and is kept strict on purpose: open work, not a tolerance to widen.
-BF16_FLIP_FRACTION = 1e-3     # one-ulp bf16 flips allowed on this fraction of elements
-
+LOGIT_REL_TOL = 2e-3  # max|jax-ref| <= tol * max(1, max|ref|)
+MASK_IOU_MIN = 0.999  # binarised video-res masks, per frame
+BOX_PX_TOL = 0.05  # video pixels
+# Stored memory (bf16), the project lead's rule (see `bf16_rule`): at most BF16_FLIP_FRACTION of
+# the elements differ from the reference at all; a differing element is off by one bf16 ulp of
+# the larger magnitude, or by at most BF16_ABS_TOL * max(1, max|ref|) (near zero, where a float32
+# difference spans several bf16 ulps); at most BF16_TWO_ULP_FRACTION of the elements are off by
+# two ulps and none by more. The flips are float32 noise (~1e-6, other kernels than the
+# reference's) pushed across bf16 rounding boundaries; two float32 runs of the reference itself
+# (1 vs 2 threads) differ by such one-ulp flips too.
+BF16_FLIP_FRACTION = 5e-3  # elements that differ at all
+BF16_TWO_ULP_FRACTION = 1e-4  # elements off by (1, 2] ulps (and beyond the absolute tolerance)
+BF16_ABS_TOL = 1e-4  # x max(1, max|ref|): a difference this small is one flip
 
 
 def fixture_prompt(fx: Fixture) -> dict:
@@ -40,19 +44,18 @@ def fixture_prompt(fx: Fixture) -> dict:
 
 def scan_path(fx: Fixture, model=None, params=None, chunk: int = 4) -> dict:
   """outputs/* names -> arrays in the reference layout, from `track_video` (object 0)."""
-  from sam2pp_jax.tracking.propagate import track_video
   if model is None:
     model, params = model_and_params(fx)
   frames = fx.frames().transpose(0, 2, 3, 1)
   hw = tuple(int(v) for v in fx["inputs/video_hw"])
   r = track_video(model, params, frames, hw, fx.task, fixture_prompt(fx), chunk=chunk)
   out = {
-      "video_res_mask_logits": r["video_res_mask_logits"][:, 0],
-      "low_res_mask_logits": r["low_res_mask_logits"][:, 0],
-      "object_score_logits": r["object_score_logits"][:, 0],
-      "obj_ptr": r["obj_ptr"][:, 0],
-      "maskmem_features_bf16": r["maskmem_features_bf16"][:, 0].transpose(0, 3, 1, 2),
-      "maskmem_pos_enc": r["maskmem_pos_enc"].transpose(2, 0, 1),
+    "video_res_mask_logits": r["video_res_mask_logits"][:, 0],
+    "low_res_mask_logits": r["low_res_mask_logits"][:, 0],
+    "object_score_logits": r["object_score_logits"][:, 0],
+    "obj_ptr": r["obj_ptr"][:, 0],
+    "maskmem_features_bf16": r["maskmem_features_bf16"][:, 0].transpose(0, 3, 1, 2),
+    "maskmem_pos_enc": r["maskmem_pos_enc"].transpose(2, 0, 1),
   }
   if fx.task == "box":
     out["pred_box_xyxy"] = r["pred_box_xyxy"][:, 0]
@@ -65,7 +68,6 @@ def scan_path(fx: Fixture, model=None, params=None, chunk: int = 4) -> dict:
 
 def predictor_path(fx: Fixture, model=None, params=None, chunk: int = 4) -> dict:
   """outputs/* from the interactive VideoPredictor: prompt on frame 0, propagate forward."""
-  from sam2pp_jax.tracking.predictor import VideoPredictor
   if model is None:
     model, params = model_and_params(fx)
   frames = fx.frames().transpose(0, 2, 3, 1)
@@ -78,21 +80,25 @@ def predictor_path(fx: Fixture, model=None, params=None, chunk: int = 4) -> dict
     pred.add_new_points_or_box(state, 0, 1, box=np.asarray(fx["inputs/prompt_box_xyxy"]))
   else:
     pred.add_new_points_and_generate_gaussian_mask(
-        state, 0, 1, np.asarray(fx["inputs/prompt_point_xy"], np.float32).reshape(-1, 2),
-        np.asarray(fx["inputs/prompt_point_label"]).reshape(-1),
-        radius=int(model.config.point_gaussian_radius),
-        sigma=float(model.config.point_gaussian_sigma))
+      state,
+      0,
+      1,
+      np.asarray(fx["inputs/prompt_point_xy"], np.float32).reshape(-1, 2),
+      np.asarray(fx["inputs/prompt_point_label"]).reshape(-1),
+      radius=int(model.config.point_gaussian_radius),
+      sigma=float(model.config.point_gaussian_sigma),
+    )
   rows = {}
   for f, _, masks, info in pred.propagate_in_video(state, with_info=True):
     rows[f] = (masks[0], info, pred.frame_output(state, f, 1))
   ts = sorted(rows)
   get = lambda fn: np.stack([fn(*rows[t]) for t in ts])
   out = {
-      "video_res_mask_logits": get(lambda m, i, o: m),
-      "low_res_mask_logits": get(lambda m, i, o: i["low_res_masks"][0]),
-      "object_score_logits": get(lambda m, i, o: i["object_score_logits"][0]),
-      "obj_ptr": get(lambda m, i, o: o["obj_ptr"]),
-      "maskmem_features_bf16": get(lambda m, i, o: o["maskmem"].transpose(2, 0, 1)),
+    "video_res_mask_logits": get(lambda m, i, o: m),
+    "low_res_mask_logits": get(lambda m, i, o: i["low_res_masks"][0]),
+    "object_score_logits": get(lambda m, i, o: i["object_score_logits"][0]),
+    "obj_ptr": get(lambda m, i, o: o["obj_ptr"]),
+    "maskmem_features_bf16": get(lambda m, i, o: o["maskmem"].transpose(2, 0, 1)),
   }
   h = int(model.config.image_size) // 16
   out["maskmem_pos_enc"] = np.asarray(state.maskmem_pos).reshape(h, h, -1).transpose(2, 0, 1)
@@ -111,24 +117,83 @@ PATHS: dict[str, Callable[[Fixture], dict]] = {"scan": scan_path, "predictor": p
 
 # -- comparison rules ----------------------------------------------------------------------------
 def _bf16_ulp(x):
-  """One bfloat16 ulp at |x| (8 significant bits)."""
-  a = np.maximum(np.abs(x.astype(np.float64)), np.finfo(np.float32).tiny)
-  return np.exp2(np.floor(np.log2(a)) - 7)
+  """One bfloat16 ulp at |x| (8 significant bits): 2**(floor(log2|x|) - 7), exact (frexp)."""
+  a = np.maximum(np.abs(np.asarray(x, np.float64)), np.finfo(np.float32).tiny)
+  _, e = np.frexp(a)  # a = m * 2**e, m in [0.5, 1): floor(log2 a) = e - 1
+  return np.ldexp(1.0, e - 8)
+
+
+def bf16_rule(got, ref) -> dict:
+  """Measure `got` against `ref` (bf16-rounded arrays) under the stored-memory rule.
+
+  Returns counts and fractions: `n_flip` elements that differ at all, `n_two_ulp` off by more
+  than one ulp (of the larger magnitude of the pair) and beyond the absolute tolerance but at
+  most two ulps, `n_beyond` off by more than two ulps and beyond the absolute tolerance,
+  `n_abs_only` differing elements admitted only by the absolute tolerance (more than one ulp
+  apart), `max_ulps` the largest difference in ulps over the elements beyond the absolute
+  tolerance (the figure the ulp limits judge), `max_ulps_all` over every element (near-zero
+  elements within the absolute tolerance can span many ulps), `max_abs`, `abs_tol`, and `ok`.
+  """
+  got = np.asarray(got, np.float64)
+  ref = np.asarray(ref, np.float64)
+  d = np.abs(got - ref)
+  n = max(1, d.size)
+  ulp = np.maximum(_bf16_ulp(got), _bf16_ulp(ref))
+  ref_max = float(np.abs(ref).max()) if ref.size else 0.0
+  abs_tol = BF16_ABS_TOL * max(1.0, ref_max)
+  with np.errstate(invalid="ignore"):
+    ulps = np.where(d == 0, 0.0, d / ulp)  # NaN where either side is NaN
+  bad = ~np.isfinite(ulps)  # a NaN or inf on either side: beyond
+  ulps = np.where(bad, np.inf, ulps)
+  differ = (d != 0) | bad
+  small = ~bad & (d <= abs_tol)
+  one = ~bad & (ulps <= 1.0)
+  two = ~bad & ~one & ~small & (ulps <= 2.0)
+  beyond = differ & ~one & ~small & ~two
+  r = {
+    "size": int(d.size),
+    "n_flip": int(np.count_nonzero(differ)),
+    "n_two_ulp": int(np.count_nonzero(two)),
+    "n_beyond": int(np.count_nonzero(beyond)),
+    "n_abs_only": int(np.count_nonzero(differ & small & ~one)),
+    "max_ulps": float(np.where(small, 0.0, ulps).max()) if d.size else 0.0,
+    "max_ulps_all": float(ulps.max()) if d.size else 0.0,
+    "max_abs": float(np.where(bad, np.inf, d).max()) if d.size else 0.0,
+    "abs_tol": abs_tol,
+    "ref_max": ref_max,
+  }
+  r["flip_frac"] = r["n_flip"] / n
+  r["two_ulp_frac"] = r["n_two_ulp"] / n
+  r["ok"] = (
+    r["n_beyond"] == 0
+    and r["flip_frac"] <= BF16_FLIP_FRACTION
+    and r["two_ulp_frac"] <= BF16_TWO_ULP_FRACTION
+  )
+  return r
 
 
 def compare_bf16(name, got, ref) -> Row:
-  """Equal except single-ulp flips on at most BF16_FLIP_FRACTION of the elements."""
+  """The stored-bf16-memory rule (`bf16_rule`); the note gives flip rate, two-ulp count and the
+  largest difference in ulps."""
+  got, ref = np.asarray(got), np.asarray(ref)
   if got.shape != ref.shape:
     return Row(name, "FAIL", note=f"shape {got.shape} != reference {ref.shape}")
-  d = np.abs(got.astype(np.float64) - ref.astype(np.float64))
-  ulp = np.maximum(_bf16_ulp(got), _bf16_ulp(ref))
-  n_flip = int(np.count_nonzero(d))
-  big = int(np.count_nonzero(d > ulp * (1 + 1e-9)))
-  frac = n_flip / max(1, d.size)
-  ok = big == 0 and frac <= BF16_FLIP_FRACTION
-  mx = float(d.max()) if d.size else 0.0
-  return Row(name, "ok" if ok else "FAIL", mx, mx / max(1.0, float(np.abs(ref).max())),
-             BF16_FLIP_FRACTION, f"flips={n_flip} ({frac:.2e}) beyond_1ulp={big}")
+  r = bf16_rule(got, ref)
+  note = (
+    f"flips={r['n_flip']} ({100 * r['flip_frac']:.3f}% <= {100 * BF16_FLIP_FRACTION:g}%) "
+    f"two_ulp={r['n_two_ulp']} ({100 * r['two_ulp_frac']:.4f}% <= "
+    f"{100 * BF16_TWO_ULP_FRACTION:g}%) beyond_2ulp={r['n_beyond']} "
+    f"max_ulps={r['max_ulps']:.3g} abs_tol_only={r['n_abs_only']} "
+    f"(<= {r['abs_tol']:.3g} abs, up to {r['max_ulps_all']:.3g} ulps)"
+  )
+  return Row(
+    name,
+    "ok" if r["ok"] else "FAIL",
+    r["max_abs"],
+    r["max_abs"] / max(1.0, r["ref_max"]),
+    BF16_FLIP_FRACTION,
+    note,
+  )
 
 
 def compare_masks(name, got, ref) -> Row:
@@ -143,8 +208,7 @@ def compare_masks(name, got, ref) -> Row:
     ious.append(1.0 if u == 0 else np.count_nonzero(gi & ri) / u)
   miou = float(min(ious))
   ok = row.status == "ok" and miou >= MASK_IOU_MIN
-  return Row(name, "ok" if ok else "FAIL", row.max_abs, row.rel, row.tol,
-             f"min_iou={miou:.6f}")
+  return Row(name, "ok" if ok else "FAIL", row.max_abs, row.rel, row.tol, f"min_iou={miou:.6f}")
 
 
 def compare_scores(name, got, ref) -> Row:
@@ -152,8 +216,14 @@ def compare_scores(name, got, ref) -> Row:
   row = compare(name, got, ref, LOGIT_REL_TOL)
   same = np.array_equal(np.asarray(got) > 0, np.asarray(ref) > 0)
   ok = row.status == "ok" and same
-  return Row(name, "ok" if ok else "FAIL", row.max_abs, row.rel, row.tol,
-             "presence equal" if same else "object presence differs")
+  return Row(
+    name,
+    "ok" if ok else "FAIL",
+    row.max_abs,
+    row.rel,
+    row.tol,
+    "presence equal" if same else "object presence differs",
+  )
 
 
 def compare_boxes_px(name, got, ref) -> Row:
