@@ -45,15 +45,6 @@ LAYER_NAMES = {0: "io", 1: "model", 2: "tracking/convert/checkpoint",
 FACADE = PKG                      # sam2pp_jax/__init__.py: may re-export from any layer
 FORBIDDEN_TOP = ("track", "train", "eval", "convert_torch_weights", "configs")
 
-# Edges that files owned by someone else still have; each is removed as its fix lands. A
-# listed edge that no longer exists fails the test too, so the list can only shrink.
-PENDING: dict[tuple[str, str], str] = {
-    ("sam2pp_jax.parity.__main__", "sam2pp_jax.parity.end_to_end"):
-        "function-level inside a stale try/except ImportError (end_to_end exists now); import "
-        "it at module level and drop the try",
-}
-
-
 @dataclass(frozen=True)
 class Edge:
   src: str           # importing module (dotted)
@@ -206,22 +197,11 @@ def package_edges() -> list[Edge]:
   return [e for m, p in modules.items() for e in imports_of(m, p, modules)]
 
 
-def _is_pending(line: str) -> bool:
-  return any(f"{s} -> {d} " in line for s, d in PENDING)
-
-
 def test_layering_holds():
   edges = package_edges()
   assert len({e.src for e in edges}) > 20, "the scan found almost no imports; is ROOT right?"
-  bad = [v for v in violations(edges) if not _is_pending(v)]
+  bad = violations(edges)
   assert not bad, "import layering broken:\n  " + "\n  ".join(bad)
-
-
-def test_pending_edges_still_exist():
-  """A pending exception whose edge is gone must be deleted from PENDING."""
-  have = {(e.src, e.dst) for e in package_edges()}
-  stale = [f"{s} -> {d} ({why})" for (s, d), why in PENDING.items() if (s, d) not in have]
-  assert not stale, "remove from PENDING in tests/test_layers.py (fixed):\n  " + "\n  ".join(stale)
 
 
 # ------------------------------------------------------------------ the checker can fail

@@ -14,6 +14,7 @@ import time
 import jax
 
 from sam2pp_jax.parity.components import NEEDS_TRACKER, ComponentChecker
+from sam2pp_jax.parity.end_to_end import check_end_to_end
 from sam2pp_jax.parity.fixture import load_fixture
 
 
@@ -26,14 +27,6 @@ def main(argv=None) -> int:
                   help="max|jax-ref| <= rel_tol * max(1, max|ref|) (default 2e-4)")
   args = ap.parse_args(argv)
   jax.config.update("jax_default_matmul_precision", "highest")
-
-  if not args.components:
-    try:
-      from sam2pp_jax.parity.end_to_end import check_end_to_end  # provided by the tracker
-    except ImportError:
-      print("end-to-end mode needs the streaming tracker (sam2pp_jax.parity.end_to_end), "
-            "which is not in this version; use --components", file=sys.stderr)
-      return 2
 
   all_ok = True
   for path in args.fixtures:
