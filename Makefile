@@ -1,12 +1,14 @@
 # Two entry points do all set-up on a fresh machine (Python 3.11, no GPU):
 #   make demo   - the main job on the built-in default
-#   make test   - the default test suite (fast; `make test-slow` adds the slow marker)
+#   make test   - `make lint`, then the default test suite (fast; `make test-slow` adds the
+#                 slow marker)
+#   make lint   - ruff check + ruff format --check (configuration: [tool.ruff] in pyproject.toml)
 PY ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow parity bench clean
+.PHONY: demo test test-slow lint parity bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -18,8 +20,14 @@ DEMO_SEED ?= 0
 demo: $(STAMP)
 	$(BIN)/python -m sam2pp_jax.demo --seed $(DEMO_SEED)
 
+LINT_PATHS := sam2pp_jax tests bench configs $(wildcard *.py)
+# Both checks always run (each prints its findings); lint fails if either does.
+lint: $(STAMP)
+	@rc=0; $(BIN)/ruff check $(LINT_PATHS) || rc=1; \
+	  $(BIN)/ruff format --check $(LINT_PATHS) || rc=1; exit $$rc
+
 # pytest exit 5 = no tests collected: a failure for the default suite, fine for the slow one.
-test: $(STAMP)
+test: $(STAMP) lint
 	@$(BIN)/python -m pytest -q; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests"; exit 1; fi; exit $$rc
 

@@ -51,7 +51,7 @@ def available() -> tuple[bool, str]:
   try:
     import torch  # noqa: F401
   except ImportError:
-    return False, "torch not importable"
+    return False, "torch is not installed: the reference part is skipped (pip install '.[torch]')"
   for mod in ("hydra", "omegaconf", "iopath", "einops", "natsort"):
     try:
       __import__(mod)

@@ -12,6 +12,7 @@ model:
          `argmax` (the reference's readout: snaps to the grid) and `soft_argmax` -> delta_avg.
 
   python bench/demo_ceiling.py [--seed 0] [--videos 6] [--sizes 64,96,128,256] [--video-size 96]
+  python bench/demo_ceiling.py --smoke     # seconds: 1 short video, S = 64 only
 
 The demo's acceptance thresholds (J&F 0.80, AUC 0.60, delta_avg 0.60) can only be met by a
 size whose ceiling is above them.
@@ -29,10 +30,12 @@ import tempfile
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SMOKE = {"videos": 1, "frames": 6, "sizes": "64"}   # --smoke defaults
 
 
 def _up(low, hw, antialias=False):
   import jax.numpy as jnp
+
   from sam2pp_jax.model.resize import resize_bilinear
   return resize_bilinear(jnp.asarray(low, jnp.float32)[..., None], hw, antialias)[..., 0]
 
@@ -48,8 +51,13 @@ def _peak_logits(xy_model, s, sharp=4.0):
 
 def write_oracle(videos, paths, out, s):
   """Prediction folders of a perfect model at input size s (see the module doc)."""
-  from sam2pp_jax.tracking.outputs import (ids_from_logits, write_box_txt, write_mask_dir,
-                                           write_points_npz, xyxy_to_xywh_int)
+  from sam2pp_jax.tracking.outputs import (
+      ids_from_logits,
+      write_box_txt,
+      write_mask_dir,
+      write_points_npz,
+      xyxy_to_xywh_int,
+  )
   from sam2pp_jax.tracking.point_readout import read_points
   outs = {k: os.path.join(out, f"pred_{k}") for k in ("mask", "box", "point", "point_soft")}
   for d in outs.values():
@@ -84,16 +92,22 @@ def main(argv=None) -> int:
   ap.add_argument("--videos", type=int, default=6)
   ap.add_argument("--video-size", type=int, default=96, help="held-out video side (demo: 96)")
   ap.add_argument("--sizes", default="64,96,128,256", help="model input sizes S (demo: 64)")
+  ap.add_argument("--frames", type=int, default=24, help="frames per held-out video (demo: 24)")
+  ap.add_argument("--smoke", action="store_true",
+                  help=f"seconds-long run of the same code path: defaults {SMOKE}")
   args = ap.parse_args(argv)
+  if args.smoke:   # smoke defaults; flags given explicitly still win
+    ap.set_defaults(**SMOKE)
+    args = ap.parse_args(argv)
   from sam2pp_jax import demo
   from sam2pp_jax.eval.score import score
   sizes = [int(x) for x in args.sizes.split(",")]
   bad = [x for x in sizes if x < 16 or x % 16]
   if bad:
     ap.error(f"--sizes {bad}: model input sizes must be multiples of 16")
-  videos = demo.held_out_videos(args.seed, args.videos, size=args.video_size)
-  print(f"perfect-model ceilings, {args.videos} held-out videos, seed {args.seed}, "
-        f"{args.video_size}x{args.video_size} video")
+  videos = demo.held_out_videos(args.seed, args.videos, frames=args.frames, size=args.video_size)
+  print(f"perfect-model ceilings, {args.videos} held-out videos of {args.frames} frames, seed "
+        f"{args.seed}, {args.video_size}x{args.video_size} video")
   print(f"{'S':>5} {'grid':>6} {'J&F':>7} {'AUC':>7} {'delta_avg argmax':>17} "
         f"{'delta_avg soft_argmax':>22}")
   with tempfile.TemporaryDirectory() as tmp:

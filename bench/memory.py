@@ -1,6 +1,7 @@
 """Peak host memory of the scan tracker (`track_video`) vs video length, one subprocess each.
 
     python bench/memory.py --frames 100,1000 --preset parity_small --task box
+    python bench/memory.py --smoke     # seconds: tiny preset, 4 and 8 frames, same code path
 
 Each setting runs in a fresh Python process (CPU backend: device buffers live in host memory,
 so the process's peak RSS is the peak of everything): build the model, fill random params,
@@ -26,6 +27,7 @@ saying so.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
 import subprocess
@@ -33,6 +35,7 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+SMOKE = {"frames": "4,8", "preset": "tiny", "chunk": 2}   # --smoke defaults (run side by side)
 
 
 def _status_kb(field: str) -> int:
@@ -64,7 +67,8 @@ class LazyFrames:
 
   def __init__(self, T: int, size: int):
     import numpy as np
-    from sam2pp_jax.data.video_io import normalize_u8
+
+    from sam2pp_jax.io.video import normalize_u8
     self.T, self.size, self._norm = T, size, normalize_u8
     self.bg = (np.random.default_rng(0).random((size, size, 3)) * 80 + 40).astype(np.float32)
     self.calls = 0
@@ -84,13 +88,18 @@ class LazyFrames:
 
 def child(a) -> int:
   """Run one setting and print a JSON line."""
-  import numpy as np
-  import jax
   import inspect
+
+  import jax
+  import numpy as np
+  if a.smoke:
+    jax.config.update("jax_disable_most_optimizations", True)   # smoke: code path, not speed
+
+  from sam2pp_jax.model.random_params import random_params
   from sam2pp_jax.model.sam2pp import build_model
   from sam2pp_jax.tracking.propagate import track_video
   sys.path.insert(0, HERE)
-  from propagate import random_params, prompts_from_mask, batched_prompt
+  from propagate import batched_prompt, prompts_from_mask
 
   t0 = time.perf_counter()
   model = build_model(a.preset)
@@ -128,6 +137,8 @@ def run_setting(a, T: int) -> dict:
          a.preset, "--task", a.task, "--chunk", str(a.chunk)]
   if a.no_video_res:
     cmd.append("--no-video-res")
+  if a.smoke:
+    cmd.append("--smoke")
   t0 = time.perf_counter()
   p = subprocess.run(cmd, capture_output=True, text=True)
   wall = time.perf_counter() - t0
@@ -146,8 +157,9 @@ def mib(kb_or_bytes, kb=True):
 def show(r):
   working = r["peak_kb"] * 1024 - r["rss_before_kb"] * 1024 - r["outputs_bytes"]
   r["working_bytes"] = working
-  print(f"T={r['T']:5d}: peak {mib(r['peak_kb']):8.1f} MiB | before call {mib(r['rss_before_kb']):8.1f}"
-        f" MiB (model+params+runtime {mib(r['rss_model_kb']):.1f}; frames lazy, "
+  print(f"T={r['T']:5d}: peak {mib(r['peak_kb']):8.1f} MiB | before call "
+        f"{mib(r['rss_before_kb']):8.1f} MiB (model+params+runtime {mib(r['rss_model_kb']):.1f}; "
+        f"frames lazy, "
         f"{r['frames_read']} read, {mib(r['float32_video_bytes'], False):.0f} MiB as a float32 "
         f"array) | outputs {mib(r['outputs_bytes'], False):7.1f} MiB"
         f" | working {mib(working, False):8.1f} MiB | call {r['call_s']:.1f}s "
@@ -164,9 +176,14 @@ def main(argv=None) -> int:
                   help="track_video(video_res=False): skip the [T,B,H,W] video-size logits")
   ap.add_argument("--max-seconds", type=float, default=1800.0,
                   help="skip (and shorten) a setting whose estimated run time exceeds this")
+  ap.add_argument("--smoke", action="store_true",
+                  help=f"seconds-long run of the same code path: defaults {SMOKE}")
   ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
   ap.add_argument("--T", type=int, default=0, help=argparse.SUPPRESS)
   a = ap.parse_args(argv)
+  if a.smoke:   # smoke defaults; flags given explicitly still win
+    ap.set_defaults(**SMOKE)
+    a = ap.parse_args(argv)
   if a.child:
     return child(a)
 
@@ -177,7 +194,12 @@ def main(argv=None) -> int:
         f"{platform.node()} {os.cpu_count()} cpus; preset {a.preset}, task {a.task}, chunk "
         f"{a.chunk}, video_res {not a.no_video_res}; one fresh subprocess per length", flush=True)
   results = []
-  for T in lengths:
+  if a.smoke:   # the lengths side by side (separate processes, so peaks stay separate)
+    with concurrent.futures.ThreadPoolExecutor(len(lengths)) as pool:
+      results = list(pool.map(lambda T: run_setting(a, T), lengths))
+    for r in results:
+      show(r)
+  for T in [] if a.smoke else lengths:
     if results:
       prev = results[-1]
       # per-frame rate from the previous setting; its fixed cost (setup + compile) is an upper
@@ -197,10 +219,10 @@ def main(argv=None) -> int:
     results.append(r)
   if len(results) >= 2:
     lo, hi = results[0], results[-1]
+    net = lambda r: r["peak_kb"] * 1024 - r["outputs_bytes"]
     print(f"ratio T={hi['T']}/T={lo['T']}: peak {hi['peak_kb'] / lo['peak_kb']:.3f}x, "
           f"working (peak - before - outputs) {hi['working_bytes'] / lo['working_bytes']:.3f}x, "
-          f"peak - outputs "
-          f"{(hi['peak_kb'] * 1024 - hi['outputs_bytes']) / (lo['peak_kb'] * 1024 - lo['outputs_bytes']):.3f}x")
+          f"peak - outputs {net(hi) / net(lo):.3f}x")
   return 0
 
 

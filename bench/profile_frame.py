@@ -3,6 +3,7 @@
     python bench/profile_frame.py --presets parity_small --repeats 20
     python bench/profile_frame.py --presets b+ --repeats 3 --task box
     SAM2PLUS_REPO=/path/to/SAM2-Plus python bench/profile_frame.py --reference
+    python bench/profile_frame.py --smoke     # seconds: tiny preset, 1 timed call per block
 
 Blocks (batch 1, random numpy-filled params, each block its own jitted function, timed after
 one warm-up call as the best / median of `--repeats` calls, blocks interleaved round-robin so
@@ -19,7 +20,7 @@ every block sees similar machine load):
 
 With `--reference` (needs $SAM2PLUS_REPO and torch), the same blocks of the reference model
 (built by bench/_reference.py and loaded with the same weights) are timed under
-torch.inference_mode with `--threads` threads.
+torch.inference_mode with `--threads` threads, and each block's ours/ref time ratio is printed.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+SMOKE = {"presets": "tiny", "repeats": 1}   # --smoke defaults
 
 
 def _timeit(fns: dict, repeats: int) -> dict:
@@ -53,8 +55,9 @@ def jax_blocks(preset: str, task: str, seed: int = 0):
   """(callables, params, model) for our blocks."""
   import jax
   import jax.numpy as jnp
-  from propagate import random_params
+
   from sam2pp_jax.model.fpn_neck import FpnNeck
+  from sam2pp_jax.model.random_params import random_params
   from sam2pp_jax.model.sam2pp import SAM2Plus, build_model
 
   model = build_model(preset)
@@ -123,11 +126,12 @@ def jax_blocks(preset: str, task: str, seed: int = 0):
 
 def torch_blocks(preset: str, task: str, params, model, threads: int):
   """Same blocks of the reference model (same weights)."""
-  import torch
   import _reference
+  import jax
+  import torch
+
   from sam2pp_jax.convert.key_map import flax_to_torch
   torch.set_num_threads(threads)
-  import jax
   pred = _reference.build_predictor(preset, task, threads=threads)
   sd = flax_to_torch(jax.tree.map(np.asarray, params), _reference.state_dict_shapes(pred))
   pred.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in sd.items()}, strict=True)
@@ -181,21 +185,34 @@ def torch_blocks(preset: str, task: str, params, model, threads: int):
   return ok, pred
 
 
-def main():
-  ap = argparse.ArgumentParser()
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--presets", default="parity_small")
   ap.add_argument("--task", default="box")
   ap.add_argument("--repeats", type=int, default=10)
   ap.add_argument("--reference", action="store_true")
   ap.add_argument("--reference-only", action="store_true")
   ap.add_argument("--threads", type=int, default=2)
-  args = ap.parse_args()
+  ap.add_argument("--smoke", action="store_true",
+                  help=f"seconds-long run of the same code path: defaults {SMOKE}")
+  args = ap.parse_args(argv)
+  if args.smoke:   # smoke defaults; flags given explicitly still win
+    ap.set_defaults(**SMOKE)
+    args = ap.parse_args(argv)
+    import jax
+    jax.config.update("jax_disable_most_optimizations", True)   # smoke: code path, not speed
   for preset in args.presets.split(","):
     fns, params, model = jax_blocks(preset, args.task)
     res = {}
     if not args.reference_only:
       res.update(_timeit(fns, args.repeats))
+    ref_ok, ref_why = False, ""
     if args.reference or args.reference_only:
+      import _reference
+      ref_ok, ref_why = _reference.available()
+      if not ref_ok:
+        print(f"reference: not timed ({ref_why})")
+    if ref_ok:
       # Timed separately (not interleaved): XLA's and torch's thread pools fight otherwise.
       try:
         tfns, _ = torch_blocks(preset, args.task, params, model, args.threads)
@@ -204,7 +221,9 @@ def main():
         print(f"reference blocks unavailable: {type(e).__name__}: {e}")
     print(f"== {preset} (S={model.config.image_size}, task={args.task}), ms best / median")
     for k, (b, med) in res.items():
-      print(f"  {k:24s} {1e3 * b:9.2f} {1e3 * med:9.2f}")
+      ref = res.get("ref:" + k)   # baseline in the same run, when the reference was timed
+      ratio = f"  ours/ref {b / ref[0]:.2f}x" if ref else ""
+      print(f"  {k:24s} {1e3 * b:9.2f} {1e3 * med:9.2f}{ratio}")
     core = ("trunk", "neck", "highres", "memattn", "decoder", "memenc")
     for pre in ("", "ref:"):
       if all(pre + k in res for k in core):

@@ -1,16 +1,20 @@
 """Tracking throughput: the `lax.scan` path, the interactive predictor, and the PyTorch reference.
 
-    python bench/propagate.py --presets parity_small,b+ --tasks mask,box,point --frames 8 --repeats 2
+    python bench/propagate.py --presets parity_small,b+ --tasks mask,box,point --frames 8 \
+        --repeats 2
 
-For each preset and task, on a synthetic S x S video (a textured ellipse clip written to a
-temporary folder of PNGs, so every side reads identical pixels and the resize to S x S is the
-identity), with random weights (numpy-filled from `param_shapes`; the reference, when timed,
-gets the *same* weights through `convert.key_map.flax_to_torch`):
+    python bench/propagate.py --smoke     # seconds: tiny preset, box task, 3 frames, 1 repeat
+
+For each preset and task, on a synthetic S x S video (`sam2pp_jax.data.synthetic`, one object,
+written to a temporary folder of PNGs, so every side reads identical pixels and the resize to
+S x S is the identity), with random weights (`sam2pp_jax.model.random_params`; the reference,
+when timed, gets the *same* weights through `convert.key_map.flax_to_torch`):
 
 * scan   : `sam2pp_jax.tracking.propagate.track_video` on the in-memory preprocessed frames.
            Call 1 = compile + run; calls 2..R+1 = steady state (best of them; the median is
-           printed too). "compile" is call 1 minus the steady-state time. Frame loading (PNG decode + resize) is timed
-           separately ("load") and added for the end-to-end comparison with the reference.
+           printed too). "compile" is call 1 minus the steady-state time. Frame loading (PNG
+           decode + resize) is timed separately ("load") and added for the end-to-end
+           comparison with the reference.
 * pred   : `sam2pp_jax.tracking.predictor.VideoPredictor` (SAM 2 API: init_state on the PNG
            folder + add_new_mask / add_new_points_or_box + propagate_in_video), if the module
            exists; otherwise a "not available" line.
@@ -20,7 +24,9 @@ gets the *same* weights through `convert.key_map.flax_to_torch`):
            reported too (allocator / one-time warm-up).
 
 After each side's first call, the steady-state calls are interleaved (scan, pred, ref, scan,
-...) so that all sides see similar load on a shared machine. fps = frames / seconds. Ratios ours/ref are computed from the same run of this script:
+...) so that all sides see similar load on a shared machine. fps = frames / seconds. Ratios
+are computed from the same run of this script: pred/scan always (when the predictor ran), and
+ours/ref when the reference was timed:
   e2e  : (load + scan) and (pred) vs ref (init_state + prompt + propagate), all incl. PNG loading.
   model: scan (in-memory frames) vs ref minus the reference's own frame-loading time (measured
          separately with `sam2.utils.misc.load_video_frames` on the same folder).
@@ -32,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import platform
@@ -46,42 +53,15 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 TASKS = ("mask", "box", "point")
+SMOKE = {"presets": "tiny", "tasks": "box", "frames": 3, "repeats": 1, "chunk": 2}   # --smoke
 
 
 # -- inputs ------------------------------------------------------------------------------------
-def random_params(model, seed: int = 0):
-  """Random params filled from numpy (fast: no flax init), following the det_init recipe:
-  unit-variance uniform x; FrozenBatchNorm running_var 0.5+u, running_mean 0.1x; 1-D
-  scale/gamma 1+0.1x, other 1-D 0.1x; kernels x/sqrt(fan_in); other >=2-D tensors 0.1x."""
-  import jax
-  import jax.numpy as jnp
-  from sam2pp_jax.model.sam2pp import param_shapes
-  rng = np.random.default_rng(seed)
-
-  def fill(path, s):
-    name = str(getattr(path[-1], "key", path[-1]))
-    u = rng.random(s.shape, np.float32)
-    x = (2.0 * u - 1.0) * np.float32(np.sqrt(3.0))
-    if name == "running_var":
-      v = 0.5 + u
-    elif name == "running_mean":
-      v = 0.1 * x
-    elif len(s.shape) == 1 and name in ("scale", "gamma", "weight"):
-      v = 1.0 + 0.1 * x
-    elif len(s.shape) <= 1:
-      v = 0.1 * x
-    elif name == "kernel":
-      v = x / np.sqrt(float(np.prod(s.shape[:-1])))
-    else:
-      v = 0.1 * x
-    return jnp.asarray(v, s.dtype)
-  return jax.tree_util.tree_map_with_path(fill, param_shapes(model))
-
-
 def make_video(seed: int, frames: int, size: int):
-  """uint8 [T,S,S,3] video and bool [T,S,S] masks (sam2pp_jax.demo.synthetic_clip)."""
-  from sam2pp_jax.demo import synthetic_clip
-  return synthetic_clip(seed, frames, size)
+  """uint8 [T,S,S,3] video and bool [T,S,S] masks of its one object (`data.synthetic`)."""
+  from sam2pp_jax.data.synthetic import generate_video
+  v = generate_video(seed, num_frames=frames, height=size, width=size, num_objects=1)
+  return v["frames"], v["masks"] == 1
 
 
 def write_pngs(video_u8, folder: str) -> list[str]:
@@ -121,6 +101,7 @@ def _median(xs):
 def scan_run_once(model, params, frames, hw, task, prompt, chunk):
   """One track_video call (returns numpy, i.e. synchronised): ({"total_s"}, logits [T,H,W])."""
   import jax
+
   from sam2pp_jax.tracking.propagate import track_video
   t0 = time.perf_counter()
   res = track_video(model, params, frames, hw, task, batched_prompt(task, prompt), chunk=chunk)
@@ -129,7 +110,7 @@ def scan_run_once(model, params, frames, hw, task, prompt, chunk):
 
 
 def time_load(folder, size, repeats):
-  from sam2pp_jax.data.video_io import load_video_for_model
+  from sam2pp_jax.io.video import load_video_for_model
   times = []
   for _ in range(max(1, repeats)):
     t0 = time.perf_counter()
@@ -185,6 +166,14 @@ def predictor_run_once(pred, folder, task, prompt):
           "total_s": t3 - t0}, np.stack([logits[i] for i in sorted(logits)])
 
 
+# -- the PyTorch reference ---------------------------------------------------------------------
+def ref_run_once(ref_pred, folder, names, task, prompt):
+  import _reference
+  ref_pred.task = task   # build_sam sets this attribute after construction: same effect
+  o = _reference.run_once(ref_pred, folder, names, task, prompt)
+  return o, o.pop("video_res_logits")
+
+
 # -- reporting ---------------------------------------------------------------------------------
 def fps(n, s):
   return n / s if s and s > 0 else float("nan")
@@ -212,10 +201,19 @@ def main(argv=None) -> int:
   ap.add_argument("--no-predictor", action="store_true", help="skip our interactive predictor")
   ap.add_argument("--threads", type=int, default=2, help="torch threads for the reference")
   ap.add_argument("--json", default=None, help="also write all numbers to this file")
+  ap.add_argument("--smoke", action="store_true",
+                  help=f"seconds-long run of the same code path: defaults {SMOKE}")
   a = ap.parse_args(argv)
+  if a.smoke:   # smoke defaults; flags given explicitly still win
+    ap.set_defaults(**SMOKE)
+    a = ap.parse_args(argv)
 
   import jax
+
+  from sam2pp_jax.model.random_params import random_params
   from sam2pp_jax.model.sam2pp import build_model
+  if a.smoke:
+    jax.config.update("jax_disable_most_optimizations", True)   # smoke: code path, not speed
 
   presets = [p for p in a.presets.split(",") if p]
   tasks = [t for t in a.tasks.split(",") if t]
@@ -227,6 +225,8 @@ def main(argv=None) -> int:
         f"{platform.node()}  {os.cpu_count()} cpus  jax {jax.__version__} "
         f"({jax.default_backend()}: {jax.devices()[0].device_kind})  frames={T} "
         f"repeats={a.repeats} chunk={a.chunk}", flush=True)
+  if a.smoke:
+    print("# --smoke: XLA optimisations mostly off; the numbers say nothing about speed")
 
   ref_ok, ref_why = (False, "--no-reference") if a.no_reference else (None, "")
   if ref_ok is None:
@@ -249,7 +249,7 @@ def main(argv=None) -> int:
           flush=True)
     video, masks = make_video(a.seed, T, s)
     hw = (s, s)
-    from sam2pp_jax.data.video_io import normalize_u8
+    from sam2pp_jax.io.video import normalize_u8
     frames = normalize_u8(video)
     prompts = prompts_from_mask(masks[0])
     tmp = tempfile.TemporaryDirectory(prefix="sam2pp_bench_")
@@ -262,6 +262,7 @@ def main(argv=None) -> int:
       print(f"ref : not timed (no reference structure for preset {preset!r})")
     elif ref_ok:
       import _reference
+
       from sam2pp_jax.convert.key_map import flax_to_torch
       t0 = time.perf_counter()
       ref_pred = _reference.build_predictor(preset, tasks[0], threads=a.threads)
@@ -285,21 +286,20 @@ def main(argv=None) -> int:
       p = dict(prompts[task], radius=int(model.config.point_gaussian_radius),
                sigma=float(model.config.point_gaussian_sigma))
       # runners: each returns (phase seconds dict with "total_s", video-res logits [T,H,W])
-      runners = {"scan": lambda: scan_run_once(model, params, frames, hw, task, p, a.chunk)}
+      # (functools.partial binds this iteration's values, not the loop variables)
+      runners = {"scan": functools.partial(scan_run_once, model, params, frames, hw, task, p,
+                                           a.chunk)}
       if pcls is not None:
         try:
           pred = make_predictor(pcls, model, params, task)
-          runners["pred"] = lambda: predictor_run_once(pred, tmp.name, task, p)
+          runners["pred"] = functools.partial(predictor_run_once, pred, tmp.name, task, p)
         except Exception as e:
+          r["pred_error"] = f"construction: {type(e).__name__}: {e}"
           print(f"[{preset}/{task}] pred: FAILED to construct ({type(e).__name__}: {e})")
       else:
         print(f"[{preset}/{task}] pred: not available ({p_why})")
       if ref_pred is not None:
-        def _ref():
-          ref_pred.task = task   # build_sam sets this attribute after construction: same effect
-          o = _reference.run_once(ref_pred, tmp.name, names, task, p)
-          return o, o.pop("video_res_logits")
-        runners["ref"] = _ref
+        runners["ref"] = functools.partial(ref_run_once, ref_pred, tmp.name, names, task, p)
       # call 1 of each (compile / warm-up), then the steady-state calls interleaved
       # (scan, pred, ref, scan, pred, ref, ...) so that all sides see similar machine load
       runs = {k: [] for k in runners}
@@ -336,11 +336,14 @@ def main(argv=None) -> int:
           r["ref_model_fps"] = fps(T, best - ref_load_s)
           extra = f"; without its frame loading {r['ref_model_fps']:.2f} fps"
         ph_txt = " + ".join(f"{q[:-2]} {v:.3f}" for q, v in phases.items())
-        print(f"[{preset}/{task}] {k:4s}: first {tot[0]:.2f}s (compile/warm-up ~{tot[0] - best:.2f}s)"
-              f", steady best {best:.3f}s / median {med:.3f}s ({ph_txt}) -> {r[f'{k}_fps']:.2f} fps"
-              f"{extra}", flush=True)
-      if "pred" in logits:
-        print(f"[{preset}/{task}] outputs pred vs scan: {mask_agreement(logits['pred'], logits['scan'])}")
+        print(f"[{preset}/{task}] {k:4s}: first {tot[0]:.2f}s (compile/warm-up "
+              f"~{tot[0] - best:.2f}s), steady best {best:.3f}s / median {med:.3f}s ({ph_txt}) "
+              f"-> {r[f'{k}_fps']:.2f} fps{extra}", flush=True)
+      if "pred_fps" in r and "scan_e2e_fps" in r:   # baseline in the same run: our scan path
+        r["ratio_pred_scan"] = r["pred_fps"] / r["scan_e2e_fps"]
+        print(f"[{preset}/{task}] pred/scan fps (both incl. PNG loading): "
+              f"{r['ratio_pred_scan']:.2f}x; outputs pred vs scan: "
+              f"{mask_agreement(logits['pred'], logits['scan'])}", flush=True)
       if "ref" in runs and runs["ref"]:
         r["ratio_scan_e2e"] = r["scan_e2e_fps"] / r["ref_fps"]
         r["ratio_scan_model"] = r["scan_fps"] / r["ref_model_fps"]
@@ -357,7 +360,7 @@ def main(argv=None) -> int:
   print("\n# summary (fps = frames / steady-state seconds; compile = first call - steady)")
   hdr = (f"{'preset':13s} {'task':5s} {'scan fps':>8s} {'compile s':>9s} {'pred fps':>8s} "
          f"{'pred cmp s':>10s} {'ref fps':>8s} {'scan/ref e2e':>12s} {'scan/ref model':>14s} "
-         f"{'pred/ref':>8s}")
+         f"{'pred/ref':>8s} {'pred/scan':>9s}")
   print(hdr)
   f = lambda r, k, fmt: format(r[k], fmt) if k in r else "-"
   for r in results:
@@ -365,11 +368,15 @@ def main(argv=None) -> int:
           f"{f(r, 'scan_compile_s', '9.1f'):>9s} {f(r, 'pred_fps', '8.2f'):>8s} "
           f"{f(r, 'pred_compile_s', '10.1f'):>10s} {f(r, 'ref_fps', '8.2f'):>8s} "
           f"{f(r, 'ratio_scan_e2e', '12.2f'):>12s} {f(r, 'ratio_scan_model', '14.2f'):>14s} "
-          f"{f(r, 'ratio_pred_e2e', '8.2f'):>8s}")
+          f"{f(r, 'ratio_pred_e2e', '8.2f'):>8s} {f(r, 'ratio_pred_scan', '9.2f'):>9s}")
   if a.json:
     with open(a.json, "w") as fh:
       json.dump(results, fh, indent=1, default=float)
-  return 0
+  failed = [f"{r['preset']}/{r['task']} {k[:-len('_error')]}" for r in results for k in r
+            if k.endswith("_error")]
+  if failed:
+    print(f"# FAILED: {', '.join(failed)} (see above)")
+  return 1 if failed else 0
 
 
 if __name__ == "__main__":

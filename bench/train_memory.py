@@ -2,6 +2,7 @@
 
   python bench/train_memory.py [--config reference] [--task box] [--batch 1] [--frames 8]
                                [--devices N] [--no-compile]
+  python bench/train_memory.py --smoke     # seconds: the demo config (tiny), 2 frames, lowering
 
 Everything is abstract (jax.eval_shape for params and optimizer state, ShapeDtypeStructs for
 the batch), so the b+ model at 1024 is lowered without allocating its weights. Prints lowering
@@ -16,9 +17,11 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+# --smoke defaults: lowering only (compiling even the tiny training step takes ~1 CPU-minute)
+SMOKE = {"config": "demo", "frames": 2, "no_compile": True}
 
 
-def main():
+def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--config", default="reference")
   ap.add_argument("--task", default="box", choices=("mask", "box", "point"))
@@ -26,12 +29,18 @@ def main():
   ap.add_argument("--frames", type=int, default=8)
   ap.add_argument("--devices", type=int, default=0, help="fake CPU devices (sets XLA_FLAGS)")
   ap.add_argument("--no-compile", action="store_true", help="stop after lowering")
-  a = ap.parse_args()
+  ap.add_argument("--smoke", action="store_true",
+                  help=f"seconds-long run of the same code path: defaults {SMOKE}")
+  a = ap.parse_args(argv)
+  if a.smoke:   # smoke defaults; flags given explicitly still win
+    ap.set_defaults(**SMOKE)
+    a = ap.parse_args(argv)
   if a.devices:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                f" --xla_force_host_platform_device_count={a.devices}")
   import jax
   import jax.numpy as jnp
+
   from configs.train import get_config
   from sam2pp_jax.model.sam2pp import build_model
   from sam2pp_jax.train import trainer
@@ -70,6 +79,8 @@ def main():
         f"{a.frames} frames x {o} objects, {mesh.size} device(s), {n_params / 1e6:.1f}M params")
   print(f"abstract state: {t_shape:.1f} s; lowering: {t_lower:.1f} s")
   if a.no_compile:
+    if a.smoke:
+      print("--smoke stops after lowering; run without --smoke for compile + memory analysis")
     return
   t0 = time.time()
   compiled = lowered.compile()
@@ -89,6 +100,8 @@ def main():
            + m.temp_size_in_bytes)
   print(f"  per-device peak estimate          {total / gib:8.3f} GiB "
         "(arguments + outputs - aliased + temporaries)")
+  if m.argument_size_in_bytes:   # the baseline in the same run: the step's own arguments
+    print(f"  peak / arguments (state + batch)  {total / m.argument_size_in_bytes:8.2f}x")
 
 
 if __name__ == "__main__":

@@ -37,26 +37,6 @@ def assert_close(name, got, ref, rel=2e-4):
   return err
 
 
-def numpy_params(model, seed: int = 0):
-  """Random params for `model` filled from numpy (fast: no flax init compile).
-
-  Fan-in-scaled normals; norm scales and FrozenBN variances positive so every layer is sane.
-  """
-  import jax
-  import jax.numpy as jnp
-  import numpy as np
-  from sam2pp_jax.model.sam2pp import param_shapes
-  rng = np.random.default_rng(seed)
-
-  def fill(path, s):
-    name = str(path[-1].key) if hasattr(path[-1], "key") else str(path[-1])
-    if name in ("scale", "running_var"):
-      return jnp.asarray(rng.uniform(0.5, 1.5, s.shape), s.dtype)
-    fan_in = int(np.prod(s.shape[:-1])) if len(s.shape) > 1 else 1
-    return jnp.asarray(rng.standard_normal(s.shape) / np.sqrt(max(fan_in, 1)), s.dtype)
-  return jax.tree_util.tree_map_with_path(fill, param_shapes(model))
-
-
 _E2E_ROWS = {}
 BF16_MEMORY = "maskmem_features_bf16"
 
@@ -76,16 +56,3 @@ def assert_rows_ok(rows, bf16_memory: bool):
   assert rows if bf16_memory else len(rows) >= 5
   bad = [r.line() for r in rows if r.status != "ok"]
   assert not bad, "\n".join(bad)
-
-
-def scaled_normal_params(model, seed: int = 0):
-  """Deterministic random params for a model: N(0, 1/fan_in) per leaf (no init compile)."""
-  import jax.numpy as jnp
-  import numpy as np
-  from sam2pp_jax.model.sam2pp import param_shapes
-  rng = np.random.default_rng(seed)
-
-  def fill(s):
-    fan_in = int(np.prod(s.shape[:-1])) if len(s.shape) > 1 else 1
-    return jnp.asarray(rng.standard_normal(s.shape) / np.sqrt(max(fan_in, 1)), s.dtype)
-  return jax.tree.map(fill, param_shapes(model))

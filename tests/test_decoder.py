@@ -17,6 +17,7 @@ from conftest import assert_close, get_fixture
 from sam2pp_jax.convert import key_map
 from sam2pp_jax.model.corner_head import soft_argmax_xy
 from sam2pp_jax.model.prompt_encoder import PromptEncoder
+from sam2pp_jax.model.random_params import random_params
 from sam2pp_jax.model.unified_decoder import (TASKS, UnifiedDecoder, argmax_point,
                                               soft_argmax_point)
 from sam2pp_jax.parity.fixture import parity_dir
@@ -160,13 +161,9 @@ def test_unified_decoder_parity(task):
 
 
 def _random_params(model, init_method, seed=0):
-  """Params of the init tree's shapes filled by numpy (cheaper than compiling jax.random init)."""
+  """Params of the init tree's shapes, numpy-filled (cheaper than compiling jax.random init)."""
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), method=init_method))["params"]
-  rng = np.random.default_rng(seed)
-  return jax.tree_util.tree_map(
-      lambda s: (rng.standard_normal(s.shape) / np.sqrt(max(1, np.prod(s.shape[:-1])))
-                 ).astype(np.float32) if len(s.shape) > 1 else
-      (1.0 + 0.1 * rng.standard_normal(s.shape)).astype(np.float32), shapes)
+  return random_params(shapes, seed)
 
 
 # Multimask on/off per task, chosen to complement the fixtures (box: on; mask, point: off) and

@@ -12,6 +12,7 @@ from sam2pp_jax.convert import key_map
 from sam2pp_jax.model.memory_attention import MemoryAttention
 from sam2pp_jax.model.memory_encoder import MemoryEncoder
 from sam2pp_jax.model.position_encoding import sine_position_encoding
+from sam2pp_jax.model.random_params import random_params
 from sam2pp_jax.parity.fixture import parity_dir
 
 TASKS = ("mask", "box", "point")
@@ -96,21 +97,10 @@ def test_bplus_manifest_layout():
 TINY = dict(d_model=32, num_layers=2, dim_feedforward=48, num_heads=2, dropout=0.0)
 
 
-def random_params(init_fn, *args, seed=0, **kwargs):
-  # Non-array arguments (static ints, tuples) are closed over, not traced.
-  """Params of the right tree and shapes, filled from numpy (no RNG compilation): kernels
-  ~N(0, 1/fan_in), LayerNorm scales ~1+N(0, 0.01), everything else ~N(0, 0.01)."""
-  rng = np.random.default_rng(seed)
-  tpl = jax.eval_shape(lambda k: init_fn(k, *args, **kwargs), jax.random.key(0))["params"]
-
-  def fill(path, s):
-    name = path[-1].key
-    if name == "kernel":
-      return jnp.asarray(rng.normal(size=s.shape) / np.sqrt(np.prod(s.shape[:-1])), jnp.float32)
-    base = 1.0 if name == "scale" else 0.0
-    return jnp.asarray(base + 0.1 * rng.normal(size=s.shape), jnp.float32)
-
-  return jax.tree_util.tree_map_with_path(fill, tpl)
+def _shapes(init_fn, *args, **kwargs):
+  """The params tree's shapes (no compile). Non-array arguments (static ints, tuples) are closed
+  over, not traced."""
+  return jax.eval_shape(lambda k: init_fn(k, *args, **kwargs), jax.random.key(0))["params"]
 
 
 def _tiny_attention_setup(batch=2, h=3, w=4, frames=3, n_ptr=6, mem_dim=8, seed=0):
@@ -121,8 +111,8 @@ def _tiny_attention_setup(batch=2, h=3, w=4, frames=3, n_ptr=6, mem_dim=8, seed=
   mem, mem_pos = (jnp.asarray(rng.normal(size=(batch, m, mem_dim)), jnp.float32)
                   for _ in range(2))
   model = MemoryAttention(**TINY)
-  params = random_params(model.init, curr, curr_pos, mem, mem_pos, n_ptr, feat_hw=(h, w),
-                         seed=seed)
+  params = random_params(_shapes(model.init, curr, curr_pos, mem, mem_pos, n_ptr, feat_hw=(h, w)),
+                         seed)
   return model, params, curr, curr_pos, mem, mem_pos
 
 
@@ -130,7 +120,7 @@ def test_memory_encoder_shapes_tiny():
   model = MemoryEncoder(out_dim=8, in_dim=16, ds_total_stride=4)
   pix = jnp.ones((2, 3, 5, 16))
   mask = jnp.zeros((2, 12, 20, 1))
-  p = random_params(model.init, pix, mask)
+  p = random_params(_shapes(model.init, pix, mask), 0)
   feat, pos = jax.jit(model.apply)({"params": p}, pix, mask)
   assert feat.shape == pos.shape == (2, 3, 5, 8)
   assert sorted(p["mask_downsampler"]) == ["encoder_0", "encoder_1", "encoder_3", "encoder_4",

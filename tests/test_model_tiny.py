@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import numpy_params
+from sam2pp_jax.model.random_params import random_params as numpy_params
 from sam2pp_jax.model.sam2pp import build_model
 
 
