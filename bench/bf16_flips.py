@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from _smoke import parse_args
 
 SMOKE = {"frames": 2, "tasks": "box"}   # --smoke defaults
 
@@ -51,15 +52,8 @@ def main(argv=None) -> int:
   ap.add_argument("fixtures", nargs="*", help="fixture .npz files (default: the dev fixtures)")
   ap.add_argument("--tasks", default="mask,box,point", help="dev fixtures used by default")
   ap.add_argument("--frames", type=int, default=0, help="only the first N frames (0: all)")
-  ap.add_argument("--smoke", action="store_true",
-                  help=f"seconds-long run of the same code path: defaults {SMOKE}")
-  a = ap.parse_args(argv)
-  if a.smoke:   # smoke defaults; flags given explicitly still win
-    ap.set_defaults(**SMOKE)
-    a = ap.parse_args(argv)
+  a = parse_args(ap, argv, SMOKE)
   import jax
-  if a.smoke:
-    jax.config.update("jax_disable_most_optimizations", True)   # smoke: code path, not speed
   jax.config.update("jax_enable_x64", True)
   jax.config.update("jax_default_matmul_precision", "highest")
   from sam2pp_jax.parity.fixture import load_fixture, parity_dir

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from _smoke import parse_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -49,12 +50,7 @@ def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--keep", default=None, help="work directory to keep (default: temp)")
   ap.add_argument("--preset", default="bplus", help="bplus (released manifest) or a preset")
-  ap.add_argument("--smoke", action="store_true",
-                  help=f"seconds-long run of the same code path: defaults {SMOKE}")
-  args = ap.parse_args(argv)
-  if args.smoke:   # smoke defaults; flags given explicitly still win
-    ap.set_defaults(**SMOKE)
-    args = ap.parse_args(argv)
+  args = parse_args(ap, argv, SMOKE)
   sys.path.insert(0, ROOT)
   try:
     import torch

@@ -28,6 +28,7 @@ import sys
 import tempfile
 
 import numpy as np
+from _smoke import parse_args
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMOKE = {"videos": 1, "frames": 6, "sizes": "64"}   # --smoke defaults
@@ -93,12 +94,7 @@ def main(argv=None) -> int:
   ap.add_argument("--video-size", type=int, default=96, help="held-out video side (demo: 96)")
   ap.add_argument("--sizes", default="64,96,128,256", help="model input sizes S (demo: 64)")
   ap.add_argument("--frames", type=int, default=24, help="frames per held-out video (demo: 24)")
-  ap.add_argument("--smoke", action="store_true",
-                  help=f"seconds-long run of the same code path: defaults {SMOKE}")
-  args = ap.parse_args(argv)
-  if args.smoke:   # smoke defaults; flags given explicitly still win
-    ap.set_defaults(**SMOKE)
-    args = ap.parse_args(argv)
+  args = parse_args(ap, argv, SMOKE)
   from sam2pp_jax import demo
   from sam2pp_jax.eval.score import score
   sizes = [int(x) for x in args.sizes.split(",")]

@@ -33,6 +33,7 @@ import os
 import subprocess
 import sys
 import time
+from _smoke import parse_args
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SMOKE = {"frames": "4,8", "preset": "tiny", "chunk": 2}   # --smoke defaults (run side by side)
@@ -92,8 +93,6 @@ def child(a) -> int:
 
   import jax
   import numpy as np
-  if a.smoke:
-    jax.config.update("jax_disable_most_optimizations", True)   # smoke: code path, not speed
 
   from sam2pp_jax.model.random_params import random_params
   from sam2pp_jax.model.sam2pp import build_model
@@ -176,14 +175,9 @@ def main(argv=None) -> int:
                   help="track_video(video_res=False): skip the [T,B,H,W] video-size logits")
   ap.add_argument("--max-seconds", type=float, default=1800.0,
                   help="skip (and shorten) a setting whose estimated run time exceeds this")
-  ap.add_argument("--smoke", action="store_true",
-                  help=f"seconds-long run of the same code path: defaults {SMOKE}")
   ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
   ap.add_argument("--T", type=int, default=0, help=argparse.SUPPRESS)
-  a = ap.parse_args(argv)
-  if a.smoke:   # smoke defaults; flags given explicitly still win
-    ap.set_defaults(**SMOKE)
-    a = ap.parse_args(argv)
+  a = parse_args(ap, argv, SMOKE)
   if a.child:
     return child(a)
 

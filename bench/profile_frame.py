@@ -32,6 +32,7 @@ import sys
 import time
 
 import numpy as np
+from _smoke import parse_args
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -193,14 +194,7 @@ def main(argv=None):
   ap.add_argument("--reference", action="store_true")
   ap.add_argument("--reference-only", action="store_true")
   ap.add_argument("--threads", type=int, default=2)
-  ap.add_argument("--smoke", action="store_true",
-                  help=f"seconds-long run of the same code path: defaults {SMOKE}")
-  args = ap.parse_args(argv)
-  if args.smoke:   # smoke defaults; flags given explicitly still win
-    ap.set_defaults(**SMOKE)
-    args = ap.parse_args(argv)
-    import jax
-    jax.config.update("jax_disable_most_optimizations", True)   # smoke: code path, not speed
+  args = parse_args(ap, argv, SMOKE)
   for preset in args.presets.split(","):
     fns, params, model = jax_blocks(preset, args.task)
     res = {}

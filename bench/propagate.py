@@ -48,6 +48,7 @@ import tempfile
 import time
 
 import numpy as np
+from _smoke import parse_args
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -201,19 +202,12 @@ def main(argv=None) -> int:
   ap.add_argument("--no-predictor", action="store_true", help="skip our interactive predictor")
   ap.add_argument("--threads", type=int, default=2, help="torch threads for the reference")
   ap.add_argument("--json", default=None, help="also write all numbers to this file")
-  ap.add_argument("--smoke", action="store_true",
-                  help=f"seconds-long run of the same code path: defaults {SMOKE}")
-  a = ap.parse_args(argv)
-  if a.smoke:   # smoke defaults; flags given explicitly still win
-    ap.set_defaults(**SMOKE)
-    a = ap.parse_args(argv)
+  a = parse_args(ap, argv, SMOKE)
 
   import jax
 
   from sam2pp_jax.model.random_params import random_params
   from sam2pp_jax.model.sam2pp import build_model
-  if a.smoke:
-    jax.config.update("jax_disable_most_optimizations", True)   # smoke: code path, not speed
 
   presets = [p for p in a.presets.split(",") if p]
   tasks = [t for t in a.tasks.split(",") if t]

@@ -15,6 +15,7 @@ import argparse
 import os
 import sys
 import time
+from _smoke import parse_args
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 # --smoke defaults: lowering only (compiling even the tiny training step takes ~1 CPU-minute)
@@ -29,12 +30,7 @@ def main(argv=None):
   ap.add_argument("--frames", type=int, default=8)
   ap.add_argument("--devices", type=int, default=0, help="fake CPU devices (sets XLA_FLAGS)")
   ap.add_argument("--no-compile", action="store_true", help="stop after lowering")
-  ap.add_argument("--smoke", action="store_true",
-                  help=f"seconds-long run of the same code path: defaults {SMOKE}")
-  a = ap.parse_args(argv)
-  if a.smoke:   # smoke defaults; flags given explicitly still win
-    ap.set_defaults(**SMOKE)
-    a = ap.parse_args(argv)
+  a = parse_args(ap, argv, SMOKE)
   if a.devices:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                f" --xla_force_host_platform_device_count={a.devices}")
