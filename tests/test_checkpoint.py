@@ -11,15 +11,13 @@ import pytest
 import sam2pp_jax
 from sam2pp_jax.checkpoint import CheckpointError, load_model, save_model
 from sam2pp_jax.model.presets import get_model_config
+from sam2pp_jax.model.random_params import random_params
 from sam2pp_jax.model.sam2pp import build_model, param_shapes
 
 
 @pytest.fixture(scope="module")
 def tiny_params():
-  model = build_model("tiny")
-  rng = np.random.default_rng(0)
-  return jax.tree.map(lambda s: jnp.asarray(rng.standard_normal(s.shape), s.dtype),
-                      param_shapes(model))
+  return random_params(build_model("tiny"), 0)
 
 
 def test_round_trip_bit_exact(tmp_path, tiny_params):

@@ -13,6 +13,7 @@ from sam2pp_jax.convert import key_map
 from sam2pp_jax.model.fpn_neck import upsample2x
 from sam2pp_jax.model.hiera import Hiera, bicubic_resize
 from sam2pp_jax.model.image_encoder import ImageEncoder
+from sam2pp_jax.model.random_params import random_params
 from sam2pp_jax.parity.fixture import parity_dir
 
 # The dev fixtures' small model: Hiera-T trunk/neck settings at S=256 (see the fixture README).
@@ -95,9 +96,7 @@ def test_bicubic_and_upsample_match_torch():
 
 def _numpy_init(model, x, seed=0):
   """Random variables from the eval_shape template (flax's jitted init is slow on 2 CPUs)."""
-  rng = np.random.default_rng(seed)
-  shapes = jax.eval_shape(model.init, jax.random.key(0), x)
-  return jax.tree.map(lambda s: jnp.asarray(0.1 * rng.standard_normal(s.shape), s.dtype), shapes)
+  return random_params(jax.eval_shape(model.init, jax.random.key(0), x), seed)
 
 
 def test_tiny_shapes_and_modes():

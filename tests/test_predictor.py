@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from conftest import assert_rows_ok, e2e_rows
-from sam2pp_jax.model.sam2pp import build_model, param_shapes
+from sam2pp_jax.model.random_params import random_params
+from sam2pp_jax.model.sam2pp import build_model
 from sam2pp_jax.tracking.predictor import VideoPredictor
 from sam2pp_jax.tracking.propagate import track_video
 
@@ -30,15 +31,7 @@ T = 6
 @pytest.fixture(scope="module")
 def tiny():
   model = build_model("tiny")
-  rng = np.random.default_rng(0)
-
-  def fill(path, s):
-    fan_in = int(np.prod(s.shape[:-1])) if len(s.shape) > 1 else 1
-    x = rng.standard_normal(s.shape) / np.sqrt(max(fan_in, 1))
-    if "running_var" in jax.tree_util.keystr(path):   # box head BatchNorm: a variance
-      x = 0.5 + np.abs(x)
-    return jnp.asarray(x, s.dtype)
-  params = jax.tree_util.tree_map_with_path(fill, param_shapes(model))
+  params = random_params(model, 0)
   # objects judged present (score logit ~ +3), so masks are live logits rather than the
   # absent-object constant whatever the prompt
   head = params["sam_unified_decoder"]["pred_obj_score_head"]["layers_2"]

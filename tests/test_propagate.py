@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import assert_rows_ok, e2e_rows
-from sam2pp_jax.model.sam2pp import build_model, param_shapes
+from sam2pp_jax.model.random_params import random_params
+from sam2pp_jax.model.sam2pp import build_model
 from sam2pp_jax.tracking.memory_bank import MemoryBank
 from sam2pp_jax.tracking.propagate import track_video
 
@@ -26,13 +27,7 @@ def test_end_to_end_bf16_memory(task):
 def tiny():
   """The tiny model with numpy-filled random params (fast: no flax init)."""
   model = build_model("tiny")
-  rng = np.random.default_rng(0)
-
-  def fill(s):
-    fan_in = int(np.prod(s.shape[:-1])) if len(s.shape) > 1 else 1
-    return jnp.asarray(rng.standard_normal(s.shape) / np.sqrt(max(fan_in, 1)), s.dtype)
-  params = jax.tree.map(fill, param_shapes(model))
-  return model, params
+  return model, random_params(model, 0)
 
 
 def _apply(model, params, method, *a, **k):
