@@ -1,6 +1,7 @@
 """Shared test setup: float32 parity precision and access to the reference fixtures."""
 
 import os
+import pathlib
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
@@ -10,6 +11,9 @@ import pytest  # noqa: E402
 jax.config.update("jax_default_matmul_precision", "highest")
 
 from sam2pp_jax.parity.fixture import load_fixture, parity_dir  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parent.parent    # the repository root
+SHARED = REPO.parent / "shared"                          # ../shared beside the clone
 
 DEV_FIXTURES = {t: f"dev_small_seed0_{t}.npz" for t in ("mask", "box", "point")}
 

@@ -7,13 +7,14 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import REPO
 from sam2pp_jax.checkpoint import save_model
 from sam2pp_jax.data.formats import writers
 from sam2pp_jax.eval import runner
 from sam2pp_jax.model.random_params import random_params
 from sam2pp_jax.model.sam2pp import build_model
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, str(REPO))
 import eval as eval_cli  # noqa: E402
 
 T, H, W = 5, 48, 64

@@ -7,12 +7,13 @@ import os
 import numpy as np
 import pytest
 
+from conftest import SHARED
 from sam2pp_jax.io.png import save_palette_png
 from sam2pp_jax.eval import vos_metrics as vm
 from sam2pp_jax.eval.common import MetricInputError
 
 METRICS = os.environ.get("SAM2PP_METRICS_DIR",
-                         os.path.join(os.path.dirname(__file__), "..", "..", "shared", "metrics"))
+                         str(SHARED / "metrics"))
 VOS = os.path.join(METRICS, "vos_dev")
 
 

@@ -11,7 +11,8 @@ import time
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import REPO
+ROOT = str(REPO)
 LOSS_KEYS = ("core_loss", "loss_mask", "loss_dice", "loss_iou", "loss_class", "loss_l1")
 
 pytestmark = pytest.mark.slow

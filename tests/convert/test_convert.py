@@ -13,12 +13,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import REPO
 from sam2pp_jax.convert import key_map
 from sam2pp_jax.convert.torch_reader import UnsafeCheckpointError, read_torch_checkpoint
 from sam2pp_jax.model.sam2pp import build_model, param_shapes
 from sam2pp_jax.parity.det_init import det_state_dict
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = str(REPO)
 CLI = os.path.join(ROOT, "convert_torch_weights.py")
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import SHARED
 from sam2pp_jax.io.png import save_palette_png
 from sam2pp_jax.eval import pt_metrics as pm
 from sam2pp_jax.eval.common import MetricInputError
@@ -19,7 +20,7 @@ PROTOCOLS = {"sam2plus_tapvid": pm.score_sam2plus_tapvid, "tapnet_tapvid": pm.sc
 
 def _metrics_dir() -> Path:
   env = os.environ.get("SAM2PP_METRICS_DIR")
-  return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "metrics"
+  return Path(env) if env else SHARED / "metrics"
 
 
 def _dev_case():

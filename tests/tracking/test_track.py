@@ -8,13 +8,14 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import REPO
 from sam2pp_jax.checkpoint import save_model
 from sam2pp_jax.io.png import read_palette_png, save_palette_png
 from sam2pp_jax.model.random_params import random_params
 from sam2pp_jax.model.sam2pp import build_model
 from sam2pp_jax.tracking import propagate
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, str(REPO))
 import track  # noqa: E402
 
 T, H, W = 5, 48, 64

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import REPO
 from sam2pp_jax.eval.common import MetricInputError
 from sam2pp_jax.eval.sot_metrics import OPE_METRICS, score_got10k, score_ope
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _metrics_dir() -> Path:

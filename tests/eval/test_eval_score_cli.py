@@ -7,11 +7,12 @@ import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from conftest import REPO, SHARED
+sys.path.insert(0, str(REPO))
 import eval as eval_cli  # noqa: E402
 
 METRICS = os.environ.get("SAM2PP_METRICS_DIR",
-                         os.path.join(os.path.dirname(__file__), "..", "..", "shared", "metrics"))
+                         str(SHARED / "metrics"))
 
 CASES = [  # (case, task, protocol, reference block)
     ("vos_dev", "mask", "davis2017", "davis2017"),
