@@ -37,7 +37,6 @@ from sam2pp_jax.tracking.outputs import write_points_npz
 from sam2pp_jax.train.recipes import get_train_config
 from sam2pp_jax.train.trainer import train
 
-TRAIN_SEED_OFFSET = 0            # training videos: synthetic seeds derived from the train seed
 HELD_OUT_BASE = 1_000_003        # held-out videos: generate_dataset(HELD_OUT_BASE + DEMO_SEED)
 
 

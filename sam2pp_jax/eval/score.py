@@ -28,9 +28,6 @@ PROTOCOLS: Dict[str, Dict[str, Tuple[str, str, str]]] = {
     },
 }
 DEFAULT_PROTOCOL = {"mask": "davis2017", "box": "ope", "point": "tapvid"}
-HEADLINE = {"davis2017": "J&F-Mean", "sav": "J&F", "ope": "AUC", "ope-visibility": "AUC",
-            "got10k": "AO", "tapvid": "average_pts_within_thresh",
-            "sam2plus": "average_pts_within_thresh", "pck": "pck"}
 
 
 def _module(name: str):

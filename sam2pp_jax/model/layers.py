@@ -177,11 +177,3 @@ def conv2d(features: int, kernel_size: int, stride: int = 1, padding: int = 0,
                    padding=((padding, padding), (padding, padding)),
                    feature_group_count=groups, name=name)
   return Conv2d(features, kernel_size, stride, padding, name=name)
-
-
-def nchw_to_nhwc(x):
-  return jnp.transpose(x, (0, 2, 3, 1))
-
-
-def nhwc_to_nchw(x):
-  return jnp.transpose(x, (0, 3, 1, 2))

@@ -91,9 +91,6 @@ class ComponentChecker:
     return jax.tree.map(lambda v: None if v is None else np.asarray(v), f(self.params, *args))
 
   # -- helpers -------------------------------------------------------------------------------
-  def has_full(self, name: str) -> bool:
-    return self.fx.has(name)
-
   def ref(self, name: str):
     return self.fx[name]
 

@@ -18,7 +18,6 @@ import numpy as np
 from sam2pp_jax.model.resize import bilinear_matrix
 
 BOX_LABELS = (2, 3)      # top-left, bottom-right corner labels
-PAD_LABEL = -1           # "not a point"
 
 
 def _gaussian_profile(radius: int, sigma: float) -> np.ndarray:

@@ -1,22 +1,10 @@
 """`track_step`: THE per-frame function of SAM 2++ tracking, shared by every caller.
 
-Whole-video tracking scans it (`propagate.py`), the interactive predictor calls it once per
-frame and object group (`predictor/`), and training scans it with simulated prompts and wraps
-corrective clicks around it (`train/forward.py`), as SAM 2's trainer wraps `_track_step`. A
-frame goes: [select memory -> condition on it] -> prompt encoder + decoder (choose a candidate)
--> [refine hook] -> encode its memory -> write it into the bank. Every difference between the
-callers is a named argument of `track_step`, never a second code path:
-
-* `route` - how the frame is decoded: "memory" (memory attention over the bank, then the
-  heads), "no_memory" (a new conditioning frame: the learned no-memory embedding, then the
-  heads with the prompt) or "prompt_as_output" (mask / point tasks: the mask or Gaussian
-  heatmap prompt is the output; the heads run once for the object pointer). A Python string
-  traces one route; a traced int32 (an index into ROUTES, training) switches between the
-  routes present in a per-route prompt dict, so memory encoding and the write compile once.
-* `write` - where the frame's memory goes: "ring" (recent ring), "cond" (conditioning slot
-  `cond_slot`) or "none"; or a traced int32 index into WRITES (training: cond or ring per
-  frame; the scan: ring or none for the padding of the last chunk).
-* `multimask`, `num_frames`, `reverse`, `future_cond_ptrs`, `encode_memory`, `refine`.
+The scan (`propagate.py`), the interactive predictor (`predictor/`) and training
+(`train/forward.py`, which adds prompt simulation and corrective clicks, as SAM 2's trainer
+wraps `_track_step`) all call it. A frame: [select memory, condition on it] -> prompt encoder +
+decoder, choose a candidate -> [refine hook] -> encode its memory -> write it into the bank.
+Every difference between the callers is a named argument of `track_step`, never a second path.
 """
 
 from __future__ import annotations
@@ -214,16 +202,19 @@ def track_step(model, params, feats: Mapping[str, jax.Array], bank: MemoryBank |
   """One frame t for B objects -> (bank, StepOut). Pure; call it inside jit / scan.
 
   feats: {vision, vision_pos, s0, s1} of the frame, [B,...] or [1,...] (shared by objects).
-  bank: the MemoryBank (None allowed when route is not "memory" and write is "none").
-  prompt: the frame's FramePrompt (None = no prompt), or with a traced `route` a dict
-  route name -> FramePrompt (routes take prompts of different shapes; absent routes are not
-  traced). multimask: bool, or a traced bool (M candidates always, see sam_heads).
+  bank: the MemoryBank (may be None when route is not "memory" and write is "none").
+  route: "memory" (memory attention over the bank, then the heads), "no_memory" (a new
+  conditioning frame: the no-memory embedding, then the heads) or "prompt_as_output" (mask /
+  point tasks: the mask or heatmap prompt is the output, the heads run for the pointer); a
+  traced int32 index into ROUTES switches between the routes of a dict `prompt` (route ->
+  FramePrompt; routes take prompts of different shapes), so the rest compiles once.
+  prompt: the frame's FramePrompt (None = no prompt). multimask: bool or traced bool.
   num_frames: the video length for the pointer normaliser min(T, max_obj_ptrs) - 1.
   reverse: tracking backwards (may be traced). future_cond_ptrs: also attend to pointers of
   conditioning frames after t (training; the reference's eval uses only past ones).
-  encode_memory: run the memory encoder on the chosen logits (upsampled to SxS) and return
-  the memory in the StepOut. refine: a hook StepOut -> StepOut run between decoding and
-  memory encoding (training's corrective clicks).
+  write: "ring" | "cond" (slot `cond_slot`) | "none", or a traced index into WRITES.
+  encode_memory: encode the chosen logits (upsampled to SxS) into the frame's memory.
+  refine: a hook StepOut -> StepOut between decoding and memory encoding (training's clicks).
   """
   b = bank.cond_ptr.shape[0] if bank is not None else None
   if isinstance(prompt, Mapping):
@@ -266,7 +257,3 @@ def new_bank(model, batch: int, cond_capacity: int = 2) -> MemoryBank:
                           max_obj_ptrs=int(c.max_obj_ptrs_in_encoder),
                           cond_capacity=cond_capacity)
 
-
-track_step_jit = jax.jit(
-    track_step, static_argnames=("model", "task", "route", "multimask", "num_frames",
-                                 "future_cond_ptrs", "write", "encode_memory", "refine"))

@@ -266,23 +266,16 @@ class VideoPredictor:
     """Decoder on a prompted frame: without memory (new conditioning frame) or with it."""
     labels = np.zeros((0,), np.int32) if points is None else points[1]
     mm = use_multimask(count_clicks(labels, self.task), self.model.config)
-    prompt = FramePrompt(
-        point_coords=None if points is None else jnp.asarray(points[0])[None],
-        point_labels=None if points is None else jnp.asarray(points[1])[None],
-        mask=None if mask_prompt is None else jnp.asarray(mask_prompt, jnp.float32)[None])
+    prompt = _frame_prompt(points, mask_prompt)
     lay = None if is_init else self._layout(o, f, reverse, state.num_frames)
     out = self._step(state, f, reverse, lay, [o], prompt, multimask=mm, encode_memory=False)[0]
     out["maskmem"] = None
     return out
 
   def _prompt_as_output(self, state, f, mask_model, points):
-    prompt = FramePrompt(
-        point_coords=None if points is None else jnp.asarray(points[0])[None],
-        point_labels=None if points is None else jnp.asarray(points[1])[None],
-        mask=jnp.asarray(mask_model, jnp.float32)[None])
     res = frame_step(self.model, self.params, self._features(state, f), None, None,
-                     jnp.int32(f), jnp.bool_(False), prompt, task=self.task,
-                     route="prompt_as_output", multimask=False, num_frames=state.num_frames,
+                     jnp.int32(f), jnp.bool_(False), _frame_prompt(points, mask_model),
+                     task=self.task, route="prompt_as_output", multimask=False, num_frames=state.num_frames,
                      encode_memory=False)
     out = _split(res, 1)[0]
     out["maskmem"] = None
@@ -366,6 +359,14 @@ class VideoPredictor:
           break
         del cache[oldest]
     return cache[f]
+
+
+def _frame_prompt(points, mask) -> FramePrompt:
+  """One object's host prompt ((coords [P,2], labels [P]) or None; mask or None) as a batch."""
+  arr = lambda x, dt=None: None if x is None else jnp.asarray(x, dt)[None]
+  return FramePrompt(point_coords=None if points is None else arr(points[0]),
+                     point_labels=None if points is None else arr(points[1]),
+                     mask=arr(mask, jnp.float32))
 
 
 def _split(res: dict, b: int) -> list[dict]:
