@@ -39,23 +39,38 @@ def _sequences(text):
 
 def build_parser():
   from sam2pp_jax.eval import score as sc
-  epilog = ("Inputs the reference toolkits refuse are refused here (exit 2); where a toolkit "
-            "returns a documented value for a degenerate input, that value is reproduced:\n\n"
-            + sc.refusal_notes())
-  p = argparse.ArgumentParser(prog="eval.py", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter, epilog=epilog)
+
+  epilog = (
+    "Inputs the reference toolkits refuse are refused here (exit 2); where a toolkit "
+    "returns a documented value for a degenerate input, that value is reproduced:\n\n"
+    + sc.refusal_notes()
+  )
+  p = argparse.ArgumentParser(
+    prog="eval.py",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+    epilog=epilog,
+  )
   sub = p.add_subparsers(dest="command", required=True)
-  s = sub.add_parser("score", help="score predictions against ground truth",
-                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=epilog)
+  s = sub.add_parser(
+    "score",
+    help="score predictions against ground truth",
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+    epilog=epilog,
+  )
   s.add_argument("--task", required=True, choices=("mask", "box", "point"))
-  s.add_argument("--gt", required=True, help="ground-truth folder (see ../shared/metrics/README.md)")
+  s.add_argument(
+    "--gt", required=True, help="ground-truth folder (see ../shared/metrics/README.md)"
+  )
   s.add_argument("--pred", required=True, help="prediction folder")
   s.add_argument("--protocol", default=None, help="see above; default per task")
   s.add_argument("--sequences", default=None, help="comma-separated subset (default: all)")
   s.add_argument("--json", default=None, help="write the report here (atomically)")
   r = sub.add_parser("run", help="track a dataset with a checkpoint, then score it")
   r.add_argument("--checkpoint", required=True)
-  r.add_argument("--dataset", required=True, help="reader name, e.g. davis2017, got10k, tapvid_davis")
+  r.add_argument(
+    "--dataset", required=True, help="reader name, e.g. davis2017, got10k, tapvid_davis"
+  )
   r.add_argument("--root", required=True, help="dataset root folder")
   r.add_argument("--task", required=True, choices=("mask", "box", "point"))
   r.add_argument("--out", required=True)
@@ -70,6 +85,7 @@ def build_parser():
 def _write_json(path, report):
   from sam2pp_jax.eval.score import dumps
   from sam2pp_jax.io.atomic import atomic_write_bytes
+
   d = os.path.dirname(os.path.abspath(path))
   os.makedirs(d, exist_ok=True)
   atomic_write_bytes(path, (dumps(report) + "\n").encode())
@@ -77,6 +93,7 @@ def _write_json(path, report):
 
 def cmd_score(args) -> int:
   from sam2pp_jax.eval.score import format_table, score
+
   report = score(args.task, args.protocol, args.gt, args.pred, _sequences(args.sequences))
   print(format_table(report))
   if args.json:
@@ -88,9 +105,19 @@ def cmd_score(args) -> int:
 def cmd_run(args) -> int:
   from sam2pp_jax.eval.runner import run_benchmark
   from sam2pp_jax.eval.score import format_table
-  report = run_benchmark(args.checkpoint, args.dataset, args.root, args.task, args.out,
-                         split=args.split, protocol=args.protocol, chunk=args.chunk,
-                         sequences=_sequences(args.sequences), quiet=args.quiet)
+
+  report = run_benchmark(
+    args.checkpoint,
+    args.dataset,
+    args.root,
+    args.task,
+    args.out,
+    split=args.split,
+    protocol=args.protocol,
+    chunk=args.chunk,
+    sequences=_sequences(args.sequences),
+    quiet=args.quiet,
+  )
   print(format_table(report))
   return 0
 
@@ -100,9 +127,11 @@ def main(argv=None) -> int:
   from sam2pp_jax.checkpoint import CheckpointError
   from sam2pp_jax.eval.common import MetricInputError
   from sam2pp_jax.io.video import VideoError
+
   errors = (MetricInputError, VideoError, CheckpointError, OSError)
   try:
     from sam2pp_jax.data.formats.base import DatasetError
+
     errors = errors + (DatasetError,)
   except ImportError:
     pass

@@ -10,11 +10,25 @@ sam2pp_jax/tracking/cli.py.
 
 import sys
 
-from sam2pp_jax.tracking.cli import (InputError, build_parser, main, parse_box_prompt,
-                                     parse_mask_prompt, parse_point_prompt, run)
+from sam2pp_jax.tracking.cli import (
+  InputError,
+  build_parser,
+  main,
+  parse_box_prompt,
+  parse_mask_prompt,
+  parse_point_prompt,
+  run,
+)
 
-__all__ = ["InputError", "build_parser", "main", "parse_box_prompt", "parse_mask_prompt",
-           "parse_point_prompt", "run"]
+__all__ = [
+  "InputError",
+  "build_parser",
+  "main",
+  "parse_box_prompt",
+  "parse_mask_prompt",
+  "parse_point_prompt",
+  "run",
+]
 
 if __name__ == "__main__":
   sys.exit(main())

@@ -20,8 +20,11 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "train.py:demo"),
-    "training config file (path.py:name)", lock_config=True)
+  "config",
+  os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "train.py:demo"),
+  "training config file (path.py:name)",
+  lock_config=True,
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "run directory (checkpoints, logs, model)")
 _QUIET = flags.DEFINE_bool("quiet", False, "no per-step lines or progress bar")
 
@@ -33,15 +36,19 @@ def main(argv):
     print("train.py: error: --workdir is required", file=sys.stderr)
     return 2
   from absl import logging as absl_logging
-  absl_logging.set_verbosity(absl_logging.WARNING)   # orbax logs every save at INFO
+
+  absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
   from sam2pp_jax.train.trainer import train
+
   try:
     summary = train(_CONFIG.value, _WORKDIR.value, quiet=_QUIET.value)
   except (ValueError, RuntimeError, OSError) as e:
     print(f"train.py: error: {e}", file=sys.stderr)
     return 2
-  print(f"train: {summary['step']} steps, {summary['train_seconds'] / 60:.2f} train minutes "
-        f"(+{summary['compile_seconds']:.0f} s compile), model in {summary['model_dir']}")
+  print(
+    f"train: {summary['step']} steps, {summary['train_seconds'] / 60:.2f} train minutes "
+    f"(+{summary['compile_seconds']:.0f} s compile), model in {summary['model_dir']}"
+  )
   return 0
 
 

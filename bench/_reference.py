@@ -19,22 +19,22 @@ import sys
 import time
 import types
 
-os.environ.setdefault("TQDM_DISABLE", "1")   # the reference wraps loading and propagation in tqdm
+os.environ.setdefault("TQDM_DISABLE", "1")  # the reference wraps loading and propagation in tqdm
 
 CONFIG = "configs/sam2.1/sam2.1_hiera_b+_predmasks_decoupled_MAME.yaml"
 
 # Structure of the parity_small preset as hydra overrides (= config.hydra_overrides of
 # shared/parity/dev_small_seed0_*.json, minus the _target_ override the builder adds itself).
 PARITY_SMALL_OVERRIDES = [
-    "++model.image_size=256",
-    "++model.image_encoder.trunk.embed_dim=96",
-    "++model.image_encoder.trunk.num_heads=1",
-    "++model.image_encoder.trunk.stages=[1,2,7,2]",
-    "++model.image_encoder.trunk.global_att_blocks=[5,7,9]",
-    "++model.image_encoder.trunk.window_pos_embed_bkg_spatial_size=[7,7]",
-    "++model.image_encoder.neck.backbone_channel_list=[768,384,192,96]",
-    "++model.memory_attention.layer.self_attention.feat_sizes=[16,16]",
-    "++model.memory_attention.layer.cross_attention.feat_sizes=[16,16]",
+  "++model.image_size=256",
+  "++model.image_encoder.trunk.embed_dim=96",
+  "++model.image_encoder.trunk.num_heads=1",
+  "++model.image_encoder.trunk.stages=[1,2,7,2]",
+  "++model.image_encoder.trunk.global_att_blocks=[5,7,9]",
+  "++model.image_encoder.trunk.window_pos_embed_bkg_spatial_size=[7,7]",
+  "++model.image_encoder.neck.backbone_channel_list=[768,384,192,96]",
+  "++model.memory_attention.layer.self_attention.feat_sizes=[16,16]",
+  "++model.memory_attention.layer.cross_attention.feat_sizes=[16,16]",
 ]
 COMMON_OVERRIDES = ["++model.non_overlap_masks=false"]
 
@@ -56,19 +56,25 @@ def available() -> tuple[bool, str]:
     try:
       __import__(mod)
     except ImportError:
-      return False, f"reference dependency {mod!r} missing (pip install hydra-core omegaconf " \
-                    "iopath einops natsort; benchmark-only)"
+      return (
+        False,
+        f"reference dependency {mod!r} missing (pip install hydra-core omegaconf "
+        "iopath einops natsort; benchmark-only)",
+      )
   return True, ""
 
 
 def _stub_torchvision() -> None:
   try:
     import torchvision  # noqa: F401
+
     return
   except ImportError:
     pass
+
   def _never(*a, **k):
     raise RuntimeError("torchvision stub (benchmark): this reference helper is not supported")
+
   tv = types.ModuleType("torchvision")
   ops = types.ModuleType("torchvision.ops")
   boxes = types.ModuleType("torchvision.ops.boxes")
@@ -87,12 +93,14 @@ def build_predictor(preset: str, task: str, state_dict=None, threads: int = 2):
   otherwise the reference's own random init is kept.
   """
   import torch
+
   torch.set_num_threads(threads)
   repo = os.path.abspath(os.environ["SAM2PLUS_REPO"])
   if repo not in sys.path:
     sys.path.insert(0, repo)
   _stub_torchvision()
   from sam2_plus.build_sam import build_sam2_video_predictor_plus
+
   if preset == "parity_small":
     extra = COMMON_OVERRIDES + PARITY_SMALL_OVERRIDES
   elif preset == "b+":
@@ -100,8 +108,15 @@ def build_predictor(preset: str, task: str, state_dict=None, threads: int = 2):
   else:
     raise ValueError(f"no reference structure for preset {preset!r} (parity_small, b+)")
   pred = build_sam2_video_predictor_plus(
-      config_file=CONFIG, ckpt_path=None, device="cpu", mode="eval",
-      hydra_overrides_extra=extra, apply_postprocessing=False, vos_optimized=False, task=task)
+    config_file=CONFIG,
+    ckpt_path=None,
+    device="cpu",
+    mode="eval",
+    hydra_overrides_extra=extra,
+    apply_postprocessing=False,
+    vos_optimized=False,
+    task=task,
+  )
   if state_dict is not None:
     sd = {k: torch.from_numpy(v.copy()) for k, v in state_dict.items()}
     pred.load_state_dict(sd, strict=True)
@@ -121,6 +136,7 @@ def run_once(pred, frame_dir: str, frame_names: list[str], task: str, prompt: di
   """
   import numpy as np
   import torch
+
   out = {}
   with torch.inference_mode():
     t0 = time.perf_counter()
@@ -129,19 +145,25 @@ def run_once(pred, frame_dir: str, frame_names: list[str], task: str, prompt: di
     if task == "mask":
       pred.add_new_mask(state, frame_idx=0, obj_id=1, mask=np.asarray(prompt["mask"], bool))
     elif task == "box":
-      pred.add_new_points_or_box(state, frame_idx=0, obj_id=1,
-                                 box=np.asarray(prompt["box_xyxy"], np.float32))
+      pred.add_new_points_or_box(
+        state, frame_idx=0, obj_id=1, box=np.asarray(prompt["box_xyxy"], np.float32)
+      )
     elif task == "point":
       pred.add_new_points_and_generate_gaussian_mask(
-          state, frame_idx=0, obj_id=1, points=np.asarray(prompt["points_xy"], np.float32),
-          labels=np.asarray(prompt["point_labels"], np.int32),
-          radius=int(prompt["radius"]), sigma=float(prompt["sigma"]))
+        state,
+        frame_idx=0,
+        obj_id=1,
+        points=np.asarray(prompt["points_xy"], np.float32),
+        labels=np.asarray(prompt["point_labels"], np.int32),
+        radius=int(prompt["radius"]),
+        sigma=float(prompt["sigma"]),
+      )
     else:
       raise ValueError(task)
     t2 = time.perf_counter()
     logits = {}
     for item in pred.propagate_in_video(state):
-      frame_idx, masks = item[0], item[2]   # (frame_idx, obj_ids, video_res_masks, ...)
+      frame_idx, masks = item[0], item[2]  # (frame_idx, obj_ids, video_res_masks, ...)
       logits[int(frame_idx)] = masks[0, 0].float().numpy().copy()
     t3 = time.perf_counter()
   out["init_state_s"], out["prompt_s"], out["propagate_s"] = t1 - t0, t2 - t1, t3 - t2

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+
 from _smoke import parse_args
 
-SMOKE = {"frames": 2, "tasks": "box"}   # --smoke defaults
+SMOKE = {"frames": 2, "tasks": "box"}  # --smoke defaults
 
 
 def flips(fx, dtype_name: str, frames: int = 0, model_params=None):
@@ -32,6 +33,7 @@ def flips(fx, dtype_name: str, frames: int = 0, model_params=None):
   from sam2pp_jax.parity.end_to_end import fixture_prompt
   from sam2pp_jax.parity.model_from_fixture import model_and_params
   from sam2pp_jax.tracking.propagate import track_video
+
   dt = {"float32": jnp.float32, "float64": jnp.float64}[dtype_name]
   model, params = model_params or model_and_params(fx)
   params = jax.tree.map(lambda a: jnp.asarray(a, dt), params)
@@ -40,8 +42,9 @@ def flips(fx, dtype_name: str, frames: int = 0, model_params=None):
   n = min(frames, total) if frames else total
   hw = tuple(int(v) for v in fx["inputs/video_hw"])
   # tracking is causal: the first n frames with the whole video's length = the full run's first n
-  r = track_video(model, params, video[:n], hw, fx.task, fixture_prompt(fx), chunk=4,
-                  num_frames=total)
+  r = track_video(
+    model, params, video[:n], hw, fx.task, fixture_prompt(fx), chunk=4, num_frames=total
+  )
   got = np.asarray(r["maskmem_features_bf16"][:, 0], np.float32).transpose(0, 3, 1, 2)
   d = got != fx["outputs/maskmem_features_bf16"][:n]
   return [int(d[t].sum()) for t in range(d.shape[0])], float(d.mean())
@@ -54,18 +57,22 @@ def main(argv=None) -> int:
   ap.add_argument("--frames", type=int, default=0, help="only the first N frames (0: all)")
   a = parse_args(ap, argv, SMOKE)
   import jax
+
   jax.config.update("jax_enable_x64", True)
   jax.config.update("jax_default_matmul_precision", "highest")
   from sam2pp_jax.parity.fixture import load_fixture, parity_dir
   from sam2pp_jax.parity.model_from_fixture import model_and_params
+
   paths = list(a.fixtures)
   if not paths:
     d = parity_dir()
     paths = [d / f"dev_small_seed0_{t}.npz" for t in a.tasks.split(",") if t] if d else []
     paths = [p for p in paths if p.exists()]
     if not paths:
-      print("bf16_flips: skipped, no parity fixtures found (set $SAM2PP_PARITY_DIR or place "
-            "../shared/parity)")
+      print(
+        "bf16_flips: skipped, no parity fixtures found (set $SAM2PP_PARITY_DIR or place "
+        "../shared/parity)"
+      )
       return 0
   for path in paths:
     fx = load_fixture(path)
@@ -73,8 +80,10 @@ def main(argv=None) -> int:
     frac = {}
     for dt in ("float32", "float64"):
       per, frac[dt] = flips(fx, dt, a.frames, mp)
-      print(f"{fx.path.name:28s} {dt}: flips per frame {per}  overall {100 * frac[dt]:.3f} %",
-            flush=True)
+      print(
+        f"{fx.path.name:28s} {dt}: flips per frame {per}  overall {100 * frac[dt]:.3f} %",
+        flush=True,
+      )
     ratio = frac["float32"] / frac["float64"] if frac["float64"] else float("nan")
     print(f"{fx.path.name:28s} flips float32/float64: {ratio:.2f}x")
   return 0

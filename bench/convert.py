@@ -24,18 +24,20 @@ import subprocess
 import sys
 import tempfile
 import time
+
 from _smoke import parse_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-SMOKE = {"preset": "tiny"}   # --smoke defaults
+SMOKE = {"preset": "tiny"}  # --smoke defaults
 
 
 def reference_layout(preset: str):
   """{reference key: shape} of `preset` ("bplus": the released manifest), or None."""
   if preset == "bplus":
     from sam2pp_jax.parity.fixture import parity_dir
+
     d = parity_dir()
     if d is None or not (d / "manifest_bplus.json").exists():
       return None
@@ -43,6 +45,7 @@ def reference_layout(preset: str):
     return {e["key"]: e["shape"] for e in keys}
   from sam2pp_jax.convert import key_map
   from sam2pp_jax.model.sam2pp import build_model, param_shapes
+
   return key_map.reference_keys(param_shapes(build_model(preset)))
 
 
@@ -55,10 +58,13 @@ def main(argv=None) -> int:
   try:
     import torch
   except ImportError:
-    print("convert: skipped, torch is not installed (needed only to write the test .pt; "
-          "pip install '.[torch]')")
+    print(
+      "convert: skipped, torch is not installed (needed only to write the test .pt; "
+      "pip install '.[torch]')"
+    )
     return 0
   from sam2pp_jax.parity.det_init import det_state_dict
+
   man = reference_layout(args.preset)
   if man is None:
     print("manifest_bplus.json not found: set $SAM2PP_PARITY_DIR")
@@ -74,9 +80,11 @@ def main(argv=None) -> int:
   out = os.path.join(work, "converted")
   cli = [pt, out, "--overwrite"] + ([] if args.preset == "bplus" else ["--config", args.preset])
   script = os.path.join(ROOT, "convert_torch_weights.py")
-  code = ("import sys, runpy; sys.modules['torch'] = None; "
-          f"sys.argv = ['convert_torch_weights.py'] + {cli!r}; "
-          f"runpy.run_path({script!r}, run_name='__main__')")
+  code = (
+    "import sys, runpy; sys.modules['torch'] = None; "
+    f"sys.argv = ['convert_torch_weights.py'] + {cli!r}; "
+    f"runpy.run_path({script!r}, run_name='__main__')"
+  )
   t0 = time.time()
   r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
   wall = time.time() - t0

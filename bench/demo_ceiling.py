@@ -31,13 +31,14 @@ import numpy as np
 from _smoke import parse_args
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SMOKE = {"videos": 1, "frames": 6, "sizes": "64"}   # --smoke defaults
+SMOKE = {"videos": 1, "frames": 6, "sizes": "64"}  # --smoke defaults
 
 
 def _up(low, hw, antialias=False):
   import jax.numpy as jnp
 
   from sam2pp_jax.model.resize import resize_bilinear
+
   return resize_bilinear(jnp.asarray(low, jnp.float32)[..., None], hw, antialias)[..., 0]
 
 
@@ -45,21 +46,23 @@ def _peak_logits(xy_model, s, sharp=4.0):
   """[N,L,L] logits peaking at model pixels xy [N,2] (low-res node i is model 4i + 1.5)."""
   l = s // 4
   g = (np.arange(l) + 0.5) * 4.0 - 0.5
-  d2 = (g[None, None, :] - xy_model[:, 0, None, None]) ** 2 + \
-       (g[None, :, None] - xy_model[:, 1, None, None]) ** 2
+  d2 = (g[None, None, :] - xy_model[:, 0, None, None]) ** 2 + (
+    g[None, :, None] - xy_model[:, 1, None, None]
+  ) ** 2
   return (-sharp * d2 / 16.0).astype(np.float32)
 
 
 def write_oracle(videos, paths, out, s):
   """Prediction folders of a perfect model at input size s (see the module doc)."""
   from sam2pp_jax.tracking.outputs import (
-      ids_from_logits,
-      write_box_txt,
-      write_mask_dir,
-      write_points_npz,
-      xyxy_to_xywh_int,
+    ids_from_logits,
+    write_box_txt,
+    write_mask_dir,
+    write_points_npz,
+    xyxy_to_xywh_int,
   )
   from sam2pp_jax.tracking.point_readout import read_points
+
   outs = {k: os.path.join(out, f"pred_{k}") for k in ("mask", "box", "point", "point_soft")}
   for d in outs.values():
     os.makedirs(d, exist_ok=True)
@@ -70,8 +73,11 @@ def write_oracle(videos, paths, out, s):
     onehot = np.stack([(v["masks"] == o) for o in obj_ids], 1).astype(np.float32)  # [T,O,H,W]
     low = np.asarray(_up(onehot.reshape(-1, h, w), (l, l), antialias=True))
     logits = np.asarray(_up(low - 0.5, (h, w))).reshape(t_, len(obj_ids), h, w)
-    write_mask_dir(os.path.join(outs["mask"], name), [f"{t:05d}" for t in range(t_)],
-                   (ids_from_logits(logits[t], obj_ids) for t in range(t_)))
+    write_mask_dir(
+      os.path.join(outs["mask"], name),
+      [f"{t:05d}" for t in range(t_)],
+      (ids_from_logits(logits[t], obj_ids) for t in range(t_)),
+    )
     b = np.nan_to_num(v["boxes_xywh"][:, 0].astype(np.float64))
     xyxy = np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], 1)
     write_box_txt(os.path.join(outs["box"], name + ".txt"), xyxy_to_xywh_int(xyxy))
@@ -82,8 +88,9 @@ def write_oracle(videos, paths, out, s):
     video = _up(low_pt, (h, w))
     for key, readout in (("point", "argmax"), ("point_soft", "soft_argmax")):
       pts = np.asarray(read_points(readout, low_pt, video, s, (h, w)), np.float32)
-      write_points_npz(os.path.join(outs[key], name + ".npz"), pts.reshape(trajs.shape), vis,
-                       (w, h))
+      write_points_npz(
+        os.path.join(outs[key], name + ".npz"), pts.reshape(trajs.shape), vis, (w, h)
+      )
   return outs
 
 
@@ -97,15 +104,20 @@ def main(argv=None) -> int:
   args = parse_args(ap, argv, SMOKE)
   from sam2pp_jax import demo
   from sam2pp_jax.eval.score import score
+
   sizes = [int(x) for x in args.sizes.split(",")]
   bad = [x for x in sizes if x < 16 or x % 16]
   if bad:
     ap.error(f"--sizes {bad}: model input sizes must be multiples of 16")
   videos = demo.held_out_videos(args.seed, args.videos, frames=args.frames, size=args.video_size)
-  print(f"perfect-model ceilings, {args.videos} held-out videos of {args.frames} frames, seed "
-        f"{args.seed}, {args.video_size}x{args.video_size} video")
-  print(f"{'S':>5} {'grid':>6} {'J&F':>7} {'AUC':>7} {'delta_avg argmax':>17} "
-        f"{'delta_avg soft_argmax':>22}")
+  print(
+    f"perfect-model ceilings, {args.videos} held-out videos of {args.frames} frames, seed "
+    f"{args.seed}, {args.video_size}x{args.video_size} video"
+  )
+  print(
+    f"{'S':>5} {'grid':>6} {'J&F':>7} {'AUC':>7} {'delta_avg argmax':>17} "
+    f"{'delta_avg soft_argmax':>22}"
+  )
   with tempfile.TemporaryDirectory() as tmp:
     paths = demo.write_held_out(os.path.join(tmp, "heldout"), videos)
     for s in sizes:
@@ -113,10 +125,15 @@ def main(argv=None) -> int:
       with contextlib.redirect_stdout(io.StringIO()):
         jf = score("mask", "davis2017", paths["gt_mask"], outs["mask"])["overall"]["J&F-Mean"]
         auc = score("box", "ope", paths["gt_box"], outs["box"])["overall"]["AUC"] / 100.0
-        d_arg, d_soft = (score("point", "tapvid", paths["gt_point"], outs[k])["overall"]
-                         ["average_pts_within_thresh"] for k in ("point", "point_soft"))
-      print(f"{s:>5} {s // 4:>4}^2 {jf:>7.3f} {auc:>7.3f} {d_arg:>17.3f} {d_soft:>22.3f}",
-            flush=True)
+        d_arg, d_soft = (
+          score("point", "tapvid", paths["gt_point"], outs[k])["overall"][
+            "average_pts_within_thresh"
+          ]
+          for k in ("point", "point_soft")
+        )
+      print(
+        f"{s:>5} {s // 4:>4}^2 {jf:>7.3f} {auc:>7.3f} {d_arg:>17.3f} {d_soft:>22.3f}", flush=True
+      )
   print("demo thresholds: J&F 0.80, AUC 0.60, delta_avg 0.60 (the demo's model: S = 64)")
   return 0
 

@@ -33,10 +33,11 @@ import os
 import subprocess
 import sys
 import time
+
 from _smoke import parse_args
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SMOKE = {"frames": "4,8", "preset": "tiny", "chunk": 2}   # --smoke defaults (run side by side)
+SMOKE = {"frames": "4,8", "preset": "tiny", "chunk": 2}  # --smoke defaults (run side by side)
 
 
 def _status_kb(field: str) -> int:
@@ -50,6 +51,7 @@ def _status_kb(field: str) -> int:
 def _frame(rng_bg, t: int, size: int):
   """One uint8 [S,S,3] frame: a bright ellipse drifting over a panning textured background."""
   import numpy as np
+
   yy, xx = np.mgrid[:size, :size].astype(np.float32)
   cx = size * (0.4 + 0.15 * np.sin(t / 25.0))
   cy = size * (0.45 + 0.1 * np.cos(t / 31.0))
@@ -70,6 +72,7 @@ class LazyFrames:
     import numpy as np
 
     from sam2pp_jax.io.video import normalize_u8
+
     self.T, self.size, self._norm = T, size, normalize_u8
     self.bg = (np.random.default_rng(0).random((size, size, 3)) * 80 + 40).astype(np.float32)
     self.calls = 0
@@ -97,6 +100,7 @@ def child(a) -> int:
   from sam2pp_jax.model.random_params import random_params
   from sam2pp_jax.model.sam2pp import build_model
   from sam2pp_jax.tracking.propagate import track_video
+
   sys.path.insert(0, HERE)
   from propagate import batched_prompt, prompts_from_mask
 
@@ -106,7 +110,7 @@ def child(a) -> int:
   params = random_params(model, 0)
   jax.block_until_ready(params)
   rss_model = _status_kb("VmRSS")
-  frames = LazyFrames(a.T, s)   # frames produced lazily, chunk by chunk, by track_video
+  frames = LazyFrames(a.T, s)  # frames produced lazily, chunk by chunk, by track_video
   prompt = batched_prompt(a.task, prompts_from_mask(frames.mask0())[a.task])
   kw = {"chunk": a.chunk}
   if "video_res" in inspect.signature(track_video).parameters:
@@ -116,24 +120,43 @@ def child(a) -> int:
   res = track_video(model, params, frames, (s, s), a.task, prompt, **kw)
   jax.block_until_ready(res)
   t2 = time.perf_counter()
-  out = {"T": a.T, "preset": a.preset, "task": a.task, "image_size": s, "chunk": a.chunk,
-         "video_res": kw.get("video_res", True),
-         "peak_kb": _status_kb("VmHWM"), "rss_after_kb": _status_kb("VmRSS"),
-         "rss_model_kb": rss_model, "rss_before_kb": rss_before,
-         "inputs_bytes": 0,   # lazy: no host array of the video
-         "float32_video_bytes": int(a.T * s * s * 3 * 4),   # what an in-memory input would be
-         "frames_read": frames.calls,
-         "outputs_bytes": int(sum(np.asarray(v).nbytes for v in res.values()
-                                  if hasattr(v, "nbytes"))),
-         "call_s": t2 - t1, "setup_s": t1 - t0,
-         "visible_frac": float(np.mean(res["visible"]))}
+  out = {
+    "T": a.T,
+    "preset": a.preset,
+    "task": a.task,
+    "image_size": s,
+    "chunk": a.chunk,
+    "video_res": kw.get("video_res", True),
+    "peak_kb": _status_kb("VmHWM"),
+    "rss_after_kb": _status_kb("VmRSS"),
+    "rss_model_kb": rss_model,
+    "rss_before_kb": rss_before,
+    "inputs_bytes": 0,  # lazy: no host array of the video
+    "float32_video_bytes": int(a.T * s * s * 3 * 4),  # what an in-memory input would be
+    "frames_read": frames.calls,
+    "outputs_bytes": int(sum(np.asarray(v).nbytes for v in res.values() if hasattr(v, "nbytes"))),
+    "call_s": t2 - t1,
+    "setup_s": t1 - t0,
+    "visible_frac": float(np.mean(res["visible"])),
+  }
   print("RESULT " + json.dumps(out), flush=True)
   return 0
 
 
 def run_setting(a, T: int) -> dict:
-  cmd = [sys.executable, os.path.abspath(__file__), "--child", "--T", str(T), "--preset",
-         a.preset, "--task", a.task, "--chunk", str(a.chunk)]
+  cmd = [
+    sys.executable,
+    os.path.abspath(__file__),
+    "--child",
+    "--T",
+    str(T),
+    "--preset",
+    a.preset,
+    "--task",
+    a.task,
+    "--chunk",
+    str(a.chunk),
+  ]
   if a.no_video_res:
     cmd.append("--no-video-res")
   if a.smoke:
@@ -144,25 +167,28 @@ def run_setting(a, T: int) -> dict:
   if p.returncode != 0:
     raise RuntimeError(f"T={T} failed (rc {p.returncode}):\n{p.stderr[-3000:]}")
   line = [l for l in p.stdout.splitlines() if l.startswith("RESULT ")][-1]
-  r = json.loads(line[len("RESULT "):])
+  r = json.loads(line[len("RESULT ") :])
   r["wall_s"] = wall
   return r
 
 
 def mib(kb_or_bytes, kb=True):
-  return kb_or_bytes / 1024 if kb else kb_or_bytes / 2 ** 20
+  return kb_or_bytes / 1024 if kb else kb_or_bytes / 2**20
 
 
 def show(r):
   working = r["peak_kb"] * 1024 - r["rss_before_kb"] * 1024 - r["outputs_bytes"]
   r["working_bytes"] = working
-  print(f"T={r['T']:5d}: peak {mib(r['peak_kb']):8.1f} MiB | before call "
-        f"{mib(r['rss_before_kb']):8.1f} MiB (model+params+runtime {mib(r['rss_model_kb']):.1f}; "
-        f"frames lazy, "
-        f"{r['frames_read']} read, {mib(r['float32_video_bytes'], False):.0f} MiB as a float32 "
-        f"array) | outputs {mib(r['outputs_bytes'], False):7.1f} MiB"
-        f" | working {mib(working, False):8.1f} MiB | call {r['call_s']:.1f}s "
-        f"(compile included), wall {r['wall_s']:.1f}s", flush=True)
+  print(
+    f"T={r['T']:5d}: peak {mib(r['peak_kb']):8.1f} MiB | before call "
+    f"{mib(r['rss_before_kb']):8.1f} MiB (model+params+runtime {mib(r['rss_model_kb']):.1f}; "
+    f"frames lazy, "
+    f"{r['frames_read']} read, {mib(r['float32_video_bytes'], False):.0f} MiB as a float32 "
+    f"array) | outputs {mib(r['outputs_bytes'], False):7.1f} MiB"
+    f" | working {mib(working, False):8.1f} MiB | call {r['call_s']:.1f}s "
+    f"(compile included), wall {r['wall_s']:.1f}s",
+    flush=True,
+  )
 
 
 def main(argv=None) -> int:
@@ -171,10 +197,17 @@ def main(argv=None) -> int:
   ap.add_argument("--preset", default="parity_small")
   ap.add_argument("--task", default="box", choices=("mask", "box", "point"))
   ap.add_argument("--chunk", type=int, default=4)
-  ap.add_argument("--no-video-res", action="store_true",
-                  help="track_video(video_res=False): skip the [T,B,H,W] video-size logits")
-  ap.add_argument("--max-seconds", type=float, default=1800.0,
-                  help="skip (and shorten) a setting whose estimated run time exceeds this")
+  ap.add_argument(
+    "--no-video-res",
+    action="store_true",
+    help="track_video(video_res=False): skip the [T,B,H,W] video-size logits",
+  )
+  ap.add_argument(
+    "--max-seconds",
+    type=float,
+    default=1800.0,
+    help="skip (and shorten) a setting whose estimated run time exceeds this",
+  )
   ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
   ap.add_argument("--T", type=int, default=0, help=argparse.SUPPRESS)
   a = parse_args(ap, argv, SMOKE)
@@ -184,11 +217,15 @@ def main(argv=None) -> int:
   lengths = sorted(int(x) for x in a.frames.split(","))
   import datetime
   import platform
-  print(f"# bench/memory.py {datetime.datetime.now().isoformat(timespec='seconds')} "
-        f"{platform.node()} {os.cpu_count()} cpus; preset {a.preset}, task {a.task}, chunk "
-        f"{a.chunk}, video_res {not a.no_video_res}; one fresh subprocess per length", flush=True)
+
+  print(
+    f"# bench/memory.py {datetime.datetime.now().isoformat(timespec='seconds')} "
+    f"{platform.node()} {os.cpu_count()} cpus; preset {a.preset}, task {a.task}, chunk "
+    f"{a.chunk}, video_res {not a.no_video_res}; one fresh subprocess per length",
+    flush=True,
+  )
   results = []
-  if a.smoke:   # the lengths side by side (separate processes, so peaks stay separate)
+  if a.smoke:  # the lengths side by side (separate processes, so peaks stay separate)
     with concurrent.futures.ThreadPoolExecutor(len(lengths)) as pool:
       results = list(pool.map(lambda T: run_setting(a, T), lengths))
     for r in results:
@@ -201,8 +238,11 @@ def main(argv=None) -> int:
       est = prev["wall_s"] * T / prev["T"]
       if est > a.max_seconds:
         feasible = int(prev["T"] * a.max_seconds / prev["wall_s"])
-        print(f"T={T}: estimated {est:.0f}s > --max-seconds {a.max_seconds:.0f}; "
-              f"measuring T={feasible} instead", flush=True)
+        print(
+          f"T={T}: estimated {est:.0f}s > --max-seconds {a.max_seconds:.0f}; "
+          f"measuring T={feasible} instead",
+          flush=True,
+        )
         if feasible <= prev["T"]:
           break
         T = feasible
@@ -214,9 +254,11 @@ def main(argv=None) -> int:
   if len(results) >= 2:
     lo, hi = results[0], results[-1]
     net = lambda r: r["peak_kb"] * 1024 - r["outputs_bytes"]
-    print(f"ratio T={hi['T']}/T={lo['T']}: peak {hi['peak_kb'] / lo['peak_kb']:.3f}x, "
-          f"working (peak - before - outputs) {hi['working_bytes'] / lo['working_bytes']:.3f}x, "
-          f"peak - outputs {net(hi) / net(lo):.3f}x")
+    print(
+      f"ratio T={hi['T']}/T={lo['T']}: peak {hi['peak_kb'] / lo['peak_kb']:.3f}x, "
+      f"working (peak - before - outputs) {hi['working_bytes'] / lo['working_bytes']:.3f}x, "
+      f"peak - outputs {net(hi) / net(lo):.3f}x"
+    )
   return 0
 
 

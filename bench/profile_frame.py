@@ -36,7 +36,7 @@ from _smoke import parse_args
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-SMOKE = {"presets": "tiny", "repeats": 1}   # --smoke defaults
+SMOKE = {"presets": "tiny", "repeats": 1}  # --smoke defaults
 
 
 def _timeit(fns: dict, repeats: int) -> dict:
@@ -72,55 +72,90 @@ def jax_blocks(preset: str, task: str, seed: int = 0):
 
   # Sub-modules as standalone modules bound to their param subtrees.
   from sam2pp_jax.model.hiera import Hiera
+
   t = c.trunk
-  trunk = Hiera(embed_dim=t.embed_dim, num_heads=t.num_heads, q_pool=t.q_pool,
-                q_stride=tuple(t.q_stride), stages=tuple(t.stages), dim_mul=t.dim_mul,
-                head_mul=t.head_mul,
-                window_pos_embed_bkg_spatial_size=tuple(t.window_pos_embed_bkg_spatial_size),
-                window_spec=tuple(t.window_spec), global_att_blocks=tuple(t.global_att_blocks))
+  trunk = Hiera(
+    embed_dim=t.embed_dim,
+    num_heads=t.num_heads,
+    q_pool=t.q_pool,
+    q_stride=tuple(t.q_stride),
+    stages=tuple(t.stages),
+    dim_mul=t.dim_mul,
+    head_mul=t.head_mul,
+    window_pos_embed_bkg_spatial_size=tuple(t.window_pos_embed_bkg_spatial_size),
+    window_spec=tuple(t.window_spec),
+    global_att_blocks=tuple(t.global_att_blocks),
+  )
   trunk_params = params["image_encoder"]["trunk"]
   channels = tuple(trunk.channel_list)
-  neck = FpnNeck(d_model=int(c.neck.d_model), backbone_channel_list=channels,
-                 fpn_interp_model=c.neck.fpn_interp_model,
-                 fpn_top_down_levels=tuple(c.neck.fpn_top_down_levels))
+  neck = FpnNeck(
+    d_model=int(c.neck.d_model),
+    backbone_channel_list=channels,
+    fpn_interp_model=c.neck.fpn_interp_model,
+    fpn_top_down_levels=tuple(c.neck.fpn_top_down_levels),
+  )
   neck_params = params["image_encoder"]["neck"]
 
   f_trunk = jax.jit(lambda p, x: trunk.apply({"params": p}, x))
   f_neck = jax.jit(lambda p, xs: neck.apply({"params": p}, xs))
-  f_enc = jax.jit(lambda p, x: model.apply({"params": p}, x, task=task,
-                                           method=SAM2Plus.encode_image))
+  f_enc = jax.jit(
+    lambda p, x: model.apply({"params": p}, x, task=task, method=SAM2Plus.encode_image)
+  )
   trunk_out = jax.block_until_ready(f_trunk(trunk_params, img))
   feats = jax.block_until_ready(f_enc(params, img))
 
-  f_high = jax.jit(lambda p, a, b: model.apply(
-      {"params": p}, a, b, task,
-      method=lambda mod, a, b, t: mod.sam_unified_decoder.project_high_res_features(a, b, t)))
+  f_high = jax.jit(
+    lambda p, a, b: model.apply(
+      {"params": p},
+      a,
+      b,
+      task,
+      method=lambda mod, a, b, t: mod.sam_unified_decoder.project_high_res_features(a, b, t),
+    )
+  )
 
   nptr = int(c.max_obj_ptrs_in_encoder) * (d // m)
   nmem = int(c.num_maskmem) * h * h + nptr
   mem = jnp.asarray(rng.standard_normal((1, nmem, m)), jnp.float32)
   mem_pos = jnp.asarray(rng.standard_normal((1, nmem, m)), jnp.float32)
   mask = jnp.ones((1, nmem), bool)
-  f_mattn = jax.jit(lambda p, v, vp, mm, mp, mk: model.apply(
-      {"params": p}, v, vp, mm, mp, mk, task=task, num_obj_ptr_tokens=nptr,
-      method=SAM2Plus.condition_on_memory))
-  f_dec = jax.jit(lambda p, v, s0, s1: model.apply(
-      {"params": p}, v, s0, s1, task=task, multimask_output=True, method=SAM2Plus.sam_heads))
+  f_mattn = jax.jit(
+    lambda p, v, vp, mm, mp, mk: model.apply(
+      {"params": p},
+      v,
+      vp,
+      mm,
+      mp,
+      mk,
+      task=task,
+      num_obj_ptr_tokens=nptr,
+      method=SAM2Plus.condition_on_memory,
+    )
+  )
+  f_dec = jax.jit(
+    lambda p, v, s0, s1: model.apply(
+      {"params": p}, v, s0, s1, task=task, multimask_output=True, method=SAM2Plus.sam_heads
+    )
+  )
   logits = jnp.asarray(rng.standard_normal((1, s, s)), jnp.float32)
   score = jnp.ones((1, 1), jnp.float32)
-  f_menc = jax.jit(lambda p, v, lg, sc: model.apply(
-      {"params": p}, v, lg, sc, task=task, method=SAM2Plus.encode_memory))
+  f_menc = jax.jit(
+    lambda p, v, lg, sc: model.apply(
+      {"params": p}, v, lg, sc, task=task, method=SAM2Plus.encode_memory
+    )
+  )
 
   bur = jax.block_until_ready
   fns = {
-      "trunk": lambda: bur(f_trunk(trunk_params, img)),
-      "neck": lambda: bur(f_neck(neck_params, trunk_out)),
-      "highres": lambda: bur(f_high(params, feats["fpn0"], feats["fpn1"])),
-      "memattn": lambda: bur(f_mattn(params, feats["vision"], feats["vision_pos"], mem, mem_pos,
-                                     mask)),
-      "decoder": lambda: bur(f_dec(params, feats["vision"], feats["s0"], feats["s1"])),
-      "memenc": lambda: bur(f_menc(params, feats["vision"], logits, score)),
-      "encode_image(all)": lambda: bur(f_enc(params, img)),
+    "trunk": lambda: bur(f_trunk(trunk_params, img)),
+    "neck": lambda: bur(f_neck(neck_params, trunk_out)),
+    "highres": lambda: bur(f_high(params, feats["fpn0"], feats["fpn1"])),
+    "memattn": lambda: bur(
+      f_mattn(params, feats["vision"], feats["vision_pos"], mem, mem_pos, mask)
+    ),
+    "decoder": lambda: bur(f_dec(params, feats["vision"], feats["s0"], feats["s1"])),
+    "memenc": lambda: bur(f_menc(params, feats["vision"], logits, score)),
+    "encode_image(all)": lambda: bur(f_enc(params, img)),
   }
   return fns, params, model
 
@@ -132,6 +167,7 @@ def torch_blocks(preset: str, task: str, params, model, threads: int):
   import torch
 
   from sam2pp_jax.convert.key_map import flax_to_torch
+
   torch.set_num_threads(threads)
   pred = _reference.build_predictor(preset, task, threads=threads)
   sd = flax_to_torch(jax.tree.map(np.asarray, params), _reference.state_dict_shapes(pred))
@@ -154,7 +190,9 @@ def torch_blocks(preset: str, task: str, params, model, threads: int):
     def g():
       with im():
         return f()
+
     return g
+
   fns["trunk"] = wrap(lambda: enc.trunk(img))
   fns["neck"] = wrap(lambda: enc.neck(trunk_out))
   fns["encode_image(all)"] = wrap(lambda: pred.forward_image(img))
@@ -165,17 +203,27 @@ def torch_blocks(preset: str, task: str, params, model, threads: int):
   vis = bb["backbone_fpn"][-1].flatten(2).permute(2, 0, 1)
   vis_pos = bb["vision_pos_enc"][-1].flatten(2).permute(2, 0, 1)
   mattn = getattr(pred, f"memory_attention_{task}", None) or pred.memory_attention
-  fns["memattn"] = wrap(lambda: mattn(curr=[vis], curr_pos=[vis_pos], memory=mem,
-                                      memory_pos=mem_pos, num_obj_ptr_tokens=nptr))
+  fns["memattn"] = wrap(
+    lambda: mattn(
+      curr=[vis], curr_pos=[vis_pos], memory=mem, memory_pos=mem_pos, num_obj_ptr_tokens=nptr
+    )
+  )
   s0, s1 = bb["backbone_fpn"][0], bb["backbone_fpn"][1]
   vis_nchw = bb["backbone_fpn"][-1]
-  fns["decoder"] = wrap(lambda: pred._forward_sam_heads(
-      vis_nchw, high_res_features=[s0, s1], multimask_output=True))
+  fns["decoder"] = wrap(
+    lambda: pred._forward_sam_heads(vis_nchw, high_res_features=[s0, s1], multimask_output=True)
+  )
   logits = torch.from_numpy(rng.standard_normal((1, 1, s, s)).astype(np.float32))
   score = torch.ones(1, 1)
-  fns["memenc"] = wrap(lambda: pred._encode_new_memory(
-      current_vision_feats=[vis], feat_sizes=[(h, h)], pred_masks_high_res=logits,
-      object_score_logits=score, is_mask_from_pts=False))
+  fns["memenc"] = wrap(
+    lambda: pred._encode_new_memory(
+      current_vision_feats=[vis],
+      feat_sizes=[(h, h)],
+      pred_masks_high_res=logits,
+      object_score_logits=score,
+      is_mask_from_pts=False,
+    )
+  )
   ok = {}
   for k, f in fns.items():
     try:
@@ -203,6 +251,7 @@ def main(argv=None):
     ref_ok, ref_why = False, ""
     if args.reference or args.reference_only:
       import _reference
+
       ref_ok, ref_why = _reference.available()
       if not ref_ok:
         print(f"reference: not timed ({ref_why})")
@@ -215,7 +264,7 @@ def main(argv=None):
         print(f"reference blocks unavailable: {type(e).__name__}: {e}")
     print(f"== {preset} (S={model.config.image_size}, task={args.task}), ms best / median")
     for k, (b, med) in res.items():
-      ref = res.get("ref:" + k)   # baseline in the same run, when the reference was timed
+      ref = res.get("ref:" + k)  # baseline in the same run, when the reference was timed
       ratio = f"  ours/ref {b / ref[0]:.2f}x" if ref else ""
       print(f"  {k:24s} {1e3 * b:9.2f} {1e3 * med:9.2f}{ratio}")
     core = ("trunk", "neck", "highres", "memattn", "decoder", "memenc")

@@ -54,19 +54,21 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 TASKS = ("mask", "box", "point")
-SMOKE = {"presets": "tiny", "tasks": "box", "frames": 3, "repeats": 1, "chunk": 2}   # --smoke
+SMOKE = {"presets": "tiny", "tasks": "box", "frames": 3, "repeats": 1, "chunk": 2}  # --smoke
 
 
 # -- inputs ------------------------------------------------------------------------------------
 def make_video(seed: int, frames: int, size: int):
   """uint8 [T,S,S,3] video and bool [T,S,S] masks of its one object (`data.synthetic`)."""
   from sam2pp_jax.data.synthetic import generate_video
+
   v = generate_video(seed, num_frames=frames, height=size, width=size, num_objects=1)
   return v["frames"], v["masks"] == 1
 
 
 def write_pngs(video_u8, folder: str) -> list[str]:
   from PIL import Image
+
   names = []
   for t, img in enumerate(video_u8):
     name = f"{t:05d}.png"
@@ -81,8 +83,11 @@ def prompts_from_mask(mask0: np.ndarray) -> dict:
   box = np.array([xs.min(), ys.min(), xs.max(), ys.max()], np.float32)
   # a point inside the object, away from integer truncation boundaries
   pt = np.array([[float(np.median(xs)) + 0.37, float(np.median(ys)) + 0.41]], np.float32)
-  return {"mask": {"mask": mask0}, "box": {"box_xyxy": box},
-          "point": {"points_xy": pt, "point_labels": np.ones(1, np.int32)}}
+  return {
+    "mask": {"mask": mask0},
+    "box": {"box_xyxy": box},
+    "point": {"points_xy": pt, "point_labels": np.ones(1, np.int32)},
+  }
 
 
 def batched_prompt(task: str, p: dict) -> dict:
@@ -104,6 +109,7 @@ def scan_run_once(model, params, frames, hw, task, prompt, chunk):
   import jax
 
   from sam2pp_jax.tracking.propagate import track_video
+
   t0 = time.perf_counter()
   res = track_video(model, params, frames, hw, task, batched_prompt(task, prompt), chunk=chunk)
   jax.block_until_ready(res)
@@ -112,6 +118,7 @@ def scan_run_once(model, params, frames, hw, task, prompt, chunk):
 
 def time_load(folder, size, repeats):
   from sam2pp_jax.io.video import load_video_for_model
+
   times = []
   for _ in range(max(1, repeats)):
     t0 = time.perf_counter()
@@ -136,8 +143,11 @@ def predictor_class():
 def make_predictor(cls, model, params, task):
   """Construct VideoPredictor with whichever of the usual signatures it accepts."""
   errors = []
-  for args, kw in (((model, params, task), {}), ((model, params), {"task": task}),
-                   ((model, params), {})):
+  for args, kw in (
+    ((model, params, task), {}),
+    ((model, params), {"task": task}),
+    ((model, params), {}),
+  ):
     try:
       return cls(*args, **kw)
     except TypeError as e:
@@ -153,24 +163,35 @@ def predictor_run_once(pred, folder, task, prompt):
     pred.add_new_mask(state, frame_idx=0, obj_id=1, mask=prompt["mask"])
   elif task == "box":
     pred.add_new_points_or_box(state, frame_idx=0, obj_id=1, box=prompt["box_xyxy"])
-  else:   # the point task's API (as the reference): click + its Gaussian heatmap
+  else:  # the point task's API (as the reference): click + its Gaussian heatmap
     pred.add_new_points_and_generate_gaussian_mask(
-        state, frame_idx=0, obj_id=1, points=prompt["points_xy"], labels=prompt["point_labels"],
-        radius=prompt["radius"], sigma=prompt["sigma"])
+      state,
+      frame_idx=0,
+      obj_id=1,
+      points=prompt["points_xy"],
+      labels=prompt["point_labels"],
+      radius=prompt["radius"],
+      sigma=prompt["sigma"],
+    )
   t2 = time.perf_counter()
   logits = {}
   for item in pred.propagate_in_video(state):
     frame_idx, masks = item[0], item[2]
     logits[int(frame_idx)] = np.asarray(masks).reshape((-1,) + np.shape(masks)[-2:])[0]
   t3 = time.perf_counter()
-  return {"init_state_s": t1 - t0, "prompt_s": t2 - t1, "propagate_s": t3 - t2,
-          "total_s": t3 - t0}, np.stack([logits[i] for i in sorted(logits)])
+  return {
+    "init_state_s": t1 - t0,
+    "prompt_s": t2 - t1,
+    "propagate_s": t3 - t2,
+    "total_s": t3 - t0,
+  }, np.stack([logits[i] for i in sorted(logits)])
 
 
 # -- the PyTorch reference ---------------------------------------------------------------------
 def ref_run_once(ref_pred, folder, names, task, prompt):
   import _reference
-  ref_pred.task = task   # build_sam sets this attribute after construction: same effect
+
+  ref_pred.task = task  # build_sam sets this attribute after construction: same effect
   o = _reference.run_once(ref_pred, folder, names, task, prompt)
   return o, o.pop("video_res_logits")
 
@@ -215,16 +236,20 @@ def main(argv=None) -> int:
     if t not in TASKS:
       ap.error(f"unknown task {t!r}")
   T = a.frames
-  print(f"# bench/propagate.py  {datetime.datetime.now().isoformat(timespec='seconds')}  "
-        f"{platform.node()}  {os.cpu_count()} cpus  jax {jax.__version__} "
-        f"({jax.default_backend()}: {jax.devices()[0].device_kind})  frames={T} "
-        f"repeats={a.repeats} chunk={a.chunk}", flush=True)
+  print(
+    f"# bench/propagate.py  {datetime.datetime.now().isoformat(timespec='seconds')}  "
+    f"{platform.node()}  {os.cpu_count()} cpus  jax {jax.__version__} "
+    f"({jax.default_backend()}: {jax.devices()[0].device_kind})  frames={T} "
+    f"repeats={a.repeats} chunk={a.chunk}",
+    flush=True,
+  )
   if a.smoke:
     print("# --smoke: XLA optimisations mostly off; the numbers say nothing about speed")
 
   ref_ok, ref_why = (False, "--no-reference") if a.no_reference else (None, "")
   if ref_ok is None:
     import _reference
+
     ref_ok, ref_why = _reference.available()
   pcls, p_why = (None, "--no-predictor") if a.no_predictor else predictor_class()
   if not ref_ok:
@@ -239,11 +264,13 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     params = random_params(model, a.seed)
     jax.block_until_ready(params)
-    print(f"\n## preset {preset}: S={s}, params filled in {time.perf_counter() - t0:.1f}s",
-          flush=True)
+    print(
+      f"\n## preset {preset}: S={s}, params filled in {time.perf_counter() - t0:.1f}s", flush=True
+    )
     video, masks = make_video(a.seed, T, s)
     hw = (s, s)
     from sam2pp_jax.io.video import normalize_u8
+
     frames = normalize_u8(video)
     prompts = prompts_from_mask(masks[0])
     tmp = tempfile.TemporaryDirectory(prefix="sam2pp_bench_")
@@ -258,31 +285,42 @@ def main(argv=None) -> int:
       import _reference
 
       from sam2pp_jax.convert.key_map import flax_to_torch
+
       t0 = time.perf_counter()
       ref_pred = _reference.build_predictor(preset, tasks[0], threads=a.threads)
       sd = flax_to_torch(jax.tree.map(np.asarray, params), _reference.state_dict_shapes(ref_pred))
       import torch
-      ref_pred.load_state_dict({k: torch.from_numpy(np.array(v, np.float32))
-                                for k, v in sd.items()}, strict=True)
+
+      ref_pred.load_state_dict(
+        {k: torch.from_numpy(np.array(v, np.float32)) for k, v in sd.items()}, strict=True
+      )
       del sd
       from sam2.utils.misc import load_video_frames
+
       lt = []
       for _ in range(max(1, a.repeats)):
         t1 = time.perf_counter()
         load_video_frames(tmp.name, s, False, compute_device=torch.device("cpu"), frame_names=names)
         lt.append(time.perf_counter() - t1)
       ref_load_s = _median(lt)
-      print(f"ref : built + same weights loaded in {time.perf_counter() - t0:.1f}s; "
-            f"its frame loading: {ref_load_s:.3f}s", flush=True)
+      print(
+        f"ref : built + same weights loaded in {time.perf_counter() - t0:.1f}s; "
+        f"its frame loading: {ref_load_s:.3f}s",
+        flush=True,
+      )
 
     for task in tasks:
       r = {"preset": preset, "task": task, "frames": T, "image_size": s, "load_s": load_s}
-      p = dict(prompts[task], radius=int(model.config.point_gaussian_radius),
-               sigma=float(model.config.point_gaussian_sigma))
+      p = dict(
+        prompts[task],
+        radius=int(model.config.point_gaussian_radius),
+        sigma=float(model.config.point_gaussian_sigma),
+      )
       # runners: each returns (phase seconds dict with "total_s", video-res logits [T,H,W])
       # (functools.partial binds this iteration's values, not the loop variables)
-      runners = {"scan": functools.partial(scan_run_once, model, params, frames, hw, task, p,
-                                           a.chunk)}
+      runners = {
+        "scan": functools.partial(scan_run_once, model, params, frames, hw, task, p, a.chunk)
+      }
       if pcls is not None:
         try:
           pred = make_predictor(pcls, model, params, task)
@@ -302,7 +340,7 @@ def main(argv=None) -> int:
         for k in list(runners):
           try:
             ph, lg = runners[k]()
-          except Exception as e:   # the predictor is being written concurrently: report, go on
+          except Exception as e:  # the predictor is being written concurrently: report, go on
             r[f"{k}_error"] = f"{type(e).__name__}: {e}"
             print(f"[{preset}/{task}] {k}: FAILED ({r[f'{k}_error'][:400]})", flush=True)
             del runners[k]
@@ -330,44 +368,62 @@ def main(argv=None) -> int:
           r["ref_model_fps"] = fps(T, best - ref_load_s)
           extra = f"; without its frame loading {r['ref_model_fps']:.2f} fps"
         ph_txt = " + ".join(f"{q[:-2]} {v:.3f}" for q, v in phases.items())
-        print(f"[{preset}/{task}] {k:4s}: first {tot[0]:.2f}s (compile/warm-up "
-              f"~{tot[0] - best:.2f}s), steady best {best:.3f}s / median {med:.3f}s ({ph_txt}) "
-              f"-> {r[f'{k}_fps']:.2f} fps{extra}", flush=True)
-      if "pred_fps" in r and "scan_e2e_fps" in r:   # baseline in the same run: our scan path
+        print(
+          f"[{preset}/{task}] {k:4s}: first {tot[0]:.2f}s (compile/warm-up "
+          f"~{tot[0] - best:.2f}s), steady best {best:.3f}s / median {med:.3f}s ({ph_txt}) "
+          f"-> {r[f'{k}_fps']:.2f} fps{extra}",
+          flush=True,
+        )
+      if "pred_fps" in r and "scan_e2e_fps" in r:  # baseline in the same run: our scan path
         r["ratio_pred_scan"] = r["pred_fps"] / r["scan_e2e_fps"]
-        print(f"[{preset}/{task}] pred/scan fps (both incl. PNG loading): "
-              f"{r['ratio_pred_scan']:.2f}x; outputs pred vs scan: "
-              f"{mask_agreement(logits['pred'], logits['scan'])}", flush=True)
+        print(
+          f"[{preset}/{task}] pred/scan fps (both incl. PNG loading): "
+          f"{r['ratio_pred_scan']:.2f}x; outputs pred vs scan: "
+          f"{mask_agreement(logits['pred'], logits['scan'])}",
+          flush=True,
+        )
       if "ref" in runs and runs["ref"]:
         r["ratio_scan_e2e"] = r["scan_e2e_fps"] / r["ref_fps"]
         r["ratio_scan_model"] = r["scan_fps"] / r["ref_model_fps"]
-        line = (f"[{preset}/{task}] ours/ref fps: scan e2e {r['ratio_scan_e2e']:.2f}x, "
-                f"scan model-only {r['ratio_scan_model']:.2f}x")
+        line = (
+          f"[{preset}/{task}] ours/ref fps: scan e2e {r['ratio_scan_e2e']:.2f}x, "
+          f"scan model-only {r['ratio_scan_model']:.2f}x"
+        )
         if "pred_fps" in r:
           r["ratio_pred_e2e"] = r["pred_fps"] / r["ref_fps"]
           line += f", predictor e2e {r['ratio_pred_e2e']:.2f}x"
-        print(line + f"; outputs scan vs ref: {mask_agreement(logits['scan'], logits['ref'])}",
-              flush=True)
+        print(
+          line + f"; outputs scan vs ref: {mask_agreement(logits['scan'], logits['ref'])}",
+          flush=True,
+        )
       results.append(r)
     tmp.cleanup()
 
   print("\n# summary (fps = frames / steady-state seconds; compile = first call - steady)")
-  hdr = (f"{'preset':13s} {'task':5s} {'scan fps':>8s} {'compile s':>9s} {'pred fps':>8s} "
-         f"{'pred cmp s':>10s} {'ref fps':>8s} {'scan/ref e2e':>12s} {'scan/ref model':>14s} "
-         f"{'pred/ref':>8s} {'pred/scan':>9s}")
+  hdr = (
+    f"{'preset':13s} {'task':5s} {'scan fps':>8s} {'compile s':>9s} {'pred fps':>8s} "
+    f"{'pred cmp s':>10s} {'ref fps':>8s} {'scan/ref e2e':>12s} {'scan/ref model':>14s} "
+    f"{'pred/ref':>8s} {'pred/scan':>9s}"
+  )
   print(hdr)
   f = lambda r, k, fmt: format(r[k], fmt) if k in r else "-"
   for r in results:
-    print(f"{r['preset']:13s} {r['task']:5s} {f(r, 'scan_fps', '8.2f'):>8s} "
-          f"{f(r, 'scan_compile_s', '9.1f'):>9s} {f(r, 'pred_fps', '8.2f'):>8s} "
-          f"{f(r, 'pred_compile_s', '10.1f'):>10s} {f(r, 'ref_fps', '8.2f'):>8s} "
-          f"{f(r, 'ratio_scan_e2e', '12.2f'):>12s} {f(r, 'ratio_scan_model', '14.2f'):>14s} "
-          f"{f(r, 'ratio_pred_e2e', '8.2f'):>8s} {f(r, 'ratio_pred_scan', '9.2f'):>9s}")
+    print(
+      f"{r['preset']:13s} {r['task']:5s} {f(r, 'scan_fps', '8.2f'):>8s} "
+      f"{f(r, 'scan_compile_s', '9.1f'):>9s} {f(r, 'pred_fps', '8.2f'):>8s} "
+      f"{f(r, 'pred_compile_s', '10.1f'):>10s} {f(r, 'ref_fps', '8.2f'):>8s} "
+      f"{f(r, 'ratio_scan_e2e', '12.2f'):>12s} {f(r, 'ratio_scan_model', '14.2f'):>14s} "
+      f"{f(r, 'ratio_pred_e2e', '8.2f'):>8s} {f(r, 'ratio_pred_scan', '9.2f'):>9s}"
+    )
   if a.json:
     with open(a.json, "w") as fh:
       json.dump(results, fh, indent=1, default=float)
-  failed = [f"{r['preset']}/{r['task']} {k[:-len('_error')]}" for r in results for k in r
-            if k.endswith("_error")]
+  failed = [
+    f"{r['preset']}/{r['task']} {k[: -len('_error')]}"
+    for r in results
+    for k in r
+    if k.endswith("_error")
+  ]
   if failed:
     print(f"# FAILED: {', '.join(failed)} (see above)")
   return 1 if failed else 0

@@ -15,6 +15,7 @@ import argparse
 import os
 import sys
 import time
+
 from _smoke import parse_args
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
@@ -32,8 +33,9 @@ def main(argv=None):
   ap.add_argument("--no-compile", action="store_true", help="stop after lowering")
   a = parse_args(ap, argv, SMOKE)
   if a.devices:
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                               f" --xla_force_host_platform_device_count={a.devices}")
+    os.environ["XLA_FLAGS"] = (
+      os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={a.devices}"
+    )
   import jax
   import jax.numpy as jnp
 
@@ -62,17 +64,24 @@ def main(argv=None):
   state_sh = trainer.state_shardings(abstract_state, mesh)
   f32, b = jnp.float32, a.batch
   sds = jax.ShapeDtypeStruct
-  batch = {"frames": sds((b, a.frames, s, s, 3), f32), "masks": sds((b, a.frames, o, s, s), bool),
-           "boxes": sds((b, a.frames, o, 4), f32), "points": sds((b, a.frames, o, 2), f32),
-           "visible": sds((b, a.frames, o), bool), "obj_valid": sds((b, o), bool)}
+  batch = {
+    "frames": sds((b, a.frames, s, s, 3), f32),
+    "masks": sds((b, a.frames, o, s, s), bool),
+    "boxes": sds((b, a.frames, o, 4), f32),
+    "points": sds((b, a.frames, o, 2), f32),
+    "visible": sds((b, a.frames, o), bool),
+    "obj_valid": sds((b, o), bool),
+  }
   step = trainer.make_train_step(model, tx, cfg, a.task, mesh, state_sh)
   t_shape = time.time() - t0
   t0 = time.time()
   lowered = step.lower(abstract_state, batch)
   t_lower = time.time() - t0
   n_params = sum(x.size for x in jax.tree.leaves(abstract_state.params))
-  print(f"config {a.config} ({cfg.model.preset} at {s}px), task {a.task}, global batch {b} x "
-        f"{a.frames} frames x {o} objects, {mesh.size} device(s), {n_params / 1e6:.1f}M params")
+  print(
+    f"config {a.config} ({cfg.model.preset} at {s}px), task {a.task}, global batch {b} x "
+    f"{a.frames} frames x {o} objects, {mesh.size} device(s), {n_params / 1e6:.1f}M params"
+  )
   print(f"abstract state: {t_shape:.1f} s; lowering: {t_lower:.1f} s")
   if a.no_compile:
     if a.smoke:
@@ -85,18 +94,26 @@ def main(argv=None):
   if m is None:
     print("memory analysis not available on this backend")
     return
-  gib = 1024 ** 3
-  fields = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
-            "temp_size_in_bytes", "generated_code_size_in_bytes")
+  gib = 1024**3
+  fields = (
+    "argument_size_in_bytes",
+    "output_size_in_bytes",
+    "alias_size_in_bytes",
+    "temp_size_in_bytes",
+    "generated_code_size_in_bytes",
+  )
   for f in fields:
     v = getattr(m, f, None)
     if v is not None:
       print(f"  {f:<32} {v / gib:8.3f} GiB")
-  total = (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
-           + m.temp_size_in_bytes)
-  print(f"  per-device peak estimate          {total / gib:8.3f} GiB "
-        "(arguments + outputs - aliased + temporaries)")
-  if m.argument_size_in_bytes:   # the baseline in the same run: the step's own arguments
+  total = (
+    m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
+  )
+  print(
+    f"  per-device peak estimate          {total / gib:8.3f} GiB "
+    "(arguments + outputs - aliased + temporaries)"
+  )
+  if m.argument_size_in_bytes:  # the baseline in the same run: the step's own arguments
     print(f"  peak / arguments (state + batch)  {total / m.argument_size_in_bytes:8.2f}x")
 
 

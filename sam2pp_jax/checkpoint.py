@@ -51,9 +51,11 @@ def _merge(template: ml_collections.ConfigDict, data: dict, where: str, path: st
   for key, val in data.items():
     name = f"{where}{key}"
     if key not in template:
-      raise CheckpointError(f"{path}: unknown config field {name!r}; the checkpoint was "
-                            "written by an incompatible version -- remove the field or "
-                            "re-save the checkpoint")
+      raise CheckpointError(
+        f"{path}: unknown config field {name!r}; the checkpoint was "
+        "written by an incompatible version -- remove the field or "
+        "re-save the checkpoint"
+      )
     cur = template[key]
     if isinstance(cur, ml_collections.ConfigDict):
       if not isinstance(val, dict):
@@ -89,11 +91,13 @@ def config_from_json(text: str, path: str = CONFIG_FILE) -> ml_collections.Confi
     raise CheckpointError(f"{path} must hold a JSON object (the model config)")
   preset = data.get("preset")
   if preset is None:
-    raise CheckpointError(f"{path} has no 'preset' field; it must record the model preset "
-                          f"(one of {', '.join(PRESETS)})")
+    raise CheckpointError(
+      f"{path} has no 'preset' field; it must record the model preset (one of {', '.join(PRESETS)})"
+    )
   if preset not in PRESETS:
-    raise CheckpointError(f"{path}: unknown preset {preset!r}; expected one of "
-                          f"{', '.join(PRESETS)}")
+    raise CheckpointError(
+      f"{path}: unknown preset {preset!r}; expected one of {', '.join(PRESETS)}"
+    )
   config = get_model_config(preset)
   data = {k: v for k, v in data.items() if k != "_format_version"}
   _merge(config, data, "", path)
@@ -125,13 +129,15 @@ def save_model(directory, params, config, *, overwrite: bool = False) -> str:
   if isinstance(config, str):
     config = get_model_config(config)
   if "preset" not in config:
-    raise CheckpointError("config has no 'preset' field; build it with "
-                          "presets.get_model_config(preset)")
+    raise CheckpointError(
+      "config has no 'preset' field; build it with presets.get_model_config(preset)"
+    )
   validate_model_config(config)
   final = os.path.abspath(os.fspath(directory))
   if os.path.exists(final) and not overwrite:
-    raise CheckpointError(f"checkpoint directory {final!r} already exists; choose another "
-                          "path or pass overwrite=True")
+    raise CheckpointError(
+      f"checkpoint directory {final!r} already exists; choose another path or pass overwrite=True"
+    )
   with atomic_dir(final) as tmp:
     write_model(tmp, params, config)
   return final
@@ -141,12 +147,16 @@ def load_config(directory) -> ml_collections.ConfigDict:
   """The validated model config of a checkpoint directory."""
   d = os.path.abspath(os.fspath(directory))
   if not os.path.isdir(d):
-    raise CheckpointError(f"checkpoint directory {d!r} does not exist; pass a directory "
-                          "written by sam2pp_jax.checkpoint.save_model (or the converter)")
+    raise CheckpointError(
+      f"checkpoint directory {d!r} does not exist; pass a directory "
+      "written by sam2pp_jax.checkpoint.save_model (or the converter)"
+    )
   cfg = os.path.join(d, CONFIG_FILE)
   if not os.path.isfile(cfg):
-    raise CheckpointError(f"checkpoint {d!r} has no {CONFIG_FILE}; it is not a sam2pp_jax "
-                          "checkpoint (expected params/ and config.json)")
+    raise CheckpointError(
+      f"checkpoint {d!r} has no {CONFIG_FILE}; it is not a sam2pp_jax "
+      "checkpoint (expected params/ and config.json)"
+    )
   with open(cfg) as f:
     return config_from_json(f.read(), cfg)
 
@@ -160,22 +170,30 @@ def load_params(directory, model) -> Any:
   try:
     params = ocp.StandardCheckpointer().restore(pdir)
   except Exception as e:  # orbax raises many kinds; report one clear error
-    raise CheckpointError(f"cannot read the params of checkpoint {d!r}: "
-                          f"{type(e).__name__}: {e}; re-save the checkpoint") from None
+    raise CheckpointError(
+      f"cannot read the params of checkpoint {d!r}: {type(e).__name__}: {e}; re-save the checkpoint"
+    ) from None
   template = param_shapes(model)
   try:
     check_against_template(params, template)
   except ParamTreeError as e:
-    raise CheckpointError(f"params of checkpoint {d!r} do not match its config.json "
-                          f"(preset {model.config.preset!r}): {e}") from None
+    raise CheckpointError(
+      f"params of checkpoint {d!r} do not match its config.json "
+      f"(preset {model.config.preset!r}): {e}"
+    ) from None
   got, want = flatten(params), flatten(template)
   # bfloat16 is a storage option (convert_torch_weights.py --dtype bfloat16): widen exactly.
   storage_ok = lambda g, w: g == w or (g.name == "bfloat16" and w == np.float32)
-  bad = sorted(("/".join(p), np.dtype(v.dtype), np.dtype(want[p].dtype))
-               for p, v in got.items() if not storage_ok(np.dtype(v.dtype), np.dtype(want[p].dtype)))
+  bad = sorted(
+    ("/".join(p), np.dtype(v.dtype), np.dtype(want[p].dtype))
+    for p, v in got.items()
+    if not storage_ok(np.dtype(v.dtype), np.dtype(want[p].dtype))
+  )
   if bad:
-    raise CheckpointError(f"params of checkpoint {d!r} have wrong dtypes: " + ", ".join(
-        f"{p} is {g} want {w}" for p, g, w in bad[:20]))
+    raise CheckpointError(
+      f"params of checkpoint {d!r} have wrong dtypes: "
+      + ", ".join(f"{p} is {g} want {w}" for p, g, w in bad[:20])
+    )
   return jax.tree.map(lambda a, t: jax.numpy.asarray(a, t.dtype), params, template)
 
 

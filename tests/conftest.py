@@ -12,8 +12,8 @@ jax.config.update("jax_default_matmul_precision", "highest")
 
 from sam2pp_jax.parity.fixture import load_fixture, parity_dir  # noqa: E402
 
-REPO = pathlib.Path(__file__).resolve().parent.parent    # the repository root
-SHARED = REPO.parent / "shared"                          # ../shared beside the clone
+REPO = pathlib.Path(__file__).resolve().parent.parent  # the repository root
+SHARED = REPO.parent / "shared"  # ../shared beside the clone
 
 DEV_FIXTURES = {t: f"dev_small_seed0_{t}.npz" for t in ("mask", "box", "point")}
 
@@ -32,6 +32,7 @@ def get_fixture(task: str):
 def assert_close(name, got, ref, rel=2e-4):
   """The project's parity rule: max|got-ref| <= rel * max(1, max|ref|)."""
   import numpy as np
+
   got = np.asarray(got, np.float64)
   ref = np.asarray(ref, np.float64)
   assert got.shape == ref.shape, f"{name}: shape {got.shape} != reference {ref.shape}"
@@ -48,6 +49,7 @@ BF16_MEMORY = "maskmem_features_bf16"
 def e2e_rows(path: str, task: str):
   """Rows of one tracking path ("scan" | "predictor") vs a dev fixture's outputs/* (cached)."""
   from sam2pp_jax.parity.end_to_end import PATHS, path_rows
+
   if (path, task) not in _E2E_ROWS:
     fx = get_fixture(task)
     _E2E_ROWS[path, task] = path_rows(fx, PATHS[path](fx), path)

@@ -14,19 +14,25 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
-TIMEOUT_S = 300   # a smoke run takes seconds; this only stops a hang on a crowded machine
+TIMEOUT_S = 300  # a smoke run takes seconds; this only stops a hang on a crowded machine
 
 
 def _scripts():
-  return sorted(p.name for p in BENCH.glob("*.py")
-                if 'if __name__ == "__main__":' in p.read_text(encoding="utf-8"))
+  return sorted(
+    p.name
+    for p in BENCH.glob("*.py")
+    if 'if __name__ == "__main__":' in p.read_text(encoding="utf-8")
+  )
 
 
 def _env():
   """The caller's environment minus the fake-device flag conftest.py sets for this process."""
   env = dict(os.environ)
-  flags = [f for f in env.get("XLA_FLAGS", "").split()
-           if not f.startswith("--xla_force_host_platform_device_count")]
+  flags = [
+    f
+    for f in env.get("XLA_FLAGS", "").split()
+    if not f.startswith("--xla_force_host_platform_device_count")
+  ]
   env["XLA_FLAGS"] = " ".join(flags)
   env.setdefault("JAX_PLATFORMS", "cpu")
   return env
@@ -41,7 +47,13 @@ def test_smoke(script):
   path = BENCH / script
   if "--smoke" not in path.read_text(encoding="utf-8"):
     pytest.skip(f"bench/{script} has no --smoke mode yet")
-  r = subprocess.run([sys.executable, str(path), "--smoke"], cwd=ROOT, env=_env(),
-                     capture_output=True, text=True, timeout=TIMEOUT_S)
+  r = subprocess.run(
+    [sys.executable, str(path), "--smoke"],
+    cwd=ROOT,
+    env=_env(),
+    capture_output=True,
+    text=True,
+    timeout=TIMEOUT_S,
+  )
   out = (r.stdout + r.stderr)[-4000:]
   assert r.returncode == 0, f"bench/{script} --smoke exited {r.returncode}:\n{out}"

@@ -34,23 +34,37 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 PKG = "sam2pp_jax"
 
 LAYERS = {
-    "io": 0, "progress": 0,
-    "model": 1,
-    "tracking": 2, "convert": 2, "checkpoint": 2,
-    "data": 3, "train": 3, "eval": 3, "parity": 3,
-    "demo": 4, "app": 4, "engine": 4,
+  "io": 0,
+  "progress": 0,
+  "model": 1,
+  "tracking": 2,
+  "convert": 2,
+  "checkpoint": 2,
+  "data": 3,
+  "train": 3,
+  "eval": 3,
+  "parity": 3,
+  "demo": 4,
+  "app": 4,
+  "engine": 4,
 }
-LAYER_NAMES = {0: "io", 1: "model", 2: "tracking/convert/checkpoint",
-               3: "data/train/eval/parity", 4: "demo/app/engine"}
-FACADE = PKG                      # sam2pp_jax/__init__.py: may re-export from any layer
+LAYER_NAMES = {
+  0: "io",
+  1: "model",
+  2: "tracking/convert/checkpoint",
+  3: "data/train/eval/parity",
+  4: "demo/app/engine",
+}
+FACADE = PKG  # sam2pp_jax/__init__.py: may re-export from any layer
 FORBIDDEN_TOP = ("track", "train", "eval", "convert_torch_weights", "configs")
+
 
 @dataclass(frozen=True)
 class Edge:
-  src: str           # importing module (dotted)
-  dst: str           # imported module (dotted; top-level name for non-package imports)
+  src: str  # importing module (dotted)
+  dst: str  # imported module (dotted; top-level name for non-package imports)
   line: int
-  function: bool     # inside a def / lambda
+  function: bool  # inside a def / lambda
 
   def __str__(self):
     where = "function-level" if self.function else "module-level"
@@ -81,7 +95,7 @@ def _resolve(node: ast.ImportFrom, src: str, is_pkg: bool) -> str:
   if not node.level:
     return node.module or ""
   base = src.split(".") if is_pkg else src.split(".")[:-1]
-  base = base[:len(base) - (node.level - 1)]
+  base = base[: len(base) - (node.level - 1)]
   return ".".join(base + ([node.module] if node.module else []))
 
 
@@ -104,8 +118,9 @@ def imports_of(src: str, path: pathlib.Path, modules) -> list[Edge]:
           sub = f"{base}.{a.name}"
           edges.append(Edge(src, sub if sub in modules else base, child.lineno, in_function))
       visit(child, fn)
+
   visit(tree, False)
-  return list(dict.fromkeys(edges))              # `from m import a, b`: one edge
+  return list(dict.fromkeys(edges))  # `from m import a, b`: one edge
 
 
 def component(mod: str) -> str | None:
@@ -158,10 +173,12 @@ def violations(edges: list[Edge]) -> list[str]:
   for e in internal:
     s, d = component(e.src), component(e.dst)
     if e.function and e.src != FACADE:
-      bad.append(f"function-level import of a package module (import it at module level; "
-                 f"function-level imports are for optional third-party deps): {e}")
+      bad.append(
+        f"function-level import of a package module (import it at module level; "
+        f"function-level imports are for optional third-party deps): {e}"
+      )
     if s is None:
-      continue                                       # the facade may re-export anything
+      continue  # the facade may re-export anything
     if d is None:
       bad.append(f"imports the package facade `{PKG}` (import the defining module): {e}")
       continue
@@ -169,8 +186,10 @@ def violations(edges: list[Edge]) -> list[str]:
       if c not in LAYERS:
         bad.append(f"component {c!r} has no layer; add it to LAYERS in tests/test_layers.py: {e}")
     if s in LAYERS and d in LAYERS and LAYERS[d] > LAYERS[s]:
-      bad.append(f"upward import, layer {LAYERS[s]} ({LAYER_NAMES[LAYERS[s]]}) -> layer "
-                 f"{LAYERS[d]} ({LAYER_NAMES[LAYERS[d]]}): {e}")
+      bad.append(
+        f"upward import, layer {LAYERS[s]} ({LAYER_NAMES[LAYERS[s]]}) -> layer "
+        f"{LAYERS[d]} ({LAYER_NAMES[LAYERS[d]]}): {e}"
+      )
   mod_graph: dict[str, set] = {}
   comp_graph: dict[str, set] = {}
   for e in internal:
@@ -182,13 +201,16 @@ def violations(edges: list[Edge]) -> list[str]:
 
   def witnesses(cycle, key):
     inside = set(cycle)
-    return "; ".join(str(e) for e in internal
-                     if key(e.src) in inside and key(e.dst) in inside and key(e.src) != key(e.dst))
+    return "; ".join(
+      str(e)
+      for e in internal
+      if key(e.src) in inside and key(e.dst) in inside and key(e.src) != key(e.dst)
+    )
+
   for cyc in _cycles(mod_graph):
     bad.append(f"import cycle between modules {' <-> '.join(cyc)}: {witnesses(cyc, str)}")
   for cyc in _cycles(comp_graph):
-    bad.append(f"import cycle between components {' <-> '.join(cyc)}: "
-               f"{witnesses(cyc, component)}")
+    bad.append(f"import cycle between components {' <-> '.join(cyc)}: {witnesses(cyc, component)}")
   return bad
 
 
@@ -211,26 +233,41 @@ def _e(src, dst, function=False):
   return Edge(src, dst, 1, function)
 
 
-@pytest.mark.parametrize("edges, needle", [
-    ([_e("sam2pp_jax.tracking.point_readout", "sam2pp_jax.train.losses")],
-     "upward import, layer 2 (tracking/convert/checkpoint) -> layer 3 (data/train/eval/parity): "
-     "sam2pp_jax.tracking.point_readout -> sam2pp_jax.train.losses"),
+@pytest.mark.parametrize(
+  "edges, needle",
+  [
+    (
+      [_e("sam2pp_jax.tracking.point_readout", "sam2pp_jax.train.losses")],
+      "upward import, layer 2 (tracking/convert/checkpoint) -> layer 3 (data/train/eval/parity): "
+      "sam2pp_jax.tracking.point_readout -> sam2pp_jax.train.losses",
+    ),
     ([_e("sam2pp_jax.model.sam2pp", "sam2pp_jax.io.frames")], None),
-    ([_e("sam2pp_jax.checkpoint", "sam2pp_jax.convert.key_map"),
-      _e("sam2pp_jax.convert.convert", "sam2pp_jax.checkpoint")],
-     "import cycle between components checkpoint <-> convert"),
-    ([_e("sam2pp_jax.train.a", "sam2pp_jax.train.b"),
-      _e("sam2pp_jax.train.b", "sam2pp_jax.train.a")],
-     "import cycle between modules sam2pp_jax.train.a <-> sam2pp_jax.train.b"),
+    (
+      [
+        _e("sam2pp_jax.checkpoint", "sam2pp_jax.convert.key_map"),
+        _e("sam2pp_jax.convert.convert", "sam2pp_jax.checkpoint"),
+      ],
+      "import cycle between components checkpoint <-> convert",
+    ),
+    (
+      [
+        _e("sam2pp_jax.train.a", "sam2pp_jax.train.b"),
+        _e("sam2pp_jax.train.b", "sam2pp_jax.train.a"),
+      ],
+      "import cycle between modules sam2pp_jax.train.a <-> sam2pp_jax.train.b",
+    ),
     ([_e("sam2pp_jax.demo", "track")], "imports top-level `track`"),
     ([_e("sam2pp_jax.demo", "configs.train")], "imports top-level `configs`"),
-    ([_e("sam2pp_jax.eval.runner", "sam2pp_jax.checkpoint", function=True)],
-     "function-level import of a package module"),
+    (
+      [_e("sam2pp_jax.eval.runner", "sam2pp_jax.checkpoint", function=True)],
+      "function-level import of a package module",
+    ),
     ([_e("sam2pp_jax.train.tb_writer", "tensorboardX", function=True)], None),
     ([_e(PKG, "sam2pp_jax.checkpoint", function=True)], None),
     ([_e("sam2pp_jax.wizard", "sam2pp_jax.model.sam2pp")], "component 'wizard' has no layer"),
     ([_e("sam2pp_jax.eval.runner", PKG)], "imports the package facade"),
-])
+  ],
+)
 def test_checker_flags_each_rule(edges, needle):
   bad = violations(edges)
   if needle is None:
@@ -241,9 +278,14 @@ def test_checker_flags_each_rule(edges, needle):
 
 def test_resolution_of_relative_and_from_imports(tmp_path):
   src = tmp_path / "m.py"
-  src.write_text("from . import synthetic\nfrom ..model import sam2pp\n"
-                 "def f():\n  from sam2pp_jax.data.formats import open_dataset\n")
+  src.write_text(
+    "from . import synthetic\nfrom ..model import sam2pp\n"
+    "def f():\n  from sam2pp_jax.data.formats import open_dataset\n"
+  )
   mods = {"sam2pp_jax.data.synthetic", "sam2pp_jax.model.sam2pp", "sam2pp_jax.data.formats"}
   got = [(e.dst, e.function) for e in imports_of("sam2pp_jax.data.m", src, mods)]
-  assert got == [("sam2pp_jax.data.synthetic", False), ("sam2pp_jax.model.sam2pp", False),
-                 ("sam2pp_jax.data.formats", True)]
+  assert got == [
+    ("sam2pp_jax.data.synthetic", False),
+    ("sam2pp_jax.model.sam2pp", False),
+    ("sam2pp_jax.data.formats", True),
+  ]

@@ -30,41 +30,52 @@ class Transform:
 
 IDENTITY = Transform("identity", lambda a: a, lambda a: a)
 LINEAR = Transform("linear OI->IO", lambda a: a.T, lambda a: a.T)
-CONV = Transform("conv OIHW->HWIO", lambda a: a.transpose(2, 3, 1, 0),
-                 lambda a: a.transpose(3, 2, 0, 1))
-CONV_T = Transform("conv-transpose IOHW->HWIO", lambda a: a.transpose(2, 3, 0, 1),
-                   lambda a: a.transpose(2, 3, 0, 1))
-NCHW = Transform("map NCHW->NHWC", lambda a: a.transpose(0, 2, 3, 1),
-                 lambda a: a.transpose(0, 3, 1, 2))
+CONV = Transform(
+  "conv OIHW->HWIO", lambda a: a.transpose(2, 3, 1, 0), lambda a: a.transpose(3, 2, 0, 1)
+)
+CONV_T = Transform(
+  "conv-transpose IOHW->HWIO", lambda a: a.transpose(2, 3, 0, 1), lambda a: a.transpose(2, 3, 0, 1)
+)
+NCHW = Transform(
+  "map NCHW->NHWC", lambda a: a.transpose(0, 2, 3, 1), lambda a: a.transpose(0, 3, 1, 2)
+)
 
 # (regex on the full torch key, required ndim or None, flax leaf name or None=keep, transform)
 RULES: list[tuple[str, int | None, str | None, Transform]] = [
-    # nn.Embedding tables keep their [num, dim] layout.
-    (r"(point_embeddings\.\d+|not_a_point_embed|no_mask_embed|iou_token|mask_tokens|"
-     r"obj_score_token)\.weight$", 2, "embedding", IDENTITY),
-    # Transposed convs of the per-task output upscaling (Sequential slots 0 and 3).
-    (r"output_upscaling_\w+\.[03]\.weight$", 4, "kernel", CONV_T),
-    # Frozen batch-norm statistics and layer scale: same name, same layout.
-    (r"\.running_(mean|var)$", 1, None, IDENTITY),
-    (r"\.gamma$", 1, "gamma", IDENTITY),
-    # Hiera absolute position embeddings are image-like maps.
-    (r"\.pos_embed(_window)?$", 4, None, NCHW),
-    # Top-level free tensors of the video model.
-    (r"^(maskmem_tpos_enc|no_mem_embed|no_mem_pos_enc|no_obj_ptr|no_obj_embed_spatial)$",
-     None, None, IDENTITY),
-    (r"positional_encoding_gaussian_matrix$", 2, None, IDENTITY),
-    # Generic layers.
-    (r"\.weight$", 4, "kernel", CONV),
-    (r"\.weight$", 2, "kernel", LINEAR),
-    (r"\.weight$", 1, "scale", IDENTITY),   # LayerNorm / LayerNorm2d / FrozenBatchNorm
-    (r"\.bias$", 1, "bias", IDENTITY),
+  # nn.Embedding tables keep their [num, dim] layout.
+  (
+    r"(point_embeddings\.\d+|not_a_point_embed|no_mask_embed|iou_token|mask_tokens|"
+    r"obj_score_token)\.weight$",
+    2,
+    "embedding",
+    IDENTITY,
+  ),
+  # Transposed convs of the per-task output upscaling (Sequential slots 0 and 3).
+  (r"output_upscaling_\w+\.[03]\.weight$", 4, "kernel", CONV_T),
+  # Frozen batch-norm statistics and layer scale: same name, same layout.
+  (r"\.running_(mean|var)$", 1, None, IDENTITY),
+  (r"\.gamma$", 1, "gamma", IDENTITY),
+  # Hiera absolute position embeddings are image-like maps.
+  (r"\.pos_embed(_window)?$", 4, None, NCHW),
+  # Top-level free tensors of the video model.
+  (
+    r"^(maskmem_tpos_enc|no_mem_embed|no_mem_pos_enc|no_obj_ptr|no_obj_embed_spatial)$",
+    None,
+    None,
+    IDENTITY,
+  ),
+  (r"positional_encoding_gaussian_matrix$", 2, None, IDENTITY),
+  # Generic layers.
+  (r"\.weight$", 4, "kernel", CONV),
+  (r"\.weight$", 2, "kernel", LINEAR),
+  (r"\.weight$", 1, "scale", IDENTITY),  # LayerNorm / LayerNorm2d / FrozenBatchNorm
+  (r"\.bias$", 1, "bias", IDENTITY),
 ]
 _COMPILED = [(re.compile(p), nd, leaf, tf) for p, nd, leaf, tf in RULES]
 
 
 class KeyMapError(ParamTreeError):
   """A state dict does not match the Flax parameter tree (names the offending keys)."""
-
 
 
 def _module_path(parts: list[str]) -> list[str]:
@@ -86,8 +97,10 @@ def rule_for(key: str, ndim: int) -> tuple[tuple[str, ...], Transform]:
       parts = key.split(".")
       mod = _module_path(parts[:-1])
       return tuple(mod + [leaf or parts[-1]]), tf
-  raise KeyMapError(f"no key-map rule for reference key {key!r} (rank {ndim}); "
-                    "add one to sam2pp_jax.convert.key_map.RULES")
+  raise KeyMapError(
+    f"no key-map rule for reference key {key!r} (rank {ndim}); "
+    "add one to sam2pp_jax.convert.key_map.RULES"
+  )
 
 
 def _set(tree: dict, path: tuple[str, ...], value) -> None:
@@ -114,8 +127,9 @@ def torch_to_flax(state_dict: Mapping[str, np.ndarray], template: Mapping | None
     _set(tree, path, tf.to_flax(arr))
   if template is not None:
     try:
-      check_against_template(tree, template, origin=dict(
-          (rule_for(k, np.ndim(v))[0], k) for k, v in state_dict.items()))
+      check_against_template(
+        tree, template, origin=dict((rule_for(k, np.ndim(v))[0], k) for k, v in state_dict.items())
+      )
     except ParamTreeError as e:
       raise KeyMapError(str(e)) from None
   return tree
@@ -147,8 +161,9 @@ def flax_to_torch(params: Mapping, reference_keys: Mapping[str, tuple] | list[st
     out[key] = arr
   left = sorted(set(flat) - used)
   if left:
-    raise KeyMapError(f"{len(left)} Flax params not exported: "
-                      + ", ".join("/".join(p) for p in left[:20]))
+    raise KeyMapError(
+      f"{len(left)} Flax params not exported: " + ", ".join("/".join(p) for p in left[:20])
+    )
   return out
 
 
@@ -187,9 +202,12 @@ def reference_keys(params: Mapping) -> dict[str, tuple]:
     shape = tuple(np.shape(leaf))
     fpath, tf = rule_for(key, len(shape))
     if fpath != path:
-      raise KeyMapError(f"Flax param {'/'.join(path)} has no reference name (inverse gives "
-                        f"{key!r} -> {'/'.join(fpath)})")
-    probe = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), shape=shape,
-                                            strides=(0,) * len(shape))
+      raise KeyMapError(
+        f"Flax param {'/'.join(path)} has no reference name (inverse gives "
+        f"{key!r} -> {'/'.join(fpath)})"
+      )
+    probe = np.lib.stride_tricks.as_strided(
+      np.zeros(1, np.float32), shape=shape, strides=(0,) * len(shape)
+    )
     out[key] = tuple(tf.to_torch(probe).shape)
   return out

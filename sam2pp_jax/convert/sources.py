@@ -19,6 +19,7 @@ from typing import Mapping
 import numpy as np
 
 from sam2pp_jax.model.presets import TASKS
+
 _PER_TASK_DECODER = ("output_hypernetworks_mlps", "output_upscaling", "conv_s0", "conv_s1")
 
 # (trunk embed_dim, number of trunk blocks) -> preset
@@ -38,16 +39,21 @@ def detect_source(keys) -> str:
   if has("sam_mask_decoder.") and has("memory_attention."):
     return "sam2"
   raise SourceError(
-      "the keys look like neither SAM2-Plus (sam_unified_decoder.*, memory_attention_{task}.*) "
-      "nor SAM 2 / 2.1 (sam_mask_decoder.*, memory_attention.*); first keys: "
-      + ", ".join(keys[:5]))
+    "the keys look like neither SAM2-Plus (sam_unified_decoder.*, memory_attention_{task}.*) "
+    "nor SAM 2 / 2.1 (sam_mask_decoder.*, memory_attention.*); first keys: " + ", ".join(keys[:5])
+  )
 
 
 def trunk_signature(sd: Mapping[str, np.ndarray]) -> tuple[int, int]:
   w = sd.get("image_encoder.trunk.patch_embed.proj.weight")
   if w is None:
     raise SourceError("no image_encoder.trunk.patch_embed.proj.weight: not a Hiera SAM 2 model")
-  blocks = {int(m.group(1)) for k in sd for m in [re.match(r"image_encoder\.trunk\.blocks\.(\d+)\.", k)] if m}
+  blocks = {
+    int(m.group(1))
+    for k in sd
+    for m in [re.match(r"image_encoder\.trunk\.blocks\.(\d+)\.", k)]
+    if m
+  }
   return int(np.shape(w)[0]), len(blocks)
 
 
@@ -55,8 +61,10 @@ def detect_preset(sd: Mapping[str, np.ndarray]) -> str:
   """The model-size preset a state dict's trunk matches (t, s, b+ or l)."""
   sig = trunk_signature(sd)
   if sig not in _TRUNK_SIGNATURES:
-    raise SourceError(f"unrecognised Hiera trunk (embed_dim {sig[0]}, {sig[1]} blocks); known: "
-                      + ", ".join(f"{p} = {e}/{n}" for (e, n), p in _TRUNK_SIGNATURES.items()))
+    raise SourceError(
+      f"unrecognised Hiera trunk (embed_dim {sig[0]}, {sig[1]} blocks); known: "
+      + ", ".join(f"{p} = {e}/{n}" for (e, n), p in _TRUNK_SIGNATURES.items())
+    )
   return _TRUNK_SIGNATURES[sig]
 
 
@@ -67,14 +75,14 @@ def sam2_to_sam2pp(sd: Mapping[str, np.ndarray]) -> "collections.OrderedDict[str
     mod = k.split(".", 1)[0]
     if mod in ("memory_attention", "memory_encoder"):
       for t in TASKS:
-        out[f"{mod}_{t}{k[len(mod):]}"] = v
+        out[f"{mod}_{t}{k[len(mod) :]}"] = v
       continue
     if k.startswith("sam_mask_decoder."):
-      rest = k[len("sam_mask_decoder."):]
+      rest = k[len("sam_mask_decoder.") :]
       head = next((h for h in _PER_TASK_DECODER if rest.startswith(h + ".")), None)
       if head is not None:
         for t in TASKS:
-          out[f"sam_unified_decoder.{head}_{t}{rest[len(head):]}"] = v
+          out[f"sam_unified_decoder.{head}_{t}{rest[len(head) :]}"] = v
       else:
         out["sam_unified_decoder." + rest] = v
       continue
@@ -91,8 +99,7 @@ def fresh_tensor(key: str, shape, seed: int, target_shapes: Mapping[str, tuple])
   shape = tuple(int(s) for s in shape)
   rng = np.random.default_rng(zlib.crc32(f"{seed}/{key}".encode()))
   prefix, leaf = key.rsplit(".", 1) if "." in key else ("", key)
-  is_norm = f"{prefix}.running_var" in target_shapes or (
-      leaf == "weight" and len(shape) == 1)
+  is_norm = f"{prefix}.running_var" in target_shapes or (leaf == "weight" and len(shape) == 1)
   if leaf == "running_mean" or (is_norm and leaf == "bias"):
     return np.zeros(shape, np.float32)
   if leaf == "running_var" or (is_norm and leaf == "weight"):

@@ -29,10 +29,16 @@ class UnsafeCheckpointError(CheckpointReadError):
 
 
 _STORAGE_DTYPES = {
-    "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
-    "BFloat16Storage": ml_dtypes.bfloat16, "LongStorage": np.int64, "IntStorage": np.int32,
-    "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8,
-    "BoolStorage": np.bool_,
+  "FloatStorage": np.float32,
+  "DoubleStorage": np.float64,
+  "HalfStorage": np.float16,
+  "BFloat16Storage": ml_dtypes.bfloat16,
+  "LongStorage": np.int64,
+  "IntStorage": np.int32,
+  "ShortStorage": np.int16,
+  "CharStorage": np.int8,
+  "ByteStorage": np.uint8,
+  "BoolStorage": np.bool_,
 }
 
 
@@ -65,10 +71,10 @@ def _ordered_dict(*args):
 
 
 _ALLOWED = {
-    ("collections", "OrderedDict"): _ordered_dict,
-    ("torch._utils", "_rebuild_tensor_v2"): _TensorRebuild,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    **{("torch", name): _StorageType(dt) for name, dt in _STORAGE_DTYPES.items()},
+  ("collections", "OrderedDict"): _ordered_dict,
+  ("torch._utils", "_rebuild_tensor_v2"): _TensorRebuild,
+  ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+  **{("torch", name): _StorageType(dt) for name, dt in _STORAGE_DTYPES.items()},
 }
 
 
@@ -82,14 +88,19 @@ class _RestrictedUnpickler(pickle.Unpickler):
       return _ALLOWED[(module, name)]
     except KeyError:
       raise UnsafeCheckpointError(
-          f"{self.source}: refusing to load: the pickle references the global "
-          f"'{module}.{name}', which a tensor state dict never needs; nothing was executed. "
-          "Only load checkpoints from sources you trust, and re-save plain state dicts with "
-          "torch.save({'model': state_dict}).") from None
+        f"{self.source}: refusing to load: the pickle references the global "
+        f"'{module}.{name}', which a tensor state dict never needs; nothing was executed. "
+        "Only load checkpoints from sources you trust, and re-save plain state dicts with "
+        "torch.save({'model': state_dict})."
+      ) from None
 
   def persistent_load(self, pid):
-    if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
-            and isinstance(pid[1], _StorageType)):
+    if not (
+      isinstance(pid, tuple)
+      and len(pid) == 5
+      and pid[0] == "storage"
+      and isinstance(pid[1], _StorageType)
+    ):
       raise CheckpointReadError(f"{self.source}: unsupported storage record {pid!r:.80}")
     _, st, key, _location, numel = pid
     return _StorageRef(str(key), st.dtype, int(numel))
@@ -106,11 +117,13 @@ def _materialise(obj, storages):
       raise CheckpointReadError(f"tensor view exceeds its storage {obj.storage.key}")
     n = int(np.prod(obj.size))
     contiguous = tuple(obj.stride) == tuple(
-        int(np.prod(obj.size[i + 1:])) for i in range(len(obj.size)))
-    if contiguous:   # the common case: a zero-copy view of the file's bytes
-      return buf[obj.offset:obj.offset + n].reshape(obj.size)
+      int(np.prod(obj.size[i + 1 :])) for i in range(len(obj.size))
+    )
+    if contiguous:  # the common case: a zero-copy view of the file's bytes
+      return buf[obj.offset : obj.offset + n].reshape(obj.size)
     view = np.lib.stride_tricks.as_strided(
-        buf[obj.offset:], shape=obj.size, strides=[s * itemsize for s in obj.stride])
+      buf[obj.offset :], shape=obj.size, strides=[s * itemsize for s in obj.stride]
+    )
     return np.ascontiguousarray(view)
   if isinstance(obj, dict):
     return type(obj)((k, _materialise(v, storages)) for k, v in obj.items())
@@ -127,8 +140,9 @@ def read_torch_checkpoint(path) -> Any:
     raise CheckpointReadError(f"{src}: no such file")
   if not zipfile.is_zipfile(path):
     raise CheckpointReadError(
-        f"{src}: not a PyTorch zip checkpoint (a truncated download, or the legacy non-zip "
-        "format from torch < 1.6). Re-save it with torch.save(obj, path) from torch >= 1.6.")
+      f"{src}: not a PyTorch zip checkpoint (a truncated download, or the legacy non-zip "
+      "format from torch < 1.6). Re-save it with torch.save(obj, path) from torch >= 1.6."
+    )
   try:
     with zipfile.ZipFile(path) as z:
       names = z.namelist()
@@ -136,10 +150,13 @@ def read_torch_checkpoint(path) -> Any:
       if len(pkl) != 1:
         raise CheckpointReadError(f"{src}: zip has no single data.pkl; not a torch checkpoint")
       root = pkl[0][: -len("data.pkl")]
-      order = z.read(root + "byteorder").decode().strip() if root + "byteorder" in names else "little"
+      order = (
+        z.read(root + "byteorder").decode().strip() if root + "byteorder" in names else "little"
+      )
       if order != "little":
         raise CheckpointReadError(f"{src}: big-endian checkpoints are not supported")
       import io
+
       unp = _RestrictedUnpickler(io.BytesIO(z.read(pkl[0])), src)
       obj = unp.load()
       refs: dict[str, _StorageRef] = {}
@@ -153,8 +170,9 @@ def read_torch_checkpoint(path) -> Any:
         storages[key] = arr
       return _materialise(obj, storages)
   except (zipfile.BadZipFile, EOFError, KeyError, pickle.UnpicklingError, OSError) as e:
-    raise CheckpointReadError(f"{src}: corrupt or truncated checkpoint ({type(e).__name__}: "
-                              f"{e}); download or save it again") from None
+    raise CheckpointReadError(
+      f"{src}: corrupt or truncated checkpoint ({type(e).__name__}: {e}); download or save it again"
+    ) from None
 
 
 def _collect_refs(obj, refs):
@@ -170,15 +188,20 @@ def _collect_refs(obj, refs):
       _collect_refs(v, refs)
 
 
-def extract_state_dict(obj, source: str = "checkpoint") -> "collections.OrderedDict[str, np.ndarray]":
+def extract_state_dict(
+  obj, source: str = "checkpoint"
+) -> "collections.OrderedDict[str, np.ndarray]":
   """`{"model": state_dict}` or a bare state dict -> {key: array}; anything else is an error."""
   if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
     obj = obj["model"]
   if not isinstance(obj, dict) or not obj:
-    raise CheckpointReadError(f"{source}: expected a state dict or {{'model': state_dict}}, got "
-                              f"{type(obj).__name__}")
+    raise CheckpointReadError(
+      f"{source}: expected a state dict or {{'model': state_dict}}, got {type(obj).__name__}"
+    )
   bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, np.ndarray)]
   if bad:
-    raise CheckpointReadError(f"{source}: not a tensor state dict (entries {bad[:5]} are not "
-                              "tensors); expected a state dict or {'model': state_dict}")
+    raise CheckpointReadError(
+      f"{source}: not a tensor state dict (entries {bad[:5]} are not "
+      "tensors); expected a state dict or {'model': state_dict}"
+    )
   return collections.OrderedDict(obj)

@@ -56,48 +56,76 @@ from sam2pp_jax.tracking.prompts import mask_to_box
 MAX_OBJECTS = 8
 NOT_SIMILAR, SIMILAR, SAME = 0, 1, 2
 
-_N_VERT = 96                       # outline vertices
+_N_VERT = 96  # outline vertices
 _PHI = np.linspace(0.0, 2 * np.pi, _N_VERT, endpoint=False)
 _DIRS = np.stack([np.cos(_PHI), np.sin(_PHI)], -1)
-_TEX = 96                          # texture side in texels
-_TEX_HALF = 1.25                   # undeformed object units covered by half a texture side
-_POINT_DEPTH = 0.7                 # keypoints lie within this fraction of the outline radius
+_TEX = 96  # texture side in texels
+_TEX_HALF = 1.25  # undeformed object units covered by half a texture side
+_POINT_DEPTH = 0.7  # keypoints lie within this fraction of the outline radius
 _MAX_ATTEMPTS = 200
-_SHIFT = 4                         # fillPoly sub-pixel bits
+_SHIFT = 4  # fillPoly sub-pixel bits
 
 
 @dataclasses.dataclass(frozen=True)
 class Difficulty:
   """Knobs of a difficulty level. Speeds, lengths and noise are for a 128-px frame (scaled by min(H, W)/128)."""
-  p_occluder: float = 0.35          # a foreground bar sweeps over object 1
-  p_full_occlusion: float = 0.6     # given a bar: it hides object 1 completely for 1-4 frames
-  p_cross: float = 0.35             # per other object: its straight path crosses object 1
-  p_same: float = 0.3               # per other object: same colours and texture as object 1
-  p_similar: float = 0.35           # per other object: object 1's pattern with shifted colours
-  p_exit: float = 0.15              # per object: leaves the frame completely, then comes back
-  speed: Tuple[float, float] = (1.0, 4.0)   # random-walk speed range, px/frame
-  accel: float = 0.5                # std of the per-frame velocity change, px/frame^2
-  scale_amp: float = 0.25           # amplitude of the log-scale change
-  deform_amp: float = 0.12          # amplitude of the radial warp and of the stretch
-  rotation: float = 4.0             # max rotation speed, degrees/frame
-  pan: float = 1.0                  # background pan speed, px/frame
-  illumination: float = 0.08        # relative amplitude of global and per-object brightness change
-  noise: float = 3.0                # std of the (uniform) sensor noise, grey levels
+
+  p_occluder: float = 0.35  # a foreground bar sweeps over object 1
+  p_full_occlusion: float = 0.6  # given a bar: it hides object 1 completely for 1-4 frames
+  p_cross: float = 0.35  # per other object: its straight path crosses object 1
+  p_same: float = 0.3  # per other object: same colours and texture as object 1
+  p_similar: float = 0.35  # per other object: object 1's pattern with shifted colours
+  p_exit: float = 0.15  # per object: leaves the frame completely, then comes back
+  speed: Tuple[float, float] = (1.0, 4.0)  # random-walk speed range, px/frame
+  accel: float = 0.5  # std of the per-frame velocity change, px/frame^2
+  scale_amp: float = 0.25  # amplitude of the log-scale change
+  deform_amp: float = 0.12  # amplitude of the radial warp and of the stretch
+  rotation: float = 4.0  # max rotation speed, degrees/frame
+  pan: float = 1.0  # background pan speed, px/frame
+  illumination: float = 0.08  # relative amplitude of global and per-object brightness change
+  noise: float = 3.0  # std of the (uniform) sensor noise, grey levels
 
 
 DIFFICULTIES = {
-    "easy": Difficulty(p_occluder=0.15, p_full_occlusion=0.5, p_cross=0.2, p_same=0.15, p_similar=0.3,
-                       p_exit=0.05, speed=(0.5, 2.5), accel=0.3, scale_amp=0.15, deform_amp=0.06,
-                       rotation=2.0, pan=0.0, illumination=0.04, noise=2.0),
-    "normal": Difficulty(),
-    "hard": Difficulty(p_occluder=0.6, p_full_occlusion=0.7, p_cross=0.5, p_same=0.5, p_similar=0.3,
-                       p_exit=0.3, speed=(2.0, 6.0), accel=0.8, scale_amp=0.35, deform_amp=0.2,
-                       rotation=6.0, pan=2.0, illumination=0.12, noise=5.0),
+  "easy": Difficulty(
+    p_occluder=0.15,
+    p_full_occlusion=0.5,
+    p_cross=0.2,
+    p_same=0.15,
+    p_similar=0.3,
+    p_exit=0.05,
+    speed=(0.5, 2.5),
+    accel=0.3,
+    scale_amp=0.15,
+    deform_amp=0.06,
+    rotation=2.0,
+    pan=0.0,
+    illumination=0.04,
+    noise=2.0,
+  ),
+  "normal": Difficulty(),
+  "hard": Difficulty(
+    p_occluder=0.6,
+    p_full_occlusion=0.7,
+    p_cross=0.5,
+    p_same=0.5,
+    p_similar=0.3,
+    p_exit=0.3,
+    speed=(2.0, 6.0),
+    accel=0.8,
+    scale_amp=0.35,
+    deform_amp=0.2,
+    rotation=6.0,
+    pan=2.0,
+    illumination=0.12,
+    noise=5.0,
+  ),
 }
 
 
 # ---------------------------------------------------------------------------------------------------
 # argument checks
+
 
 def _check_int(name: str, value, minimum: int) -> int:
   if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
@@ -115,24 +143,32 @@ def _object_range(num_objects) -> Tuple[int, int]:
   else:
     lo = hi = _check_int("num_objects", num_objects, 1)
   if lo > hi or hi > MAX_OBJECTS:
-    raise ValueError(f"num_objects must satisfy 1 <= min <= max <= {MAX_OBJECTS}, got {num_objects!r}")
+    raise ValueError(
+      f"num_objects must satisfy 1 <= min <= max <= {MAX_OBJECTS}, got {num_objects!r}"
+    )
   return lo, hi
 
 
 def _difficulty(difficulty: Union[str, Difficulty]) -> Difficulty:
   if isinstance(difficulty, str):
     if difficulty not in DIFFICULTIES:
-      raise ValueError(f"difficulty must be one of {sorted(DIFFICULTIES)} or a Difficulty, got {difficulty!r}")
+      raise ValueError(
+        f"difficulty must be one of {sorted(DIFFICULTIES)} or a Difficulty, got {difficulty!r}"
+      )
     return DIFFICULTIES[difficulty]
   if not isinstance(difficulty, Difficulty):
-    raise ValueError(f"difficulty must be a preset name or a Difficulty, got {type(difficulty).__name__}")
+    raise ValueError(
+      f"difficulty must be a preset name or a Difficulty, got {type(difficulty).__name__}"
+    )
   for f in dataclasses.fields(Difficulty):
     v = getattr(difficulty, f.name)
     if f.name.startswith("p_") and not 0.0 <= v <= 1.0:
       raise ValueError(f"Difficulty.{f.name} is a probability in [0, 1], got {v}")
   lo, hi = difficulty.speed
   if not 0.0 <= lo <= hi:
-    raise ValueError(f"Difficulty.speed must be (min, max) with 0 <= min <= max, got {difficulty.speed}")
+    raise ValueError(
+      f"Difficulty.speed must be (min, max) with 0 <= min <= max, got {difficulty.speed}"
+    )
   for name in ("accel", "scale_amp", "deform_amp", "rotation", "pan", "illumination", "noise"):
     if getattr(difficulty, name) < 0:
       raise ValueError(f"Difficulty.{name} must be >= 0, got {getattr(difficulty, name)}")
@@ -143,6 +179,7 @@ def _difficulty(difficulty: Union[str, Difficulty]) -> Difficulty:
 
 # ---------------------------------------------------------------------------------------------------
 # background
+
 
 def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int) -> np.ndarray:
   small = rng.random((cells, cells)).astype(np.float32)
@@ -169,7 +206,9 @@ def _bg_field(rng: np.random.Generator, kind: int, h: int, w: int) -> np.ndarray
   return cv2.GaussianBlur(img, (0, 0), rng.uniform(0.5, 3.0))
 
 
-def _background(rng: np.random.Generator, h: int, w: int, t: int, pan: float) -> Tuple[np.ndarray, np.ndarray]:
+def _background(
+  rng: np.random.Generator, h: int, w: int, t: int, pan: float
+) -> Tuple[np.ndarray, np.ndarray]:
   """A float32 canvas and the [T,2] offsets of the (panning) view into it."""
   pad = int(min(math.ceil(pan * t * 0.5), max(h, w) // 2))
   ch, cw = h + 2 * pad, w + 2 * pad
@@ -204,7 +243,7 @@ _TEXTURE_KINDS = ("solid", "stripes", "checker", "spots", "gradient")
 @dataclasses.dataclass(frozen=True)
 class _Look:
   kind: str
-  colors: np.ndarray          # [2,3] float
+  colors: np.ndarray  # [2,3] float
   pattern_seed: int
 
 
@@ -223,8 +262,11 @@ def _color_far_from(rng: np.random.Generator, ref: np.ndarray, dist: float) -> n
 def _new_look(rng: np.random.Generator, avoid: np.ndarray) -> _Look:
   c0 = _color_far_from(rng, avoid, 90.0)
   c1 = _color_far_from(rng, c0[None], 70.0)
-  return _Look(_TEXTURE_KINDS[int(rng.integers(len(_TEXTURE_KINDS)))], np.stack([c0, c1]),
-               int(rng.integers(2 ** 31)))
+  return _Look(
+    _TEXTURE_KINDS[int(rng.integers(len(_TEXTURE_KINDS)))],
+    np.stack([c0, c1]),
+    int(rng.integers(2**31)),
+  )
 
 
 def _similar_look(rng: np.random.Generator, look: _Look) -> _Look:
@@ -264,6 +306,7 @@ def _texture(look: _Look) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------
 # shapes and their motion
 
+
 def _profile(rng: np.random.Generator) -> Callable[[np.ndarray], np.ndarray]:
   """A star-shaped outline r(phi) <= 1 (touching 1): ellipse, polygon, star or blob."""
   kind = int(rng.integers(4))
@@ -279,12 +322,15 @@ def _profile(rng: np.random.Generator) -> Callable[[np.ndarray], np.ndarray]:
     return lambda p: inner + (1 - inner) * np.abs(2 * np.mod((p - phi0) * n / (2 * np.pi), 1.0) - 1)
   amps = rng.uniform(0, 0.15, 3)
   phases = rng.uniform(0, 2 * np.pi, 3)
-  return lambda p: (1 + sum(amps[j] * np.sin((j + 2) * p + phases[j]) for j in range(3))) / (1 + amps.sum())
+  return lambda p: (
+    (1 + sum(amps[j] * np.sin((j + 2) * p + phases[j]) for j in range(3))) / (1 + amps.sum())
+  )
 
 
 @dataclasses.dataclass
 class _Warp:
   """Non-rigid radial warp m(t, phi) = 1 + sum_j a_j sin(k_j phi + w_j t + psi_j)."""
+
   k: np.ndarray
   a: np.ndarray
   w: np.ndarray
@@ -302,20 +348,28 @@ class _Warp:
 
 def _new_warp(rng: np.random.Generator, amp: float) -> _Warp:
   w = 2 * np.pi / rng.uniform(8, 30, 2) * rng.choice([-1.0, 1.0], 2)
-  return _Warp(rng.integers(2, 6, 2).astype(float), rng.uniform(0.3, 1.0, 2) * amp / 2, w,
-               rng.uniform(0, 2 * np.pi, 2))
+  return _Warp(
+    rng.integers(2, 6, 2).astype(float),
+    rng.uniform(0.3, 1.0, 2) * amp / 2,
+    w,
+    rng.uniform(0, 2 * np.pi, 2),
+  )
 
 
-def _motion_affines(rng: np.random.Generator, t: int, d: Difficulty) -> Tuple[np.ndarray, np.ndarray]:
+def _motion_affines(
+  rng: np.random.Generator, t: int, d: Difficulty
+) -> Tuple[np.ndarray, np.ndarray]:
   """[T,2,2] rotation @ area-preserving stretch, and the [T] log-scale change (0 at frame 0)."""
   ts = np.arange(t, dtype=float)
   psi = rng.uniform(0, 2 * np.pi)
   period = rng.uniform(12, 40)
-  g = (rng.uniform(0.3, 1.0) * d.scale_amp * (np.sin(2 * np.pi * ts / period + psi) - np.sin(psi))
-       + rng.uniform(-1, 1) * d.scale_amp * ts / max(t - 1, 1))
+  g = rng.uniform(0.3, 1.0) * d.scale_amp * (
+    np.sin(2 * np.pi * ts / period + psi) - np.sin(psi)
+  ) + rng.uniform(-1, 1) * d.scale_amp * ts / max(t - 1, 1)
   theta = rng.uniform(0, 2 * np.pi) + np.deg2rad(rng.uniform(-1, 1) * d.rotation) * ts
   eps = rng.uniform(-0.2, 0.2) + rng.uniform(0, 1) * d.deform_amp * np.sin(
-      2 * np.pi * ts / rng.uniform(10, 30) + rng.uniform(0, 2 * np.pi))
+    2 * np.pi * ts / rng.uniform(10, 30) + rng.uniform(0, 2 * np.pi)
+  )
   c, sn = np.cos(theta), np.sin(theta)
   rot = np.stack([np.stack([c, -sn], -1), np.stack([sn, c], -1)], -2)
   stretch = np.zeros((t, 2, 2))
@@ -327,12 +381,12 @@ def _motion_affines(rng: np.random.Generator, t: int, d: Difficulty) -> Tuple[np
 class _Object:
   profile: Callable[[np.ndarray], np.ndarray]
   warp: _Warp
-  affine: np.ndarray            # [T,2,2]
-  rel: np.ndarray               # [T,N,2] outline relative to the centre
-  extent: np.ndarray            # [T] max outline radius, px
+  affine: np.ndarray  # [T,2,2]
+  rel: np.ndarray  # [T,N,2] outline relative to the centre
+  extent: np.ndarray  # [T] max outline radius, px
   look: _Look
   relation: int
-  center: Optional[np.ndarray] = None   # [T,2]
+  center: Optional[np.ndarray] = None  # [T,2]
 
 
 def _polygon_area(v: np.ndarray) -> float:
@@ -346,21 +400,35 @@ def _outline(profile, warp: _Warp, affine: np.ndarray) -> np.ndarray:
   return np.einsum("tij,tnj->tni", affine, r[..., None] * _DIRS)
 
 
-def _new_object(rng, t: int, hw: Tuple[int, int], area_frac: float, look: _Look, relation: int,
-                d: Difficulty, profile=None) -> _Object:
+def _new_object(
+  rng,
+  t: int,
+  hw: Tuple[int, int],
+  area_frac: float,
+  look: _Look,
+  relation: int,
+  d: Difficulty,
+  profile=None,
+) -> _Object:
   """Shape, warp and affines, scaled so the frame-0 outline covers area_frac of the image."""
   profile = profile if profile is not None else _profile(rng)
   warp = _new_warp(rng, d.deform_amp)
   rot_stretch, g = _motion_affines(rng, t, d)
   rel1 = _outline(profile, warp, rot_stretch)
   ext1 = np.linalg.norm(rel1, axis=-1).max(-1)
-  s0 = min(math.sqrt(area_frac * hw[0] * hw[1] / max(_polygon_area(rel1[0]), 1e-6)), 0.4 * min(hw) / ext1[0])
+  s0 = min(
+    math.sqrt(area_frac * hw[0] * hw[1] / max(_polygon_area(rel1[0]), 1e-6)),
+    0.4 * min(hw) / ext1[0],
+  )
   s = np.minimum(s0 * np.exp(np.clip(g, np.log(0.5), np.log(2.0))), 0.45 * min(hw) / ext1)
-  return _Object(profile, warp, s[:, None, None] * rot_stretch, s[:, None, None] * rel1, s * ext1, look,
-                 relation)
+  return _Object(
+    profile, warp, s[:, None, None] * rot_stretch, s[:, None, None] * rel1, s * ext1, look, relation
+  )
 
 
-def _random_walk(rng, c0: np.ndarray, t: int, speed: float, accel: float, lo: np.ndarray, hi: np.ndarray):
+def _random_walk(
+  rng, c0: np.ndarray, t: int, speed: float, accel: float, lo: np.ndarray, hi: np.ndarray
+):
   """[T,2] centres: velocity random walk bouncing inside [lo, hi]."""
   c = np.zeros((t, 2))
   c[0] = c0
@@ -404,7 +472,9 @@ def _add_exit(rng, obj: _Object, t: int, hw: Tuple[int, int]) -> None:
   obj.center[:, axis] += sign * push * _ease(np.arange(t, dtype=float), t0, ramp, hold)
 
 
-def _crossing_path(rng, start: np.ndarray, target: _Object, t: int, ref: float) -> Optional[np.ndarray]:
+def _crossing_path(
+  rng, start: np.ndarray, target: _Object, t: int, ref: float
+) -> Optional[np.ndarray]:
   """A straight path from `start` that passes (near) object 1's centre at a middle frame."""
   if t < 4:
     return None
@@ -419,11 +489,12 @@ def _crossing_path(rng, start: np.ndarray, target: _Object, t: int, ref: float) 
 # ---------------------------------------------------------------------------------------------------
 # foreground occluder
 
+
 @dataclasses.dataclass
 class _Occluder:
-  center: np.ndarray      # [T,2]
-  axes: np.ndarray        # [2,2] columns: sweep direction n, bar direction n_perp
-  half: np.ndarray        # [2] half width (along n), half length
+  center: np.ndarray  # [T,2]
+  axes: np.ndarray  # [2,2] columns: sweep direction n, bar direction n_perp
+  half: np.ndarray  # [2] half width (along n), half length
   look: _Look
 
   def corners(self) -> np.ndarray:
@@ -431,8 +502,9 @@ class _Occluder:
     return self.center[:, None] + sgn @ self.axes.T
 
 
-def _occluder(rng, target: _Object, t: int, hw: Tuple[int, int], d: Difficulty, look: _Look,
-              ref: float) -> Optional[_Occluder]:
+def _occluder(
+  rng, target: _Object, t: int, hw: Tuple[int, int], d: Difficulty, look: _Look, ref: float
+) -> Optional[_Occluder]:
   """A long bar sweeping over object 1 (it follows object 1's motion plus a constant sweep speed).
 
   A full bar hides object 1 in frames tm .. tm+dur-1; every bar is clear of object 1 at frame 0.
@@ -446,11 +518,11 @@ def _occluder(rng, target: _Object, t: int, hw: Tuple[int, int], d: Difficulty, 
   full = rng.random() < d.p_full_occlusion
   first = max(1, int(0.4 * t))
   dur = min(int(rng.integers(1, 5)) if full else 1, t - first)
-  last = t - dur - 3 if t - dur - 3 >= first else t - dur     # leave frames to reappear in
+  last = t - dur - 3 if t - dur - 3 >= first else t - dur  # leave frames to reappear in
   tm = int(rng.integers(first, last + 1))
   tc = tm + 0.5 * (dur - 1)
   v = rng.uniform(3.0, 8.0) * ref
-  if full:       # half_w >= r_max + v (dur-1)/2 + 1 and v tc >= half_w + r0 + 2
+  if full:  # half_w >= r_max + v (dur-1)/2 + 1 and v tc >= half_w + r0 + 2
     v = max(v, (r_max + r0 + 3.0) / tm)
     half_w = r_max + 0.5 * v * (dur - 1) + 1.0
   else:
@@ -464,6 +536,7 @@ def _occluder(rng, target: _Object, t: int, hw: Tuple[int, int], d: Difficulty, 
 
 # ---------------------------------------------------------------------------------------------------
 # rasterisation and ground truth
+
 
 def _fill(poly: np.ndarray, hw: Tuple[int, int]) -> np.ndarray:
   img = np.zeros(hw, np.uint8)
@@ -484,7 +557,9 @@ def _pixel(xy: np.ndarray) -> np.ndarray:
   return np.floor(xy + 0.5).astype(np.int64)
 
 
-def _points_world(obj: _Object, rho0: np.ndarray, phi: np.ndarray, frames: Optional[int] = None) -> np.ndarray:
+def _points_world(
+  obj: _Object, rho0: np.ndarray, phi: np.ndarray, frames: Optional[int] = None
+) -> np.ndarray:
   """[T,P,2] keypoints given in undeformed polar coordinates (rho0, phi) of the object (first `frames`)."""
   t = np.arange(obj.affine.shape[0] if frames is None else frames)
   rho = rho0[None] * obj.warp(t[:, None], phi[None])
@@ -517,11 +592,12 @@ def _boxes(masks: np.ndarray, k: int) -> np.ndarray:
 
 def _counts(masks: np.ndarray, k: int) -> np.ndarray:
   """[T,K] visible pixels per object."""
-  return np.stack([np.bincount(m.ravel(), minlength=k + 1)[1:k + 1] for m in masks])
+  return np.stack([np.bincount(m.ravel(), minlength=k + 1)[1 : k + 1] for m in masks])
 
 
 # ---------------------------------------------------------------------------------------------------
 # scene sampling
+
 
 @dataclasses.dataclass
 class _Scene:
@@ -562,8 +638,10 @@ def _place(rng, objs: list, hw: Tuple[int, int]) -> Optional[np.ndarray]:
     best, best_gap = None, -np.inf
     for _ in range(20):
       c = rng.uniform([r + 1, r + 1], [w - 2 - r, h - 2 - r])
-      placed = zip(centers, objs[:len(centers)])
-      gap = min([np.linalg.norm(c - p) - 0.9 * (r + float(q.extent[0])) for p, q in placed] + [np.inf])
+      placed = zip(centers, objs[: len(centers)])
+      gap = min(
+        [np.linalg.norm(c - p) - 0.9 * (r + float(q.extent[0])) for p, q in placed] + [np.inf]
+      )
       if gap >= 0:
         best = c
         break
@@ -588,8 +666,9 @@ def _sample_points(rng, obj: _Object, masks0: np.ndarray, obj_id: int, p: int):
   return rho0[idx[:p]], phi[idx[:p]]
 
 
-def _sample_scene(rng, t: int, hw: Tuple[int, int], k: int, d: Difficulty, bg_mean: np.ndarray, p: int,
-                  min_px: int) -> Optional[_Scene]:
+def _sample_scene(
+  rng, t: int, hw: Tuple[int, int], k: int, d: Difficulty, bg_mean: np.ndarray, p: int, min_px: int
+) -> Optional[_Scene]:
   h, w = hw
   ref = min(h, w) / 128.0
   looks, relations = _looks(rng, k, d, bg_mean)
@@ -597,18 +676,24 @@ def _sample_scene(rng, t: int, hw: Tuple[int, int], k: int, d: Difficulty, bg_me
   objs = []
   for i in range(k):
     if relations[i] != NOT_SIMILAR:
-      frac, shape = target_frac * rng.uniform(0.5, 1.1), (objs[0].profile if rng.random() < 0.5 else None)
+      frac, shape = (
+        target_frac * rng.uniform(0.5, 1.1),
+        (objs[0].profile if rng.random() < 0.5 else None),
+      )
     else:
       frac, shape = rng.uniform(0.02, 0.1), None
-    objs.append(_new_object(rng, t, hw, frac if i else target_frac, looks[i], relations[i], d, shape))
+    objs.append(
+      _new_object(rng, t, hw, frac if i else target_frac, looks[i], relations[i], d, shape)
+    )
   centers = _place(rng, objs, hw)
   if centers is None:
     return None
   for o, c0 in zip(objs, centers):
     m = 0.3 * float(o.extent[0])
     speed = rng.uniform(*d.speed) * ref
-    o.center = _random_walk(rng, c0, t, speed, d.accel * ref, np.array([m, m]),
-                            np.array([w - 1 - m, h - 1 - m]))
+    o.center = _random_walk(
+      rng, c0, t, speed, d.accel * ref, np.array([m, m]), np.array([w - 1 - m, h - 1 - m])
+    )
   for o in objs[1:]:
     if rng.random() < d.p_cross:
       path = _crossing_path(rng, o.center[0], objs[0], t, ref)
@@ -622,8 +707,11 @@ def _sample_scene(rng, t: int, hw: Tuple[int, int], k: int, d: Difficulty, bg_me
     occ = _occluder(rng, objs[0], t, hw, d, _new_look(rng, bg_mean[None]), ref)
   depth = rng.permutation(k).astype(np.int32)
   amodal = np.stack([np.stack([_fill(o.rel[i] + o.center[i], hw) for o in objs]) for i in range(t)])
-  occ_mask = (np.stack([_fill(c, hw) for c in occ.corners()]) if occ is not None
-              else np.zeros((t, h, w), bool))
+  occ_mask = (
+    np.stack([_fill(c, hw) for c in occ.corners()])
+    if occ is not None
+    else np.zeros((t, h, w), bool)
+  )
   masks = _composite(amodal, depth, occ_mask)
   vis0 = np.bincount(masks[0].ravel(), minlength=k + 1)[1:]
   amo0 = amodal[0].reshape(k, -1).sum(1)
@@ -643,8 +731,19 @@ def _sample_scene(rng, t: int, hw: Tuple[int, int], k: int, d: Difficulty, bg_me
 # ---------------------------------------------------------------------------------------------------
 # rendering
 
-def _paint(frame: np.ndarray, region: np.ndarray, y0: int, x0: int, tex: np.ndarray, center: np.ndarray,
-           inv: np.ndarray, gain: float, warp: Optional[_Warp] = None, ti: int = 0) -> None:
+
+def _paint(
+  frame: np.ndarray,
+  region: np.ndarray,
+  y0: int,
+  x0: int,
+  tex: np.ndarray,
+  center: np.ndarray,
+  inv: np.ndarray,
+  gain: float,
+  warp: Optional[_Warp] = None,
+  ti: int = 0,
+) -> None:
   """Fill `region` of frame[y0:, x0:] with the texture seen through the inverse object mapping."""
   ys, xs = np.nonzero(region)
   ys, xs = ys + y0, xs + x0
@@ -657,7 +756,7 @@ def _paint(frame: np.ndarray, region: np.ndarray, y0: int, x0: int, tex: np.ndar
     lx, ly = lx / m, ly / m
   scale = np.float32(_TEX / (2 * _TEX_HALF))
   off = np.float32(_TEX / 2 - 0.5)
-  n = lx.size                             # remap wants < 32767 rows: lay the pixels out 512 a row
+  n = lx.size  # remap wants < 32767 rows: lay the pixels out 512 a row
   mx, my = np.zeros((2, n + (-n) % 512), np.float32)
   mx[:n], my[:n] = lx * scale + off, ly * scale + off
   mx, my = mx.reshape(-1, 512), my.reshape(-1, 512)
@@ -675,14 +774,25 @@ def _bbox(poly: np.ndarray, hw: Tuple[int, int]):
 
 def _flicker(rng, t: int, amp: float) -> np.ndarray:
   """[T] smooth brightness gain around 1."""
-  return 1.0 + amp * np.sin(2 * np.pi * np.arange(t) / rng.uniform(8, 40) + rng.uniform(0, 2 * np.pi))
+  return 1.0 + amp * np.sin(
+    2 * np.pi * np.arange(t) / rng.uniform(8, 40) + rng.uniform(0, 2 * np.pi)
+  )
 
 
-def _render(rng, scene: _Scene, canvas: np.ndarray, offsets: np.ndarray, hw: Tuple[int, int],
-            d: Difficulty, ref: float) -> np.ndarray:
+def _render(
+  rng,
+  scene: _Scene,
+  canvas: np.ndarray,
+  offsets: np.ndarray,
+  hw: Tuple[int, int],
+  d: Difficulty,
+  ref: float,
+) -> np.ndarray:
   h, w = hw
   t, k = scene.masks.shape[0], len(scene.objects)
-  gains = np.stack([_flicker(rng, t, d.illumination) for _ in range(k + 1)], -1)   # last column: global
+  gains = np.stack(
+    [_flicker(rng, t, d.illumination) for _ in range(k + 1)], -1
+  )  # last column: global
   canvas = np.clip(canvas + 0.5, 0, 255).astype(np.uint8)
   textures = [_texture(o.look) for o in scene.objects]
   inverses = [np.linalg.inv(o.affine) for o in scene.objects]
@@ -698,25 +808,41 @@ def _render(rng, scene: _Scene, canvas: np.ndarray, offsets: np.ndarray, hw: Tup
       frames[i] = canvas
     else:
       m = np.array([[1.0, 0.0, offsets[i, 0]], [0.0, 1.0, offsets[i, 1]]])
-      cv2.warpAffine(canvas, m, (w, h), dst=frames[i], flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                     borderMode=cv2.BORDER_REFLECT_101)
+      cv2.warpAffine(
+        canvas,
+        m,
+        (w, h),
+        dst=frames[i],
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_REFLECT_101,
+      )
     for j in order:
       o = scene.objects[j]
       lo, hi = _bbox(o.rel[i] + o.center[i], hw)
       if np.any(hi <= lo):
         continue
-      region = scene.amodal[i, j, lo[1]:hi[1], lo[0]:hi[0]]
+      region = scene.amodal[i, j, lo[1] : hi[1], lo[0] : hi[0]]
       if region.any():
-        _paint(frames[i], region, lo[1], lo[0], textures[j], o.center[i], inverses[j][i], gains[i, j],
-               o.warp, i)
+        _paint(
+          frames[i],
+          region,
+          lo[1],
+          lo[0],
+          textures[j],
+          o.center[i],
+          inverses[j][i],
+          gains[i, j],
+          o.warp,
+          i,
+        )
     if occ is not None:
       lo, hi = _bbox(occ_poly[i], hw)
       if np.all(hi > lo):
-        region = scene.occ_mask[i, lo[1]:hi[1], lo[0]:hi[0]]
+        region = scene.occ_mask[i, lo[1] : hi[1], lo[0] : hi[0]]
         if region.any():
           _paint(frames[i], region, lo[1], lo[0], occ_tex, occ.center[i], occ_inv, 1.0)
     cv2.convertScaleAbs(frames[i], dst=frames[i], alpha=gains[i, -1])
-  if d.noise > 0:     # uniform sensor noise of std ~ d.noise (cheaper than normal draws)
+  if d.noise > 0:  # uniform sensor noise of std ~ d.noise (cheaper than normal draws)
     a = int(min(round(d.noise * math.sqrt(3.0)), 127))
     noise = rng.integers(-a, a + 1, frames.shape, dtype=np.int8)
     frames = cv2.add(frames.reshape(t * h, w, 3), noise.reshape(t * h, w, 3), dtype=cv2.CV_8U)
@@ -726,18 +852,39 @@ def _render(rng, scene: _Scene, canvas: np.ndarray, offsets: np.ndarray, hw: Tup
 # ---------------------------------------------------------------------------------------------------
 # public API
 
-def _checked(num_frames=24, height=128, width=128, num_objects=(1, 3), difficulty="normal", num_points=8,
-             min_visible_pixels=16):
+
+def _checked(
+  num_frames=24,
+  height=128,
+  width=128,
+  num_objects=(1, 3),
+  difficulty="normal",
+  num_points=8,
+  min_visible_pixels=16,
+):
   """The generate_video options, checked (ValueError naming the bad one)."""
-  return (_check_int("num_frames", num_frames, 1), _check_int("height", height, 32),
-          _check_int("width", width, 32), _object_range(num_objects), _difficulty(difficulty),
-          _check_int("num_points", num_points, 1), _check_int("min_visible_pixels", min_visible_pixels, 1))
+  return (
+    _check_int("num_frames", num_frames, 1),
+    _check_int("height", height, 32),
+    _check_int("width", width, 32),
+    _object_range(num_objects),
+    _difficulty(difficulty),
+    _check_int("num_points", num_points, 1),
+    _check_int("min_visible_pixels", min_visible_pixels, 1),
+  )
 
 
-def generate_video(seed: int, *, num_frames: int = 24, height: int = 128, width: int = 128,
-                   num_objects: Union[int, Tuple[int, int]] = (1, 3),
-                   difficulty: Union[str, Difficulty] = "normal", num_points: int = 8,
-                   min_visible_pixels: int = 16) -> dict:
+def generate_video(
+  seed: int,
+  *,
+  num_frames: int = 24,
+  height: int = 128,
+  width: int = 128,
+  num_objects: Union[int, Tuple[int, int]] = (1, 3),
+  difficulty: Union[str, Difficulty] = "normal",
+  num_points: int = 8,
+  min_visible_pixels: int = 16,
+) -> dict:
   """One synthetic video (see the module docstring for the keys), a pure function of its arguments.
 
   seed: int >= 0. num_frames >= 1; height, width >= 32. num_objects: K, or an inclusive (min, max)
@@ -748,8 +895,9 @@ def generate_video(seed: int, *, num_frames: int = 24, height: int = 128, width:
   e.g. 8 objects in 32 x 32).
   """
   seed = _check_int("seed", seed, 0)
-  t, h, w, (lo, hi), d, p, min_px = _checked(num_frames, height, width, num_objects, difficulty, num_points,
-                                             min_visible_pixels)
+  t, h, w, (lo, hi), d, p, min_px = _checked(
+    num_frames, height, width, num_objects, difficulty, num_points, min_visible_pixels
+  )
   rng = np.random.default_rng(seed)
   k = int(rng.integers(lo, hi + 1))
   canvas, offsets = _background(rng, h, w, t, d.pan * min(h, w) / 128.0)
@@ -759,22 +907,24 @@ def generate_video(seed: int, *, num_frames: int = 24, height: int = 128, width:
     if scene is not None:
       break
   else:
-    raise RuntimeError(f"synthetic scene for seed {seed} not found in {_MAX_ATTEMPTS} attempts "
-                       f"({h}x{w}, {k} objects, {p} points): use a larger frame or fewer objects")
+    raise RuntimeError(
+      f"synthetic scene for seed {seed} not found in {_MAX_ATTEMPTS} attempts "
+      f"({h}x{w}, {k} objects, {p} points): use a larger frame or fewer objects"
+    )
   frames = _render(rng, scene, canvas, offsets, (h, w), d, min(h, w) / 128.0)
   counts = _counts(scene.masks, k)
   obj_id = np.arange(1, k + 1)[None, :, None]
   return {
-      "frames": frames,
-      "masks": scene.masks,
-      "amodal_masks": scene.amodal,
-      "occluder_mask": scene.occ_mask,
-      "boxes_xywh": _boxes(scene.masks, k),
-      "visible": counts >= min_px,
-      "points_xy": scene.points.astype(np.float32),
-      "point_visible": _point_visibility(scene.points.astype(np.float32), scene.masks, obj_id),
-      "depth": scene.depth,
-      "distractor": np.array([o.relation for o in scene.objects], np.int8),
+    "frames": frames,
+    "masks": scene.masks,
+    "amodal_masks": scene.amodal,
+    "occluder_mask": scene.occ_mask,
+    "boxes_xywh": _boxes(scene.masks, k),
+    "visible": counts >= min_px,
+    "points_xy": scene.points.astype(np.float32),
+    "point_visible": _point_visibility(scene.points.astype(np.float32), scene.masks, obj_id),
+    "depth": scene.depth,
+    "distractor": np.array([o.relation for o in scene.objects], np.int8),
   }
 
 
@@ -792,4 +942,6 @@ def generate_dataset(seed: int, num_videos: int, **kw) -> Iterator[Tuple[str, di
   seed = _check_int("seed", seed, 0)
   num_videos = _check_int("num_videos", num_videos, 0)
   _checked(**kw)
-  return ((f"synth{seed}_{i:05d}", generate_video(video_seed(seed, i), **kw)) for i in range(num_videos))
+  return (
+    (f"synth{seed}_{i:05d}", generate_video(video_seed(seed, i), **kw)) for i in range(num_videos)
+  )

@@ -10,11 +10,22 @@ class MetricInputError(ValueError):
   """An input the official toolkit refuses; the message names the file and the problem, and what to do."""
 
 
-def make_report(task: str, protocol: str, overall: Dict[str, Any], per_sequence: Dict[str, Any],
-                per_object: Dict[str, Any] | None = None, **extra) -> dict:
+def make_report(
+  task: str,
+  protocol: str,
+  overall: Dict[str, Any],
+  per_sequence: Dict[str, Any],
+  per_object: Dict[str, Any] | None = None,
+  **extra,
+) -> dict:
   """The JSON layout of `eval.py score`; metric names and units follow the matching reference block."""
-  report = {"task": task, "protocol": protocol, "overall": overall, "per_sequence": per_sequence,
-            "per_object": per_object if per_object is not None else {}}
+  report = {
+    "task": task,
+    "protocol": protocol,
+    "overall": overall,
+    "per_sequence": per_sequence,
+    "per_object": per_object if per_object is not None else {},
+  }
   report.update(extra)
   return report
 

@@ -38,70 +38,81 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from sam2pp_jax.eval.common import MetricInputError, make_report
 from sam2pp_jax.io.png import read_palette_png
 from sam2pp_jax.io.video import VideoError
-from sam2pp_jax.eval.common import MetricInputError, make_report
 
 THRESHOLDS = (1, 2, 4, 8, 16)
 TAPVID_SCALE = 256.0
 PCK_SIZE_WH = (512, 320)
 PCK_FRACTION = np.float32(0.2)
-TAPVID_KEYS = ("occlusion_accuracy",) + tuple(
-    k for t in THRESHOLDS for k in (f"pts_within_{t}", f"jaccard_{t}")) + (
-    "average_jaccard", "average_pts_within_thresh")
-INT64_MIN = float(-2 ** 63)
+TAPVID_KEYS = (
+  ("occlusion_accuracy",)
+  + tuple(k for t in THRESHOLDS for k in (f"pts_within_{t}", f"jaccard_{t}"))
+  + ("average_jaccard", "average_pts_within_thresh")
+)
+INT64_MIN = float(-(2**63))
 
 
 # ----------------------------------------------------------------------------- reading
 def list_sequences(gt_dir: str, sequences: Optional[Sequence[str]] = None) -> List[str]:
   """gt/*.npz stems sorted by name, or the caller's list; an empty set has no dataset mean."""
   if not os.path.isdir(gt_dir):
-    raise MetricInputError(f"ground-truth folder {gt_dir!r} does not exist; pass the folder "
-                           "holding <seq>.npz")
+    raise MetricInputError(
+      f"ground-truth folder {gt_dir!r} does not exist; pass the folder holding <seq>.npz"
+    )
   if sequences is None:
     sequences = sorted(os.path.basename(p)[:-4] for p in glob.glob(os.path.join(gt_dir, "*.npz")))
   sequences = list(sequences)
   if not sequences:
-    raise MetricInputError(f"{gt_dir}: no sequences to score (no <seq>.npz found or an empty "
-                           "list); the reference cannot average zero videos")
+    raise MetricInputError(
+      f"{gt_dir}: no sequences to score (no <seq>.npz found or an empty "
+      "list); the reference cannot average zero videos"
+    )
   return sequences
 
 
 def _load_npz(path: str, keys: Sequence[str], role: str) -> Dict[str, np.ndarray]:
   """The arrays `keys` of one npz; a missing file or key is what the reference trips on."""
   if not os.path.isfile(path):
-    raise MetricInputError(f"{path}: {role} file is missing; write <seq>.npz for every scored "
-                           "sequence (tools/pt_inference_plus.py output)")
+    raise MetricInputError(
+      f"{path}: {role} file is missing; write <seq>.npz for every scored "
+      "sequence (tools/pt_inference_plus.py output)"
+    )
   try:
     with np.load(path, allow_pickle=False) as z:
       missing = [k for k in keys if k not in z.files]
       if missing:
-        raise MetricInputError(f"{path}: {role} npz lacks key(s) {missing}; it needs "
-                               f"{list(keys)}")
+        raise MetricInputError(f"{path}: {role} npz lacks key(s) {missing}; it needs {list(keys)}")
       return {k: np.asarray(z[k]) for k in keys}
   except MetricInputError:
     raise
   except Exception as e:  # corrupt zip, pickled object arrays, ...
-    raise MetricInputError(f"{path}: cannot read {role} npz ({e}); re-save it with np.savez") \
-        from None
+    raise MetricInputError(
+      f"{path}: cannot read {role} npz ({e}); re-save it with np.savez"
+    ) from None
 
 
 def _check_tracks(d: Dict[str, np.ndarray], path: str, role: str) -> None:
   """Shapes the reference indexes without checking; wrong ones would silently mis-score."""
   trajs = d["trajs_2d"]
   if trajs.ndim != 3 or trajs.shape[2] != 2 or trajs.shape[0] == 0:
-    raise MetricInputError(f"{path}: {role} trajs_2d has shape {trajs.shape}; expected "
-                           "[T>0, N, 2] (x, y) in pixels")
+    raise MetricInputError(
+      f"{path}: {role} trajs_2d has shape {trajs.shape}; expected [T>0, N, 2] (x, y) in pixels"
+    )
   if not np.issubdtype(trajs.dtype, np.number) or np.iscomplexobj(trajs):
     raise MetricInputError(f"{path}: {role} trajs_2d has dtype {trajs.dtype}; expected floats")
   if "visibs" in d and d["visibs"].shape != trajs.shape[:2]:
-    raise MetricInputError(f"{path}: {role} visibs has shape {d['visibs'].shape}; expected "
-                           f"{trajs.shape[:2]} to match trajs_2d")
+    raise MetricInputError(
+      f"{path}: {role} visibs has shape {d['visibs'].shape}; expected "
+      f"{trajs.shape[:2]} to match trajs_2d"
+    )
   size = d["size"]
   ok = size.size == 2 and np.issubdtype(size.dtype, np.number)
   if not ok or not np.all(np.isfinite(size.astype(np.float64))) or np.any(size <= 0):
-    raise MetricInputError(f"{path}: {role} size is {size.tolist()}; expected two positive "
-                           "numbers (W, H) in pixels")
+    raise MetricInputError(
+      f"{path}: {role} size is {size.tolist()}; expected two positive numbers (W, H) in pixels"
+    )
 
 
 def _load_pair(gt_dir: str, pred_dir: str, seq: str, pred_keys: Sequence[str]):
@@ -113,16 +124,20 @@ def _load_pair(gt_dir: str, pred_dir: str, seq: str, pred_keys: Sequence[str]):
   pred = _load_npz(pred_path, pred_keys, "prediction")
   _check_tracks(pred, pred_path, "prediction")
   if pred["trajs_2d"].shape != gt["trajs_2d"].shape:
-    raise MetricInputError(f"{pred_path}: prediction trajs_2d has shape "
-                           f"{pred['trajs_2d'].shape} but the GT {gt_path} has "
-                           f"{gt['trajs_2d'].shape}; predict every GT frame (T) and point (N)")
+    raise MetricInputError(
+      f"{pred_path}: prediction trajs_2d has shape "
+      f"{pred['trajs_2d'].shape} but the GT {gt_path} has "
+      f"{gt['trajs_2d'].shape}; predict every GT frame (T) and point (N)"
+    )
   vis = gt["visibs"].astype(bool)
   bad = vis & ~np.all(np.isfinite(gt["trajs_2d"].astype(np.float64)), axis=-1)
   if bad.any():
     t, n = np.argwhere(bad)[0]
-    raise MetricInputError(f"{gt_path}: ground-truth coordinate of point {n} at frame {t} is not "
-                           f"finite although visible ({int(bad.sum())} such entries); fix the GT "
-                           "or mark those points occluded")
+    raise MetricInputError(
+      f"{gt_path}: ground-truth coordinate of point {n} at frame {t} is not "
+      f"finite although visible ({int(bad.sum())} such entries); fix the GT "
+      "or mark those points occluded"
+    )
   return gt, pred, gt_path
 
 
@@ -149,7 +164,7 @@ def tapvid_fractions(gt_xy, gt_vis, pred_xy, pred_vis, *, zero_if_empty: bool) -
   with np.errstate(invalid="ignore", divide="ignore"):
     oa = np.float64(np.sum((pred_vis == gt_vis) & scored)) / np.float64(n_scored)
   d2 = np.sum(np.square(np.asarray(pred_xy, np.float64) - np.asarray(gt_xy, np.float64)), -1)
-  within = d2[None] < np.square(np.asarray(THRESHOLDS))[:, None, None]      # [5,T,N]
+  within = d2[None] < np.square(np.asarray(THRESHOLDS))[:, None, None]  # [5,T,N]
   vis_scored = gt_vis & scored
   n_vis = int(vis_scored.sum())
   correct = np.sum(within & vis_scored, axis=(1, 2))
@@ -170,7 +185,7 @@ def tapvid_fractions(gt_xy, gt_vis, pred_xy, pred_vis, *, zero_if_empty: bool) -
 def _truncate_like_int_cast(x: np.ndarray) -> np.ndarray:
   """numpy astype(int) on x86: truncation toward zero; NaN/Inf/overflow become INT64_MIN."""
   x = np.asarray(x, np.float64)
-  ok = np.isfinite(x) & (x < 2.0 ** 63) & (x >= -2.0 ** 63)
+  ok = np.isfinite(x) & (x < 2.0**63) & (x >= -(2.0**63))
   return np.where(ok, np.trunc(np.where(ok, x, 0.0)), INT64_MIN)
 
 
@@ -195,12 +210,18 @@ def _score_tapvid(gt_dir, pred_dir, sequences, sam2plus: bool) -> dict:
     gt, pred, gt_path = _load_pair(gt_dir, pred_dir, seq, ("trajs_2d", "visibs", "size"))
     gt_vis = gt["visibs"].astype(bool)
     if not sam2plus and not gt_vis.any():
-      raise MetricInputError(f"{gt_path}: no point is visible in any GT frame; tapnet's "
-                             "sample_queries_first cannot build a query (np.stack of nothing). "
-                             "Drop the video or use the sam2plus_tapvid protocol")
-    frac = tapvid_fractions(_to_256(gt["trajs_2d"], gt["size"], sam2plus), gt_vis,
-                            _to_256(pred["trajs_2d"], pred["size"], sam2plus),
-                            pred["visibs"].astype(bool), zero_if_empty=sam2plus)
+      raise MetricInputError(
+        f"{gt_path}: no point is visible in any GT frame; tapnet's "
+        "sample_queries_first cannot build a query (np.stack of nothing). "
+        "Drop the video or use the sam2plus_tapvid protocol"
+      )
+    frac = tapvid_fractions(
+      _to_256(gt["trajs_2d"], gt["size"], sam2plus),
+      gt_vis,
+      _to_256(pred["trajs_2d"], pred["size"], sam2plus),
+      pred["visibs"].astype(bool),
+      zero_if_empty=sam2plus,
+    )
     per_sequence[seq] = {k: v * 100 for k, v in frac.items()} if sam2plus else frac
   overall = {k: _dataset_mean([m[k] for m in per_sequence.values()]) for k in TAPVID_KEYS}
   if sam2plus:
@@ -234,8 +255,9 @@ def _mask_dir(gt_dir: str, seq: str) -> str:
   sibling = os.path.join(os.path.dirname(os.path.normpath(gt_dir)), "Annotations", seq)
   if os.path.isdir(sibling):
     return sibling
-  raise MetricInputError(f"{inner}: PCK mask folder is missing; put the object masks of {seq} "
-                         "there as <frame:05d>.png")
+  raise MetricInputError(
+    f"{inner}: PCK mask folder is missing; put the object masks of {seq} there as <frame:05d>.png"
+  )
 
 
 def mask_areas(gt_dir: str, seq: str, num_frames: int, size_wh) -> np.ndarray:
@@ -243,8 +265,10 @@ def mask_areas(gt_dir: str, seq: str, num_frames: int, size_wh) -> np.ndarray:
   folder = _mask_dir(gt_dir, seq)
   names = sorted(n for n in os.listdir(folder) if n.lower().endswith(".png"))
   if len(names) != num_frames:
-    raise MetricInputError(f"{folder}: {len(names)} mask PNGs for {num_frames} trajectory frames; "
-                           "PCK needs exactly one mask per frame")
+    raise MetricInputError(
+      f"{folder}: {len(names)} mask PNGs for {num_frames} trajectory frames; "
+      "PCK needs exactly one mask per frame"
+    )
   w, h = (int(v) for v in np.asarray(size_wh).reshape(2))
   rows = nearest_source_index(PCK_SIZE_WH[1], h)
   cols = nearest_source_index(PCK_SIZE_WH[0], w)
@@ -256,8 +280,10 @@ def mask_areas(gt_dir: str, seq: str, num_frames: int, size_wh) -> np.ndarray:
     except VideoError as e:
       raise MetricInputError(f"{path}: {e}") from None
     if ids.shape != (h, w):
-      raise MetricInputError(f"{path}: mask is {ids.shape[1]}x{ids.shape[0]} but the GT size is "
-                             f"{w}x{h}; save masks at the video resolution")
+      raise MetricInputError(
+        f"{path}: mask is {ids.shape[1]}x{ids.shape[0]} but the GT size is "
+        f"{w}x{h}; save masks at the video resolution"
+      )
     areas[t] = np.count_nonzero(ids[rows][:, cols] > 0)
   return areas
 
@@ -290,12 +316,18 @@ def score_pck(gt_dir: str, pred_dir: str, *, sequences=None) -> dict:
   for seq in list_sequences(gt_dir, sequences):
     gt, pred, gt_path = _load_pair(gt_dir, pred_dir, seq, ("trajs_2d", "size"))
     areas = mask_areas(gt_dir, seq, gt["trajs_2d"].shape[0], gt["size"])
-    correct, scored = pck_counts(_to_pck_frame(gt["trajs_2d"], gt["size"]), gt["visibs"],
-                                 _to_pck_frame(pred["trajs_2d"], pred["size"]), areas)
+    correct, scored = pck_counts(
+      _to_pck_frame(gt["trajs_2d"], gt["size"]),
+      gt["visibs"],
+      _to_pck_frame(pred["trajs_2d"], pred["size"]),
+      areas,
+    )
     if scored == 0:
-      raise MetricInputError(f"{gt_path}: no point is GT-visible in frames 1..T-1, so PCK has "
-                             "nothing to average (the reference's torch.stack raises); drop the "
-                             "video")
+      raise MetricInputError(
+        f"{gt_path}: no point is GT-visible in frames 1..T-1, so PCK has "
+        "nothing to average (the reference's torch.stack raises); drop the "
+        "video"
+      )
     per_sequence[seq] = {"pck": pck_percent(correct, scored)}
   overall = {"pck": float(np.mean([m["pck"] for m in per_sequence.values()]))}
   return make_report("point", "sam2plus_pck", overall, per_sequence, units="percent")

@@ -68,10 +68,20 @@ def track_sequence(model, params, seq, task: str, *, chunk: int = 4, progress=No
   done = 0
   for g in groups:
     f0 = int(g["frame"])
-    r = track_video(model, params, frames, hw, task, g["prompt"], chunk=chunk, prompt_frame=f0,
-                    video_res=task == "mask",
-                    progress=None if progress is None else (
-                        lambda i, d=done: progress(d + min(i + 1, t_total - f0))))
+    r = track_video(
+      model,
+      params,
+      frames,
+      hw,
+      task,
+      g["prompt"],
+      chunk=chunk,
+      prompt_frame=f0,
+      video_res=task == "mask",
+      progress=None
+      if progress is None
+      else (lambda i, d=done: progress(d + min(i + 1, t_total - f0))),
+    )
     done += t_total - f0
     idx = r["frame_idx"]
     if task == "mask":
@@ -97,7 +107,7 @@ def write_prediction(pred_root: str, task: str, seq, result: dict) -> str:
   path = _pred_path(pred_root, task, seq.name)
   if task == "mask":
     return outputs.write_mask_dir(path, seq.frame_names, (m for m in result["ids"]))
-  if task == "box":              # <seq>_xyxy.npz (float), then <seq>.txt (the reference's ints)
+  if task == "box":  # <seq>_xyxy.npz (float), then <seq>.txt (the reference's ints)
     b = result["boxes_xyxy"]
     return outputs.write_box_results(path, b, np.isfinite(b).all(axis=1))[-1]
   h, w = seq.video_hw
@@ -122,17 +132,26 @@ def write_ground_truth(gt_root: str, task: str, seq) -> None:
     raw = np.where(np.isfinite(seq.raw_boxes_xywh), seq.raw_boxes_xywh, 0.0)
     vis = seq.gt_visible
     cover = seq.meta.get("cover")
-    cover = (np.asarray(cover, int).reshape(-1) if cover is not None and len(cover) == len(vis)
-             else np.where(vis, 8, 0))
+    cover = (
+      np.asarray(cover, int).reshape(-1)
+      if cover is not None and len(cover) == len(vis)
+      else np.where(vis, 8, 0)
+    )
     _write_text(os.path.join(d, "absence.label"), "".join(f"{int(not v)}\n" for v in vis))
     _write_text(os.path.join(d, "cover.label"), "".join(f"{int(c)}\n" for c in cover))
     _write_text(os.path.join(d, "cut_by_image.label"), "0\n" * len(vis))
     _write_text(os.path.join(d, "meta_info.ini"), f"[METAINFO]\nresolution: ({w}, {h})\n")
-    _write_text(os.path.join(d, "groundtruth.txt"),
-                "".join(",".join(repr(float(v)) for v in row) + "\n" for row in raw))
+    _write_text(
+      os.path.join(d, "groundtruth.txt"),
+      "".join(",".join(repr(float(v)) for v in row) + "\n" for row in raw),
+    )
   if task == "point":
-    outputs.write_points_npz(os.path.join(gt_root, seq.name + ".npz"),
-                             seq.gt_points_xy.astype(np.float32), seq.gt_point_visible, (w, h))
+    outputs.write_points_npz(
+      os.path.join(gt_root, seq.name + ".npz"),
+      seq.gt_points_xy.astype(np.float32),
+      seq.gt_point_visible,
+      (w, h),
+    )
 
 
 def _gt_done(gt_root: str, task: str, name: str) -> bool:
@@ -144,15 +163,25 @@ def _gt_done(gt_root: str, task: str, name: str) -> bool:
 
 
 # ------------------------------------------------------------------------------ driver
-def run_benchmark(checkpoint: str, dataset: str, root: str, task: str, out: str, *,
-                  split: Optional[str] = None, protocol: Optional[str] = None, chunk: int = 4,
-                  sequences: Optional[Sequence[str]] = None, quiet: bool = False,
-                  model_and_params=None) -> dict:
+def run_benchmark(
+  checkpoint: str,
+  dataset: str,
+  root: str,
+  task: str,
+  out: str,
+  *,
+  split: Optional[str] = None,
+  protocol: Optional[str] = None,
+  chunk: int = 4,
+  sequences: Optional[Sequence[str]] = None,
+  quiet: bool = False,
+  model_and_params=None,
+) -> dict:
   """Track, write and score a whole benchmark split; returns the score report."""
 
   if chunk < 1:
     raise MetricInputError(f"--chunk {chunk}: give a chunk size >= 1")
-  protocol, _ = protocol_fn(task, protocol)            # fail on a bad protocol before tracking
+  protocol, _ = protocol_fn(task, protocol)  # fail on a bad protocol before tracking
   ds = open_dataset(dataset, root, split=split, task=task)
   names = ds.sequence_names() if sequences is None else list(sequences)
   for n in names:
@@ -167,8 +196,9 @@ def run_benchmark(checkpoint: str, dataset: str, root: str, task: str, out: str,
 
   todo = [n for n in names if not os.path.exists(_pred_path(pred_root, task, n))]
   if not quiet:
-    print(f"{dataset}: {len(names)} sequences, {len(names) - len(todo)} already done",
-          file=sys.stderr)
+    print(
+      f"{dataset}: {len(names)} sequences, {len(names) - len(todo)} already done", file=sys.stderr
+    )
   model = params = None
   if todo:
     if model_and_params is not None:
@@ -184,8 +214,9 @@ def run_benchmark(checkpoint: str, dataset: str, root: str, task: str, out: str,
     if name in todo:
       n_groups = len(seq.prompts(task))
       bar = None if quiet else Progress(seq.num_frames * n_groups, f"  {name[:20]:<20}")
-      result = track_sequence(model, params, seq, task, chunk=chunk,
-                              progress=None if bar is None else bar.update)
+      result = track_sequence(
+        model, params, seq, task, chunk=chunk, progress=None if bar is None else bar.update
+      )
       if bar is not None:
         bar.update(seq.num_frames * n_groups)
       write_prediction(pred_root, task, seq, result)

@@ -11,21 +11,20 @@ from sam2pp_jax.eval.common import MetricInputError, json_safe
 
 # task -> protocol -> (module, function, reference block in ../shared/metrics/*/expected.json)
 PROTOCOLS: Dict[str, Dict[str, Tuple[str, str, str]]] = {
-    "mask": {
-        "davis2017": ("vos_metrics", "score_davis2017", "davis2017"),
-        "sav": ("vos_metrics", "score_sav", "sam2plus_sav_benchmark"),
-    },
-    "box": {
-        "ope": ("sot_metrics", "score_ope", "sam2plus_sot_benchmark"),
-        "ope-visibility": ("sot_metrics", "score_ope_visibility",
-                           "sam2plus_sot_benchmark_visibility"),
-        "got10k": ("sot_metrics", "score_got10k", "got10k_toolkit"),
-    },
-    "point": {
-        "tapvid": ("pt_metrics", "score_tapvid", "tapnet_tapvid"),
-        "sam2plus": ("pt_metrics", "score_sam2plus_tapvid", "sam2plus_tapvid"),
-        "pck": ("pt_metrics", "score_pck", "sam2plus_pck"),
-    },
+  "mask": {
+    "davis2017": ("vos_metrics", "score_davis2017", "davis2017"),
+    "sav": ("vos_metrics", "score_sav", "sam2plus_sav_benchmark"),
+  },
+  "box": {
+    "ope": ("sot_metrics", "score_ope", "sam2plus_sot_benchmark"),
+    "ope-visibility": ("sot_metrics", "score_ope_visibility", "sam2plus_sot_benchmark_visibility"),
+    "got10k": ("sot_metrics", "score_got10k", "got10k_toolkit"),
+  },
+  "point": {
+    "tapvid": ("pt_metrics", "score_tapvid", "tapnet_tapvid"),
+    "sam2plus": ("pt_metrics", "score_sam2plus_tapvid", "sam2plus_tapvid"),
+    "pck": ("pt_metrics", "score_pck", "sam2plus_pck"),
+  },
 }
 DEFAULT_PROTOCOL = {"mask": "davis2017", "box": "ope", "point": "tapvid"}
 
@@ -39,8 +38,9 @@ def protocol_fn(task: str, protocol: Optional[str]):
     raise MetricInputError(f"unknown task {task!r}; choose one of {sorted(PROTOCOLS)}")
   protocol = protocol or DEFAULT_PROTOCOL[task]
   if protocol not in PROTOCOLS[task]:
-    raise MetricInputError(f"protocol {protocol!r} does not score task {task!r}; choose one of "
-                           f"{sorted(PROTOCOLS[task])}")
+    raise MetricInputError(
+      f"protocol {protocol!r} does not score task {task!r}; choose one of {sorted(PROTOCOLS[task])}"
+    )
   mod, fn, _ = PROTOCOLS[task][protocol]
   if mod == "sot_metrics" and fn == "score_ope_visibility":
     f = _module(mod).score_ope
@@ -48,8 +48,9 @@ def protocol_fn(task: str, protocol: Optional[str]):
   return protocol, getattr(_module(mod), fn)
 
 
-def score(task: str, protocol: Optional[str], gt: str, pred: str,
-          sequences: Optional[Sequence[str]] = None) -> dict:
+def score(
+  task: str, protocol: Optional[str], gt: str, pred: str, sequences: Optional[Sequence[str]] = None
+) -> dict:
   """Report dict {task, protocol, overall, per_sequence, per_object, ...} of one protocol."""
   protocol, fn = protocol_fn(task, protocol)
   report = fn(gt, pred, sequences=sequences)
@@ -79,7 +80,9 @@ def _fmt(v) -> str:
 
 
 def _scalars(d: dict) -> Dict[str, object]:
-  return {k: v for k, v in d.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
+  return {
+    k: v for k, v in d.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)
+  }
 
 
 def format_table(report: dict, max_rows: int = 50) -> str:
@@ -107,8 +110,9 @@ def format_table(report: dict, max_rows: int = 50) -> str:
         lines.append(f"... {len(seqs) - max_rows} more sequences in the JSON")
         break
       vals = _scalars(v) if isinstance(v, dict) else {}
-      lines.append(f"{name[:width]:<{width}}  " + "  ".join(f"{_fmt(vals.get(k, '')):>{wc[k]}}"
-                                                         for k in cols))
+      lines.append(
+        f"{name[:width]:<{width}}  " + "  ".join(f"{_fmt(vals.get(k, '')):>{wc[k]}}" for k in cols)
+      )
   return "\n".join(lines)
 
 

@@ -68,15 +68,19 @@ def list_sequences(gt_dir: str, sequences: Optional[Sequence[str]] = None) -> Li
       with open(list_file) as f:
         sequences = [s.strip() for s in f.read().splitlines() if s.strip()]
     else:
-      sequences = sorted(n for n in os.listdir(gt_dir)
-                         if os.path.isfile(os.path.join(gt_dir, n, "groundtruth.txt")))
+      sequences = sorted(
+        n for n in os.listdir(gt_dir) if os.path.isfile(os.path.join(gt_dir, n, "groundtruth.txt"))
+      )
   if not sequences:
-    raise MetricInputError(f"{gt_dir}: no sequences to score (empty list, or no list.txt and no "
-                           "<seq>/groundtruth.txt)")
+    raise MetricInputError(
+      f"{gt_dir}: no sequences to score (empty list, or no list.txt and no <seq>/groundtruth.txt)"
+    )
   missing = [s for s in sequences if not os.path.isfile(os.path.join(gt_dir, s, "groundtruth.txt"))]
   if missing:
-    raise MetricInputError(f"{gt_dir}: no <seq>/groundtruth.txt for sequence(s) {missing}; "
-                           "fix gt/list.txt or the --sequences list")
+    raise MetricInputError(
+      f"{gt_dir}: no <seq>/groundtruth.txt for sequence(s) {missing}; "
+      "fix gt/list.txt or the --sequences list"
+    )
   return list(sequences)
 
 
@@ -96,20 +100,26 @@ def load_gt(path: str) -> np.ndarray:
   """'x,y,w,h' float64 rows, read with delimiter ',' as both loaders do; at least one row."""
   gt = _loadtxt(path, "ground-truth", delimiter=",", dtype=np.float64)
   if gt.size == 0:
-    raise MetricInputError(f"{path}: the ground-truth file is empty; write one 'x,y,w,h' line per frame")
+    raise MetricInputError(
+      f"{path}: the ground-truth file is empty; write one 'x,y,w,h' line per frame"
+    )
   if gt.ndim == 1:
     gt = gt[None]
   if gt.ndim != 2 or gt.shape[1] != 4:
-    raise MetricInputError(f"{path}: ground truth must have 4 comma-separated values per line "
-                           f"(x,y,w,h), found {gt.shape[-1]}")
+    raise MetricInputError(
+      f"{path}: ground truth must have 4 comma-separated values per line "
+      f"(x,y,w,h), found {gt.shape[-1]}"
+    )
   return gt
 
 
 def _pred_path(pred_dir: str, seq: str) -> str:
   path = os.path.join(pred_dir, seq + ".txt")
   if not os.path.isfile(path):
-    raise MetricInputError(f"{path}: prediction file not found; every sequence of the list needs "
-                           "pred/<seq>.txt (both toolkits stop on a missing result)")
+    raise MetricInputError(
+      f"{path}: prediction file not found; every sequence of the list needs "
+      "pred/<seq>.txt (both toolkits stop on a missing result)"
+    )
   return path
 
 
@@ -123,17 +133,22 @@ def load_pred_ope(path: str) -> np.ndarray:
       pred = np.loadtxt(path, dtype=np.int64)
   except (ValueError, OverflowError) as e:
     raise MetricInputError(
-        f"{path}: SAM2-Plus reads predictions with np.loadtxt(dtype=int), which fails here ({e}); "
-        "write whitespace-separated integers 'x y w h' (no commas, no decimal points)") from None
+      f"{path}: SAM2-Plus reads predictions with np.loadtxt(dtype=int), which fails here ({e}); "
+      "write whitespace-separated integers 'x y w h' (no commas, no decimal points)"
+    ) from None
   if pred.ndim != 2:
-    raise MetricInputError(f"{path}: {'is empty' if pred.size == 0 else 'has a single row'}; the "
-                           "reference indexes predictions as a 2-D [frames, 4] array and fails")
+    raise MetricInputError(
+      f"{path}: {'is empty' if pred.size == 0 else 'has a single row'}; the "
+      "reference indexes predictions as a 2-D [frames, 4] array and fails"
+    )
   if pred.shape[1] != 4:
     raise MetricInputError(f"{path}: {pred.shape[1]} values per line; write 'x y w h'")
   if (pred[:, 2:] < 0).any():
     row = int(np.nonzero((pred[:, 2:] < 0).any(1))[0][0])
-    raise MetricInputError(f"{path}: negative width/height in data row {row + 1} (the reference raises "
-                           "'Invalid results'); write 0 0 0 0 for a lost target")
+    raise MetricInputError(
+      f"{path}: negative width/height in data row {row + 1} (the reference raises "
+      "'Invalid results'); write 0 0 0 0 for a lost target"
+    )
   return pred
 
 
@@ -146,7 +161,9 @@ def load_visible(gt_dir: str, seq: str, n: int) -> np.ndarray:
     path = os.path.join(gt_dir, seq, "absence.label")
     vis = (1 - _loadtxt(path, "absence.label")) != 0
   if vis.ndim > 1 or vis.size not in (1, n):
-    raise MetricInputError(f"{path}: {vis.size} visibility values for {n} GT frames; write one per frame")
+    raise MetricInputError(
+      f"{path}: {vis.size} visibility values for {n} GT frames; write one per frame"
+    )
   return np.broadcast_to(vis.reshape(-1), (n,))
 
 
@@ -159,8 +176,10 @@ def repair_prediction(pred: np.ndarray, gt: np.ndarray, path: str = "prediction"
   bad = (pred[:, 2:] == 0).any(1) & (idx >= 1)
   if bad[n_gt:].any():
     row = n_gt + int(np.nonzero(bad[n_gt:])[0][0])
-    raise MetricInputError(f"{path}: zero-area box in data row {row + 1}, past the {n_gt} GT frames; the "
-                           "reference indexes the GT there and fails. Trim the file to the GT length")
+    raise MetricInputError(
+      f"{path}: zero-area box in data row {row + 1}, past the {n_gt} GT frames; the "
+      "reference indexes the GT there and fails. Trim the file to the GT length"
+    )
   src = np.maximum.accumulate(np.where(bad, 0, idx))  # last row at or before i that is kept
   pred = pred[src][:n_gt]
   if len(pred) < n_gt:
@@ -207,9 +226,11 @@ def sequence_curves(iou, center, norm) -> Dict[str, np.ndarray]:
   def rate(hits):
     return hits.sum(0).astype(np.float32) / n
 
-  return {"success": rate(iou[:, None] > OVERLAP_THRESHOLDS[None]),
-          "precision": rate(center[:, None] <= CENTER_THRESHOLDS[None]),
-          "norm_precision": rate(norm[:, None] <= NORM_THRESHOLDS[None])}
+  return {
+    "success": rate(iou[:, None] > OVERLAP_THRESHOLDS[None]),
+    "precision": rate(center[:, None] <= CENTER_THRESHOLDS[None]),
+    "norm_precision": rate(norm[:, None] <= NORM_THRESHOLDS[None]),
+  }
 
 
 # torch's float32 sums (cascade_sum, 8-lane Vectorized<float>) accumulate in float32 in a fixed
@@ -243,9 +264,11 @@ def _cascade_rows(rows: np.ndarray) -> np.ndarray:
 def _row_sum(rows: np.ndarray) -> np.ndarray:
   """torch's row_sum: 4 interleaved cascades, the leftover rows added to the first, then combined."""
   m = len(rows) // _ILP
-  parts = [_cascade_rows(rows[k:_ILP * m:_ILP]) if m else np.zeros(rows.shape[1:], np.float32)
-           for k in range(_ILP)]
-  for r in rows[_ILP * m:]:
+  parts = [
+    _cascade_rows(rows[k : _ILP * m : _ILP]) if m else np.zeros(rows.shape[1:], np.float32)
+    for k in range(_ILP)
+  ]
+  for r in rows[_ILP * m :]:
     parts[0] = parts[0] + r
   for k in range(1, _ILP):
     parts[0] = parts[0] + parts[k]
@@ -265,9 +288,9 @@ def torch_mean_f32(x: np.ndarray) -> np.float32:
   """`x.mean()` of a short contiguous float32 vector: 8-lane vector partials, scalar tail first."""
   x = np.asarray(x, np.float32)
   nv = len(x) // _LANES
-  lanes = _row_sum(x[:nv * _LANES].reshape(nv, _LANES)) if nv else np.zeros(_LANES, np.float32)
+  lanes = _row_sum(x[: nv * _LANES].reshape(nv, _LANES)) if nv else np.zeros(_LANES, np.float32)
   acc = np.float32(0)
-  for v in list(x[nv * _LANES:]) + list(lanes):
+  for v in list(x[nv * _LANES :]) + list(lanes):
     acc = np.float32(acc + v)
   return np.float32(acc / np.float32(len(x)))
 
@@ -276,15 +299,19 @@ def _ope_summary(curves: Dict[str, np.ndarray]) -> Tuple[Dict[str, float], Dict[
   """Mean over sequences of the [S, K] float32 curves, x100, then AUC/OP/precision read-outs."""
   mean = {k: torch_mean_rows_f32(v) * np.float32(100.0) for k, v in curves.items()}
   succ = mean["success"]
-  scores = {"AUC": float(torch_mean_f32(succ)),
-            "OP50": float(succ[OP50_INDEX]), "OP75": float(succ[OP75_INDEX]),
-            "Precision": float(mean["precision"][PRECISION_INDEX]),
-            "Norm Precision": float(mean["norm_precision"][PRECISION_INDEX])}
+  scores = {
+    "AUC": float(torch_mean_f32(succ)),
+    "OP50": float(succ[OP50_INDEX]),
+    "OP75": float(succ[OP75_INDEX]),
+    "Precision": float(mean["precision"][PRECISION_INDEX]),
+    "Norm Precision": float(mean["norm_precision"][PRECISION_INDEX]),
+  }
   return scores, mean
 
 
-def score_ope(gt_dir: str, pred_dir: str, *, visibility: bool = False,
-              sequences: Optional[Sequence[str]] = None) -> dict:
+def score_ope(
+  gt_dir: str, pred_dir: str, *, visibility: bool = False, sequences: Optional[Sequence[str]] = None
+) -> dict:
   """SAM2-Plus sot_benchmark (percent); visibility=True is its Tracking-Any-Granularity loader run."""
   seqs = list_sequences(gt_dir, sequences)
   per_seq, per_frame, seq_curves = {}, {}, {}
@@ -294,18 +321,31 @@ def score_ope(gt_dir: str, pred_dir: str, *, visibility: bool = False,
     scores, _ = _ope_summary({k: v[None] for k, v in curves.items()})
     scores["avg_overlap"] = float(iou[valid].mean()) if valid.any() else float("nan")
     per_seq[seq], seq_curves[seq] = scores, curves
-    per_frame[seq] = {"iou": iou.tolist(), "center_err": center.tolist(),
-                      "norm_center_err": norm.tolist(), "valid": valid.tolist()}
-  overall, mean = _ope_summary({k: np.stack([seq_curves[s][k] for s in seqs]) for k in seq_curves[seqs[0]]})
+    per_frame[seq] = {
+      "iou": iou.tolist(),
+      "center_err": center.tolist(),
+      "norm_center_err": norm.tolist(),
+      "valid": valid.tolist(),
+    }
+  overall, mean = _ope_summary(
+    {k: np.stack([seq_curves[s][k] for s in seqs]) for k in seq_curves[seqs[0]]}
+  )
   protocol = "sam2plus_sot_benchmark_visibility" if visibility else "sam2plus_sot_benchmark"
-  return make_report("box", protocol, overall, per_seq, units="percent (avg_overlap as fraction)",
-                     curves_overall={k: v.tolist() for k, v in mean.items()},
-                     curves_per_sequence={s: {k: v.tolist() for k, v in c.items()}
-                                          for s, c in seq_curves.items()},
-                     per_frame=per_frame,
-                     thresholds={"overlap": OVERLAP_THRESHOLDS.tolist(),
-                                 "center_px": CENTER_THRESHOLDS.tolist(),
-                                 "center_norm": NORM_THRESHOLDS.tolist()})
+  return make_report(
+    "box",
+    protocol,
+    overall,
+    per_seq,
+    units="percent (avg_overlap as fraction)",
+    curves_overall={k: v.tolist() for k, v in mean.items()},
+    curves_per_sequence={s: {k: v.tolist() for k, v in c.items()} for s, c in seq_curves.items()},
+    per_frame=per_frame,
+    thresholds={
+      "overlap": OVERLAP_THRESHOLDS.tolist(),
+      "center_px": CENTER_THRESHOLDS.tolist(),
+      "center_norm": NORM_THRESHOLDS.tolist(),
+    },
+  )
 
 
 def _ope_sequence(gt_dir: str, pred_dir: str, seq: str, visibility: bool):
@@ -314,8 +354,10 @@ def _ope_sequence(gt_dir: str, pred_dir: str, seq: str, visibility: bool):
   gt = load_gt(gt_path)
   if np.isnan(gt).any():
     row = int(np.nonzero(np.isnan(gt).any(1))[0][0])
-    raise MetricInputError(f"{gt_path}: NaN in data row {row + 1}; SAM2-Plus raises 'NaNs in annotation'. "
-                           "Write absent frames as 0,0,0,0")
+    raise MetricInputError(
+      f"{gt_path}: NaN in data row {row + 1}; SAM2-Plus raises 'NaNs in annotation'. "
+      "Write absent frames as 0,0,0,0"
+    )
   path = _pred_path(pred_dir, seq)
   pred = repair_prediction(load_pred_ope(path), gt, path)
   visible = load_visible(gt_dir, seq, len(gt)) if visibility else None
@@ -332,15 +374,19 @@ def _load_pred_got10k(path: str) -> np.ndarray:
   try:
     return _loadtxt(path, "prediction", dtype=np.float64)
   except MetricInputError:
-    raise MetricInputError(f"{path}: not 4 numbers per line separated by commas (or whitespace); "
-                           "the got10k toolkit cannot read it") from None
+    raise MetricInputError(
+      f"{path}: not 4 numbers per line separated by commas (or whitespace); "
+      "the got10k toolkit cannot read it"
+    ) from None
 
 
 def _resolution(seq_dir: str) -> Tuple[float, float]:
   """(W, H) from meta_info.ini's 'resolution: (W, H)' line, as the toolkit parses it."""
   path = os.path.join(seq_dir, "meta_info.ini")
   if not os.path.isfile(path):
-    raise MetricInputError(f"{path}: not found; the got10k toolkit needs 'resolution: (W, H)' from it")
+    raise MetricInputError(
+      f"{path}: not found; the got10k toolkit needs 'resolution: (W, H)' from it"
+    )
   with open(path) as f:
     lines = f.read().strip().split("\n")[1:]
   meta = dict(line.split(": ", 1) for line in lines if ": " in line)
@@ -365,8 +411,12 @@ def got10k_iou(pred: np.ndarray, gt: np.ndarray, width: float, height: float) ->
   """rect_iou with the image bound: inter / (union + eps), clipped to [0, 1]."""
   a, b = clip_to_image(pred, width, height), clip_to_image(gt, width, height)
   with np.errstate(invalid="ignore"):
-    w = np.maximum(np.minimum(a[:, 0] + a[:, 2], b[:, 0] + b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0)
-    h = np.maximum(np.minimum(a[:, 1] + a[:, 3], b[:, 1] + b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0)
+    w = np.maximum(
+      np.minimum(a[:, 0] + a[:, 2], b[:, 0] + b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0
+    )
+    h = np.maximum(
+      np.minimum(a[:, 1] + a[:, 3], b[:, 1] + b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0
+    )
     inter = w * h
     union = a[:, 2] * a[:, 3] + b[:, 2] * b[:, 3] - inter
     return np.clip(inter / (union + np.finfo(float).eps), 0.0, 1.0)
@@ -377,8 +427,12 @@ def _got10k_summary(ious: np.ndarray) -> Dict[str, object]:
   with warnings.catch_warnings(), np.errstate(invalid="ignore"):
     warnings.simplefilter("ignore")
     curve = np.mean(ious[:, None] > GOT10K_THRESHOLDS[None], axis=0)
-    return {"AO": float(np.mean(ious)), "SR@0.50": float(np.mean(ious > 0.5)),
-            "SR@0.75": float(curve[75]), "succ_curve_101": curve.tolist()}
+    return {
+      "AO": float(np.mean(ious)),
+      "SR@0.50": float(np.mean(ious > 0.5)),
+      "SR@0.75": float(curve[75]),
+      "succ_curve_101": curve.tolist(),
+    }
 
 
 def score_got10k(gt_dir: str, pred_dir: str, *, sequences: Optional[Sequence[str]] = None) -> dict:
@@ -387,21 +441,31 @@ def score_got10k(gt_dir: str, pred_dir: str, *, sequences: Optional[Sequence[str
   per_seq, per_frame, pooled = {}, {}, []
   for seq in seqs:
     seq_dir = os.path.join(gt_dir, seq)
-    gt = _loadtxt(os.path.join(seq_dir, "groundtruth.txt"), "ground-truth", delimiter=",", dtype=np.float64)
+    gt = _loadtxt(
+      os.path.join(seq_dir, "groundtruth.txt"), "ground-truth", delimiter=",", dtype=np.float64
+    )
     if gt.ndim != 2 or gt.shape[1] != 4:
-      raise MetricInputError(f"{seq_dir}/groundtruth.txt: need at least 2 lines of 'x,y,w,h' (got shape "
-                             f"{gt.shape}); the toolkit cannot score it")
+      raise MetricInputError(
+        f"{seq_dir}/groundtruth.txt: need at least 2 lines of 'x,y,w,h' (got shape "
+        f"{gt.shape}); the toolkit cannot score it"
+      )
     path = _pred_path(pred_dir, seq)
     pred = _load_pred_got10k(path)
     if pred.shape != gt.shape:
-      raise MetricInputError(f"{path}: shape {pred.shape} differs from the GT {gt.shape}; the got10k "
-                             "toolkit asserts equal shapes. Write exactly one box per GT frame")
+      raise MetricInputError(
+        f"{path}: shape {pred.shape} differs from the GT {gt.shape}; the got10k "
+        "toolkit asserts equal shapes. Write exactly one box per GT frame"
+      )
     cover = _loadtxt(os.path.join(seq_dir, "cover.label"), "cover.label")
-    for name in ("absence.label", "cut_by_image.label"):  # read (and required) by the toolkit's meta
+    for name in (
+      "absence.label",
+      "cut_by_image.label",
+    ):  # read (and required) by the toolkit's meta
       _loadtxt(os.path.join(seq_dir, name), name)
     if cover.ndim != 1 or len(cover) != len(gt):
-      raise MetricInputError(f"{seq_dir}/cover.label: {cover.size} values for {len(gt)} GT frames; "
-                             "write one per frame")
+      raise MetricInputError(
+        f"{seq_dir}/cover.label: {cover.size} values for {len(gt)} GT frames; write one per frame"
+      )
     width, height = _resolution(seq_dir)
     iou = got10k_iou(pred[1:], gt[1:], width, height)
     kept = cover[1:] > 0
@@ -412,5 +476,12 @@ def score_got10k(gt_dir: str, pred_dir: str, *, sequences: Optional[Sequence[str
     per_seq[seq] = scores
     per_frame[seq] = {"iou": [float("nan")] + iou.tolist(), "kept": [False] + kept.tolist()}
   overall = _got10k_summary(np.concatenate(pooled))
-  return make_report("box", "got10k_toolkit", overall, per_seq, units="fraction", per_frame=per_frame,
-                     thresholds={"iou": GOT10K_THRESHOLDS.tolist()})
+  return make_report(
+    "box",
+    "got10k_toolkit",
+    overall,
+    per_seq,
+    units="fraction",
+    per_frame=per_frame,
+    thresholds={"iou": GOT10K_THRESHOLDS.tolist()},
+  )

@@ -27,9 +27,9 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from sam2pp_jax.eval.common import MetricInputError, make_report
 from sam2pp_jax.io.png import read_palette_png
 from sam2pp_jax.io.video import VideoError
-from sam2pp_jax.eval.common import MetricInputError, make_report
 
 BOUNDARY_FRACTION = 0.008
 
@@ -82,7 +82,7 @@ def disk(radius: float) -> np.ndarray:
   """skimage.morphology.disk(radius) (strict radius) as a uint8 kernel."""
   grid = np.arange(-radius, radius + 1)
   x, y = np.meshgrid(grid, grid)
-  return (x ** 2 + y ** 2 <= radius ** 2).astype(np.uint8)
+  return (x**2 + y**2 <= radius**2).astype(np.uint8)
 
 
 def boundary_map(seg: np.ndarray) -> np.ndarray:
@@ -116,6 +116,7 @@ def _boundary_f(pred: np.ndarray, gt: np.ndarray, kernel: np.ndarray) -> float:
   mask is inside, and crop edges that are not image edges only see background), and dilation
   of boundary pixels that all lie in the crop never needs pixels outside it."""
   import cv2
+
   boxes = [b for b in (_bbox(pred), _bbox(gt)) if b is not None]
   if not boxes:
     return 1.0  # both boundaries empty
@@ -170,7 +171,7 @@ def db_statistics(values: np.ndarray):
     mean = np.nanmean(values)
     recall = np.nanmean(values > 0.5)
   ids = (np.round(np.linspace(1, len(values), 5) + 1e-10) - 1).astype(np.uint8)
-  bins = [values[ids[i]:ids[i + 1] + 1] for i in range(4)]
+  bins = [values[ids[i] : ids[i + 1] + 1] for i in range(4)]
   with np.errstate(invalid="ignore"), _quiet():
     decay = np.nanmean(bins[0]) - np.nanmean(bins[3])
   return float(mean), float(recall), float(decay)
@@ -179,6 +180,7 @@ def db_statistics(values: np.ndarray):
 class _quiet:
   def __enter__(self):
     import warnings
+
     self._w = warnings.catch_warnings()
     self._w.__enter__()
     warnings.simplefilter("ignore", RuntimeWarning)
@@ -192,8 +194,9 @@ def _davis_sequence(gt_root: str, pred_root: str, seq: str):
   names = _png_names(gt_dir)
   if len(names) < 3:
     raise MetricInputError(
-        f"{gt_dir}: {len(names)} ground-truth PNG(s); davis2017 scores frames 1..N-2 and needs "
-        "at least 3 annotated frames")
+      f"{gt_dir}: {len(names)} ground-truth PNG(s); davis2017 scores frames 1..N-2 and needs "
+      "at least 3 annotated frames"
+    )
   first = _read_ids(os.path.join(gt_dir, names[0]))
   first = np.where(first == 255, 0, first)
   k = int(first.max())
@@ -202,20 +205,24 @@ def _davis_sequence(gt_root: str, pred_root: str, seq: str):
   for n in scored:
     pp = os.path.join(pred_dir, n)
     if not os.path.isfile(pp):
-      raise MetricInputError(f"{pp}: prediction missing for scored frame {n} of {seq}; "
-                             "davis2017 needs a PNG for every frame except the first and last")
+      raise MetricInputError(
+        f"{pp}: prediction missing for scored frame {n} of {seq}; "
+        "davis2017 needs a PNG for every frame except the first and last"
+      )
     g = _read_ids(os.path.join(gt_dir, n))
     p = _read_ids(pp)
     if g.shape != p.shape:
-      raise MetricInputError(f"{pp}: size {p.shape[::-1]} differs from the ground truth "
-                             f"{g.shape[::-1]} (W, H)")
+      raise MetricInputError(
+        f"{pp}: size {p.shape[::-1]} differs from the ground truth {g.shape[::-1]} (W, H)"
+      )
     gts.append(np.where(g == 255, 0, g))
     preds.append(p)
   max_pred = max(int(p.max()) for p in preds)
   if max_pred > k:
     raise MetricInputError(
-        f"{pred_dir}: prediction holds object id {max_pred} but the first ground-truth frame "
-        f"{names[0]} has objects 1..{k}; davis2017 refuses ids above that")
+      f"{pred_dir}: prediction holds object id {max_pred} but the first ground-truth frame "
+      f"{names[0]} has objects 1..{k}; davis2017 refuses ids above that"
+    )
   ids = list(range(1, k + 1))
   j = np.zeros((k, len(scored)))
   f = np.zeros((k, len(scored)))
@@ -229,8 +236,13 @@ def _davis_sequence(gt_root: str, pred_root: str, seq: str):
   return [n[:-4] for n in scored], j, f
 
 
-def score_davis2017(gt_dir: str, pred_dir: str, *, sequences: Optional[Sequence[str]] = None,
-                    with_per_frame: bool = False) -> dict:
+def score_davis2017(
+  gt_dir: str,
+  pred_dir: str,
+  *,
+  sequences: Optional[Sequence[str]] = None,
+  with_per_frame: bool = False,
+) -> dict:
   """davis2017-evaluation semi-supervised: global, per object `<seq>_<id>`, per sequence (mean
   of its objects, derived), fractions."""
   gt_root = resolve_gt_root(gt_dir)
@@ -250,20 +262,34 @@ def score_davis2017(gt_dir: str, pred_dir: str, *, sequences: Optional[Sequence[
         stats[name]["M"].append(m)
         stats[name]["R"].append(r)
         stats[name]["D"].append(d)
-      per_object[key] = {"J-Mean": jm, "J-Recall": jr, "J-Decay": jd,
-                         "F-Mean": fm, "F-Recall": fr, "F-Decay": fd}
+      per_object[key] = {
+        "J-Mean": jm,
+        "J-Recall": jr,
+        "J-Decay": jd,
+        "F-Mean": fm,
+        "F-Recall": fr,
+        "F-Decay": fd,
+      }
       per_frame[key] = {"frames": frames, "J": j[i].tolist(), "F": f[i].tolist()}
     with _quiet():
       jm_seq = float(np.mean([per_object[k]["J-Mean"] for k in keys])) if keys else math.nan
       fm_seq = float(np.mean([per_object[k]["F-Mean"] for k in keys])) if keys else math.nan
-    per_sequence[seq] = {"J-Mean": jm_seq, "F-Mean": fm_seq, "J&F-Mean": (jm_seq + fm_seq) / 2,
-                         "objects": keys}
+    per_sequence[seq] = {
+      "J-Mean": jm_seq,
+      "F-Mean": fm_seq,
+      "J&F-Mean": (jm_seq + fm_seq) / 2,
+      "objects": keys,
+    }
   with _quiet():
-    g = {f"{n}-{s}": float(np.mean(stats[n][c])) for n in ("J", "F")
-         for s, c in (("Mean", "M"), ("Recall", "R"), ("Decay", "D"))}
+    g = {
+      f"{n}-{s}": float(np.mean(stats[n][c]))
+      for n in ("J", "F")
+      for s, c in (("Mean", "M"), ("Recall", "R"), ("Decay", "D"))
+    }
   overall = {"J&F-Mean": (g["J-Mean"] + g["F-Mean"]) / 2.0}
-  overall.update({k: g[k] for k in ("J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall",
-                                    "F-Decay")})
+  overall.update(
+    {k: g[k] for k in ("J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay")}
+  )
   extra = {"units": "fraction", "per_frame": per_frame} if with_per_frame else {"units": "fraction"}
   return make_report("mask", "davis2017", overall, per_sequence, per_object, **extra)
 
@@ -272,10 +298,11 @@ def score_davis2017(gt_dir: str, pred_dir: str, *, sequences: Optional[Sequence[
 def _present_ids(a: np.ndarray):
   """Sorted distinct values (np.unique without the sort for small unsigned ids)."""
   top = int(a.max(initial=0))
-  if top <= 16:   # few ids (the usual case): one comparison per candidate beats a histogram
+  if top <= 16:  # few ids (the usual case): one comparison per candidate beats a histogram
     return [k for k in range(top + 1) if k == top or (a == k).any()]
   if a.dtype == np.uint8:
     import cv2
+
     hist = cv2.calcHist([np.ascontiguousarray(a)], [0], None, [256], [0, 256])
     return np.flatnonzero(np.ravel(hist)).tolist()
   return [int(v) for v in np.unique(a)]
@@ -304,14 +331,17 @@ class _GrowingObjects:
       self.f.setdefault(obj, []).append(_boundary_f(masks[i][1], masks[i][0], kernel))
 
   def conclude(self):
-    return {o: (float(np.mean(self.j[o])) * 100, float(np.mean(self.f[o])) * 100)
-            for o in sorted(self.in_gt)}
+    return {
+      o: (float(np.mean(self.j[o])) * 100, float(np.mean(self.f[o])) * 100)
+      for o in sorted(self.in_gt)
+    }
 
 
 def _sav_pair(gt_path: str, pred_path: str, sav_format: bool):
   if not os.path.isfile(pred_path):
-    raise MetricInputError(f"{pred_path}: prediction missing (sav_benchmark needs every scored "
-                           "ground-truth frame)")
+    raise MetricInputError(
+      f"{pred_path}: prediction missing (sav_benchmark needs every scored ground-truth frame)"
+    )
   g = _read_ids(gt_path)
   p = _read_ids(pred_path)
   if g.shape != p.shape:
@@ -319,8 +349,9 @@ def _sav_pair(gt_path: str, pred_path: str, sav_format: bool):
   if sav_format:
     for arr, path in ((g, gt_path), (p, pred_path)):
       if len(_present_ids(arr)) > 2:
-        raise MetricInputError(f"{path}: more than one object id; the SA-V layout holds one "
-                               "object per PNG")
+        raise MetricInputError(
+          f"{path}: more than one object id; the SA-V layout holds one object per PNG"
+        )
     g, p = (g > 0).astype(np.uint8), (p > 0).astype(np.uint8)
   return g, p
 
@@ -347,8 +378,10 @@ def _sav_video(gt_root: str, pred_root: str, vid: str):
       acc.feed(p, g, kernel)
     res = acc.conclude()
     if len(res) != 1:
-      raise MetricInputError(f"{og}: object never present in the scored ground-truth frames; "
-                             "sav_benchmark cannot score it")
+      raise MetricInputError(
+        f"{og}: object never present in the scored ground-truth frames; "
+        "sav_benchmark cannot score it"
+      )
     out[obj] = next(iter(res.values()))
   return out
 
@@ -366,8 +399,9 @@ def score_sav(gt_dir: str, pred_dir: str, *, sequences: Optional[Sequence[str]] 
     extra_pred = sorted(set(pred_vids) - set(vids))
     if extra_gt or extra_pred:
       raise MetricInputError(
-          f"video folders differ (sav_benchmark --strict): without predictions {extra_gt}, "
-          f"without ground truth {extra_pred}; pass --sequences to score a subset")
+        f"video folders differ (sav_benchmark --strict): without predictions {extra_gt}, "
+        f"without ground truth {extra_pred}; pass --sequences to score a subset"
+      )
   else:
     missing = [v for v in vids if v not in pred_vids]
     if missing:

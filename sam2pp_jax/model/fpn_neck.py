@@ -20,8 +20,7 @@ def _linear_upsample2x_matrix(n: int) -> np.ndarray:
   """[2n, n] weights of torch's 2x bilinear upsampling (align_corners=False) along one axis."""
   mat = np.zeros((2 * n, n), np.float32)
   for o in range(2 * n):
-    src = max(np.float32(0.5) * (np.float32(o) + np.float32(0.5)) - np.float32(0.5),
-              np.float32(0))
+    src = max(np.float32(0.5) * (np.float32(o) + np.float32(0.5)) - np.float32(0.5), np.float32(0))
     i0 = min(int(np.floor(src)), n - 1)
     i1 = min(i0 + 1, n - 1)
     lam = np.float32(src - i0)
@@ -69,7 +68,7 @@ class FpnNeck(nn.Module):
   fpn_interp_model: str = "bilinear"
   fuse_type: str = "sum"
   fpn_top_down_levels: tuple[int, ...] | None = None
-  num_pos_feats: int | None = None   # sine encoding width; None -> d_model
+  num_pos_feats: int | None = None  # sine encoding width; None -> d_model
 
   @nn.compact
   def __call__(self, xs: Sequence):
@@ -83,8 +82,9 @@ class FpnNeck(nn.Module):
     outs, pos = [None] * n, [None] * n
     prev = None
     for i in range(n - 1, -1, -1):
-      lateral = _Lateral(self.d_model, self.kernel_size, self.stride, self.padding,
-                         name=f"convs_{n - 1 - i}")(xs[i])
+      lateral = _Lateral(
+        self.d_model, self.kernel_size, self.stride, self.padding, name=f"convs_{n - 1 - i}"
+      )(xs[i])
       if i in top_down and prev is not None:
         prev = lateral + upsample2x(prev.astype(jnp.float32), self.fpn_interp_model)
         if self.fuse_type == "avg":
@@ -96,4 +96,3 @@ class FpnNeck(nn.Module):
       table = jnp.asarray(sine_position_encoding(h, w, npf), prev.dtype)
       pos[i] = jnp.broadcast_to(table[None], (b, h, w, npf))
     return outs, pos
-

@@ -96,9 +96,17 @@ def window_unpartition(windows, window: int, pad_hw: tuple[int, int], hw: tuple[
   return x[:, :h, :w]
 
 
-def hiera_block_specs(embed_dim: int, num_heads: int, stages: Sequence[int],
-                      window_spec: Sequence[int], global_att_blocks: Sequence[int] | None,
-                      q_pool: int, q_stride: Sequence[int], dim_mul: float, head_mul: float):
+def hiera_block_specs(
+  embed_dim: int,
+  num_heads: int,
+  stages: Sequence[int],
+  window_spec: Sequence[int],
+  global_att_blocks: Sequence[int] | None,
+  q_pool: int,
+  q_stride: Sequence[int],
+  dim_mul: float,
+  head_mul: float,
+):
   """Per-block (dim, dim_out, num_heads, q_stride or None, window_size) and the stage ends.
 
   The first block of a stage still uses the previous stage's window (it pools the queries).
@@ -218,8 +226,9 @@ class MultiScaleBlock(nn.Module):
       out_hw = (x.shape[1] // self.q_stride[0], x.shape[2] // self.q_stride[1])
     else:
       out_hw = x.shape[1:3]
-    x = MultiScaleAttention(self.dim_out, self.num_heads, self.q_stride, self.window_size,
-                            name="attn")(x, out_hw)
+    x = MultiScaleAttention(
+      self.dim_out, self.num_heads, self.q_stride, self.window_size, name="attn"
+    )(x, out_hw)
 
     drop = nn.Dropout(self.drop_path, broadcast_dims=(1, 2, 3), name="drop_path")
     x = shortcut + drop(x, deterministic=deterministic)
@@ -248,11 +257,17 @@ class Hiera(nn.Module):
   return_interm_layers: bool = True
 
   def _specs(self):
-    return hiera_block_specs(self.embed_dim, self.num_heads, tuple(self.stages),
-                             tuple(self.window_spec),
-                             None if self.global_att_blocks is None
-                             else tuple(self.global_att_blocks),
-                             self.q_pool, tuple(self.q_stride), self.dim_mul, self.head_mul)
+    return hiera_block_specs(
+      self.embed_dim,
+      self.num_heads,
+      tuple(self.stages),
+      tuple(self.window_spec),
+      None if self.global_att_blocks is None else tuple(self.global_att_blocks),
+      self.q_pool,
+      tuple(self.q_stride),
+      self.dim_mul,
+      self.head_mul,
+    )
 
   @property
   def channel_list(self) -> list[int]:
@@ -267,8 +282,7 @@ class Hiera(nn.Module):
     bh, bw = self.window_pos_embed_bkg_spatial_size
     win = self.window_spec[0]
     bkg = self.param("pos_embed", nn.initializers.zeros, (1, bh, bw, self.embed_dim))
-    window = self.param("pos_embed_window", nn.initializers.zeros,
-                        (1, win, win, self.embed_dim))
+    window = self.param("pos_embed_window", nn.initializers.zeros, (1, win, win, self.embed_dim))
     h, w = hw
     if h % win or w % win:
       raise ValueError(f"patch grid {hw} is not a multiple of the first window size {win}")
@@ -282,8 +296,15 @@ class Hiera(nn.Module):
     rates = np.linspace(0.0, self.drop_path_rate, len(specs), dtype=np.float32)
     outputs = []
     for i, (dim, dim_out, heads, q_stride, window) in enumerate(specs):
-      x = MultiScaleBlock(dim, dim_out, heads, drop_path=float(rates[i]), q_stride=q_stride,
-                          window_size=window, name=f"blocks_{i}")(x, deterministic)
+      x = MultiScaleBlock(
+        dim,
+        dim_out,
+        heads,
+        drop_path=float(rates[i]),
+        q_stride=q_stride,
+        window_size=window,
+        name=f"blocks_{i}",
+      )(x, deterministic)
       if i == ends[-1] or (i in ends and self.return_interm_layers):
         outputs.append(x)
     return outputs

@@ -33,7 +33,7 @@ class ImageEncoder(nn.Module):
   drop_path_rate: float = 0.0
   # neck
   d_model: int = 256
-  backbone_channel_list: tuple[int, ...] | None = None   # None -> the trunk's channel list
+  backbone_channel_list: tuple[int, ...] | None = None  # None -> the trunk's channel list
   fpn_top_down_levels: tuple[int, ...] | None = (2, 3)
   fpn_interp_model: str = "nearest"
   fuse_type: str = "sum"
@@ -41,28 +41,40 @@ class ImageEncoder(nn.Module):
   scalp: int = 1
 
   def _trunk(self) -> Hiera:
-    return Hiera(embed_dim=self.embed_dim, num_heads=self.num_heads,
-                 drop_path_rate=self.drop_path_rate, q_pool=self.q_pool,
-                 q_stride=tuple(self.q_stride), stages=tuple(self.stages),
-                 dim_mul=self.dim_mul, head_mul=self.head_mul,
-                 window_pos_embed_bkg_spatial_size=tuple(self.window_pos_embed_bkg_spatial_size),
-                 window_spec=tuple(self.window_spec),
-                 global_att_blocks=(None if self.global_att_blocks is None
-                                    else tuple(self.global_att_blocks)),
-                 name="trunk")
+    return Hiera(
+      embed_dim=self.embed_dim,
+      num_heads=self.num_heads,
+      drop_path_rate=self.drop_path_rate,
+      q_pool=self.q_pool,
+      q_stride=tuple(self.q_stride),
+      stages=tuple(self.stages),
+      dim_mul=self.dim_mul,
+      head_mul=self.head_mul,
+      window_pos_embed_bkg_spatial_size=tuple(self.window_pos_embed_bkg_spatial_size),
+      window_spec=tuple(self.window_spec),
+      global_att_blocks=(None if self.global_att_blocks is None else tuple(self.global_att_blocks)),
+      name="trunk",
+    )
 
   @nn.compact
   def __call__(self, images, deterministic: bool = True) -> dict:
     trunk = self._trunk()
     channels = tuple(trunk.channel_list)
     if self.backbone_channel_list is not None and tuple(self.backbone_channel_list) != channels:
-      raise ValueError(f"neck backbone_channel_list {tuple(self.backbone_channel_list)} != "
-                       f"trunk channel list {channels}")
-    neck = FpnNeck(d_model=self.d_model, backbone_channel_list=channels,
-                   fpn_interp_model=self.fpn_interp_model, fuse_type=self.fuse_type,
-                   fpn_top_down_levels=(None if self.fpn_top_down_levels is None
-                                        else tuple(self.fpn_top_down_levels)),
-                   name="neck")
+      raise ValueError(
+        f"neck backbone_channel_list {tuple(self.backbone_channel_list)} != "
+        f"trunk channel list {channels}"
+      )
+    neck = FpnNeck(
+      d_model=self.d_model,
+      backbone_channel_list=channels,
+      fpn_interp_model=self.fpn_interp_model,
+      fuse_type=self.fuse_type,
+      fpn_top_down_levels=(
+        None if self.fpn_top_down_levels is None else tuple(self.fpn_top_down_levels)
+      ),
+      name="neck",
+    )
     features, pos = neck(trunk(images, deterministic))
     if self.scalp > 0:
       features, pos = features[: -self.scalp], pos[: -self.scalp]

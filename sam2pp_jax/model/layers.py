@@ -7,8 +7,7 @@ Names of sub-modules follow the reference state-dict names so that the key map i
 from __future__ import annotations
 
 import functools
-
-from typing import Callable, Sequence
+from typing import Callable
 
 import flax.linen as nn
 import jax
@@ -90,7 +89,7 @@ class DepthwiseConv2d(nn.Module):
     out = None
     for i in range(k):
       for j in range(k):
-        term = xp[:, i:i + ho, j:j + wo, :] * kernel[i, j, 0]
+        term = xp[:, i : i + ho, j : j + wo, :] * kernel[i, j, 0]
         out = term if out is None else out + term
     return out + bias.astype(x.dtype)
 
@@ -98,8 +97,12 @@ class DepthwiseConv2d(nn.Module):
 def _conv_native(x, kernel, stride: int, padding: int):
   lead = x.shape[:-3]
   y = jax.lax.conv_general_dilated(
-      x.reshape((-1,) + x.shape[-3:]), kernel, (stride, stride),
-      [(padding, padding), (padding, padding)], dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    x.reshape((-1,) + x.shape[-3:]),
+    kernel,
+    (stride, stride),
+    [(padding, padding), (padding, padding)],
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+  )
   return y.reshape(lead + y.shape[1:])
 
 
@@ -110,10 +113,14 @@ def _conv_patches(x, kernel, stride: int, padding: int):
     x = jnp.pad(x, [(0, 0)] * (x.ndim - 3) + [(p, p), (p, p), (0, 0)])
   h, w = x.shape[-3], x.shape[-2]
   ho, wo = (h - k) // s + 1, (w - k) // s + 1
-  cols = [x[..., i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s, :]
-          for i in range(k) for j in range(k)]
-  return jnp.einsum("...hwpc,pco->...hwo", jnp.stack(cols, axis=-2),
-                    kernel.reshape((k * k,) + kernel.shape[2:]))
+  cols = [
+    x[..., i : i + s * (ho - 1) + 1 : s, j : j + s * (wo - 1) + 1 : s, :]
+    for i in range(k)
+    for j in range(k)
+  ]
+  return jnp.einsum(
+    "...hwpc,pco->...hwo", jnp.stack(cols, axis=-2), kernel.reshape((k * k,) + kernel.shape[2:])
+  )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -160,7 +167,7 @@ class Conv2d(nn.Module):
       raise ValueError(f"a {k}x{k} convolution needs at least {k}x{k} padded input, got {h}x{w}")
     if s == k and p == 0:
       lead = x.shape[:-3]
-      x = x[..., :ho * k, :wo * k, :].reshape(lead + (ho, k, wo, k, cin))
+      x = x[..., : ho * k, : wo * k, :].reshape(lead + (ho, k, wo, k, cin))
       y = jnp.einsum("...hiwjc,ijco->...hwo", x, kernel)
     elif s > 1:
       y = strided_conv(x, kernel, s, p)
@@ -169,11 +176,22 @@ class Conv2d(nn.Module):
     return y + bias.astype(x.dtype)
 
 
-def conv2d(features: int, kernel_size: int, stride: int = 1, padding: int = 0,
-           groups: int = 1, name: str | None = None) -> nn.Module:
+def conv2d(
+  features: int,
+  kernel_size: int,
+  stride: int = 1,
+  padding: int = 0,
+  groups: int = 1,
+  name: str | None = None,
+) -> nn.Module:
   """A torch-style Conv2d (symmetric integer padding) in NHWC; grouped ones use `nn.Conv`."""
   if groups != 1:
-    return nn.Conv(features, (kernel_size, kernel_size), strides=(stride, stride),
-                   padding=((padding, padding), (padding, padding)),
-                   feature_group_count=groups, name=name)
+    return nn.Conv(
+      features,
+      (kernel_size, kernel_size),
+      strides=(stride, stride),
+      padding=((padding, padding), (padding, padding)),
+      feature_group_count=groups,
+      name=name,
+    )
   return Conv2d(features, kernel_size, stride, padding, name=name)

@@ -42,8 +42,13 @@ def _set(tree: dict, path, value):
   tree[path[-1]] = value
 
 
-def init_lora(key, base_params: Mapping, rank: int,
-              targets: Iterable[str] = MEMORY_ATTENTION_TARGETS, dtype=jnp.float32) -> dict:
+def init_lora(
+  key,
+  base_params: Mapping,
+  rank: int,
+  targets: Iterable[str] = MEMORY_ATTENTION_TARGETS,
+  dtype=jnp.float32,
+) -> dict:
   """Fresh factors for every targeted kernel: A ~ U(+-1/sqrt(fan_in)) (torch kaiming-uniform
   with a=sqrt(5), peft's default), B = 0, so the merged model starts equal to the base."""
   found = list(_targets(base_params, targets))
@@ -56,8 +61,12 @@ def init_lora(key, base_params: Mapping, rank: int,
     out = []
     for k, shape in zip(jax.random.split(key, len(shapes)), shapes):
       bound = 1.0 / np.sqrt(int(np.prod(shape[:-1])))
-      out.append((jax.random.uniform(k, shape[:-1] + (rank,), dtype, -bound, bound),
-                  jnp.zeros((rank, shape[-1]), dtype)))
+      out.append(
+        (
+          jax.random.uniform(k, shape[:-1] + (rank,), dtype, -bound, bound),
+          jnp.zeros((rank, shape[-1]), dtype),
+        )
+      )
     return out
 
   tree: dict = {}
@@ -77,6 +86,7 @@ def merge(base_params: Mapping, lora_params: Mapping, alpha: float, rank: int) -
   Modules without factors are passed through unchanged (same leaves); a factor without a
   matching kernel is an error.
   """
+
   def rec(base, lora, path):
     if lora is None:
       return base
@@ -91,7 +101,8 @@ def merge(base_params: Mapping, lora_params: Mapping, alpha: float, rank: int) -
     extra = set(lora) - set(base)
     if extra:
       raise KeyError(f"LoRA factors for absent modules {sorted(extra)} under {'/'.join(path)}")
-    return {n: rec(v, lora.get(n), path + (n,)) if isinstance(v, Mapping) else v
-            for n, v in base.items()}
+    return {
+      n: rec(v, lora.get(n), path + (n,)) if isinstance(v, Mapping) else v for n, v in base.items()
+    }
 
   return rec(base_params, lora_params, ())

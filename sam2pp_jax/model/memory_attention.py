@@ -43,14 +43,18 @@ def rope_key_tables(cos: np.ndarray, sin: np.ndarray, num_keys: int, num_k_exclu
   n_rope = num_keys - num_k_exclude_rope
   hw = cos.shape[0]
   if n_rope < 0 or n_rope % hw:
-    raise ValueError(f"{n_rope} RoPE keys is not a whole number of {hw}-token frames "
-                     f"({num_keys} keys, {num_k_exclude_rope} excluded)")
+    raise ValueError(
+      f"{n_rope} RoPE keys is not a whole number of {hw}-token frames "
+      f"({num_keys} keys, {num_k_exclude_rope} excluded)"
+    )
   reps = n_rope // hw
   half = cos.shape[1]
-  cos_k = np.concatenate([np.tile(cos, (reps, 1)),
-                          np.ones((num_k_exclude_rope, half), np.float32)], axis=0)
-  sin_k = np.concatenate([np.tile(sin, (reps, 1)),
-                          np.zeros((num_k_exclude_rope, half), np.float32)], axis=0)
+  cos_k = np.concatenate(
+    [np.tile(cos, (reps, 1)), np.ones((num_k_exclude_rope, half), np.float32)], axis=0
+  )
+  sin_k = np.concatenate(
+    [np.tile(sin, (reps, 1)), np.zeros((num_k_exclude_rope, half), np.float32)], axis=0
+  )
   return cos_k, sin_k
 
 
@@ -68,8 +72,16 @@ class RoPEAttention(nn.Module):
   rope_k_repeat: bool = False
 
   @nn.compact
-  def __call__(self, q, k, v, feat_hw: Sequence[int] | None = None, num_k_exclude_rope: int = 0,
-               key_mask=None, deterministic: bool = True):
+  def __call__(
+    self,
+    q,
+    k,
+    v,
+    feat_hw: Sequence[int] | None = None,
+    num_k_exclude_rope: int = 0,
+    key_mask=None,
+    deterministic: bool = True,
+  ):
     internal = self.embedding_dim // self.downsample_rate
     if internal % self.num_heads:
       raise ValueError("num_heads must divide the internal dim")
@@ -120,24 +132,47 @@ class MemoryAttentionLayer(nn.Module):
   pos_enc_at_cross_attn_queries: bool = False
 
   @nn.compact
-  def __call__(self, tgt, memory, query_pos, memory_pos, feat_hw=None, num_k_exclude_rope=0,
-               memory_mask=None, deterministic: bool = True):
+  def __call__(
+    self,
+    tgt,
+    memory,
+    query_pos,
+    memory_pos,
+    feat_hw=None,
+    num_k_exclude_rope=0,
+    memory_mask=None,
+    deterministic: bool = True,
+  ):
     drop = lambda x: nn.Dropout(self.dropout)(x, deterministic=deterministic)
     attn = lambda name, repeat: RoPEAttention(
-        embedding_dim=self.d_model, num_heads=self.num_heads, dropout=self.dropout,
-        rope_theta=self.rope_theta, rope_k_repeat=repeat, name=name)
+      embedding_dim=self.d_model,
+      num_heads=self.num_heads,
+      dropout=self.dropout,
+      rope_theta=self.rope_theta,
+      rope_k_repeat=repeat,
+      name=name,
+    )
 
     x = layer_norm(TORCH_LN_EPS, name="norm1")(tgt)
     qk = x + query_pos if self.pos_enc_at_attn else x
-    tgt = tgt + drop(attn("self_attn", False)(qk, qk, x, feat_hw=feat_hw,
-                                               deterministic=deterministic))
+    tgt = tgt + drop(
+      attn("self_attn", False)(qk, qk, x, feat_hw=feat_hw, deterministic=deterministic)
+    )
 
     x = layer_norm(TORCH_LN_EPS, name="norm2")(tgt)
     q = x + query_pos if self.pos_enc_at_cross_attn_queries else x
     k = memory + memory_pos if self.pos_enc_at_cross_attn_keys else memory
-    tgt = tgt + drop(attn("cross_attn_image", True)(
-        q, k, memory, feat_hw=feat_hw, num_k_exclude_rope=num_k_exclude_rope,
-        key_mask=memory_mask, deterministic=deterministic))
+    tgt = tgt + drop(
+      attn("cross_attn_image", True)(
+        q,
+        k,
+        memory,
+        feat_hw=feat_hw,
+        num_k_exclude_rope=num_k_exclude_rope,
+        key_mask=memory_mask,
+        deterministic=deterministic,
+      )
+    )
 
     x = layer_norm(TORCH_LN_EPS, name="norm3")(tgt)
     x = jax.nn.relu(nn.Dense(self.dim_feedforward, name="linear1")(x))
@@ -163,9 +198,17 @@ class MemoryAttention(nn.Module):
   pos_enc_at_cross_attn_queries: bool = False
 
   @nn.compact
-  def __call__(self, curr, curr_pos, memory, memory_pos, num_obj_ptr_tokens: int = 0,
-               memory_mask=None, feat_hw: Sequence[int] | None = None,
-               deterministic: bool = True):
+  def __call__(
+    self,
+    curr,
+    curr_pos,
+    memory,
+    memory_pos,
+    num_obj_ptr_tokens: int = 0,
+    memory_mask=None,
+    feat_hw: Sequence[int] | None = None,
+    deterministic: bool = True,
+  ):
     """curr/curr_pos [B,HW,C], memory/memory_pos [B,M,Cm], memory_mask bool [B,M] (True=valid).
 
     num_obj_ptr_tokens and feat_hw are static; the first M - num_obj_ptr_tokens memory tokens
@@ -174,12 +217,23 @@ class MemoryAttention(nn.Module):
     x = curr + 0.1 * curr_pos if self.pos_enc_at_input else curr
     for i in range(self.num_layers):
       x = MemoryAttentionLayer(
-          d_model=self.d_model, dim_feedforward=self.dim_feedforward, dropout=self.dropout,
-          num_heads=self.num_heads, rope_theta=self.rope_theta,
-          pos_enc_at_attn=self.pos_enc_at_attn,
-          pos_enc_at_cross_attn_keys=self.pos_enc_at_cross_attn_keys,
-          pos_enc_at_cross_attn_queries=self.pos_enc_at_cross_attn_queries,
-          name=f"layers_{i}")(x, memory, curr_pos, memory_pos, feat_hw=feat_hw,
-                              num_k_exclude_rope=int(num_obj_ptr_tokens),
-                              memory_mask=memory_mask, deterministic=deterministic)
+        d_model=self.d_model,
+        dim_feedforward=self.dim_feedforward,
+        dropout=self.dropout,
+        num_heads=self.num_heads,
+        rope_theta=self.rope_theta,
+        pos_enc_at_attn=self.pos_enc_at_attn,
+        pos_enc_at_cross_attn_keys=self.pos_enc_at_cross_attn_keys,
+        pos_enc_at_cross_attn_queries=self.pos_enc_at_cross_attn_queries,
+        name=f"layers_{i}",
+      )(
+        x,
+        memory,
+        curr_pos,
+        memory_pos,
+        feat_hw=feat_hw,
+        num_k_exclude_rope=int(num_obj_ptr_tokens),
+        memory_mask=memory_mask,
+        deterministic=deterministic,
+      )
     return layer_norm(TORCH_LN_EPS, name="norm")(x)

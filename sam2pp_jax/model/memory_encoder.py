@@ -32,11 +32,11 @@ class MaskDownSampler(nn.Module):
   @nn.compact
   def __call__(self, x):
     num_layers = int(math.log2(self.total_stride) // math.log2(self.stride))
-    if self.stride ** num_layers != self.total_stride:
+    if self.stride**num_layers != self.total_stride:
       raise ValueError("total_stride must be a power of stride")
     chans, idx = 1, 0
     for _ in range(num_layers):
-      chans *= self.stride ** 2
+      chans *= self.stride**2
       x = conv2d(chans, self.kernel_size, self.stride, self.padding, name=f"encoder_{idx}")(x)
       x = gelu(layer_norm(1e-6, name=f"encoder_{idx + 1}")(x))
       idx += 3
@@ -62,8 +62,9 @@ class CXBlock(nn.Module):
     y = nn.Dense(4 * self.dim, name="pwconv1")(y)
     y = nn.Dense(self.dim, name="pwconv2")(gelu(y))
     if self.layer_scale_init_value > 0:
-      gamma = self.param("gamma", nn.initializers.constant(self.layer_scale_init_value),
-                         (self.dim,))
+      gamma = self.param(
+        "gamma", nn.initializers.constant(self.layer_scale_init_value), (self.dim,)
+      )
       y = gamma.astype(y.dtype) * y
     return x + y
 
@@ -100,8 +101,14 @@ class MemoryEncoder(nn.Module):
   def __call__(self, pix_feat, masks):
     if self.apply_sigmoid:
       masks = jax.nn.sigmoid(masks)
-    masks = MaskDownSampler(self.in_dim, self.ds_kernel_size, self.ds_stride, self.ds_padding,
-                            self.ds_total_stride, name="mask_downsampler")(masks)
+    masks = MaskDownSampler(
+      self.in_dim,
+      self.ds_kernel_size,
+      self.ds_stride,
+      self.ds_padding,
+      self.ds_total_stride,
+      name="mask_downsampler",
+    )(masks)
     x = conv2d(self.in_dim, 1, name="pix_feat_proj")(pix_feat.astype(masks.dtype))
     x = Fuser(self.in_dim, self.fuser_layers, name="fuser")(x + masks)
     if self.out_dim != self.in_dim:

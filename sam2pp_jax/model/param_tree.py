@@ -40,14 +40,21 @@ def check_against_template(tree: Mapping, template: Mapping, origin: Mapping | N
   bad = [p for p in set(got) & set(want) if tuple(np.shape(got[p])) != tuple(want[p].shape)]
   msgs = []
   if missing:
-    msgs.append(f"{len(missing)} Flax params have no reference key: "
-                + ", ".join("/".join(p) for p in missing[:20]))
+    msgs.append(
+      f"{len(missing)} Flax params have no reference key: "
+      + ", ".join("/".join(p) for p in missing[:20])
+    )
   if extra:
-    msgs.append(f"{len(extra)} reference keys match no Flax param: "
-                + ", ".join(name(p) for p in extra[:20]))
+    msgs.append(
+      f"{len(extra)} reference keys match no Flax param: " + ", ".join(name(p) for p in extra[:20])
+    )
   if bad:
-    msgs.append(f"{len(bad)} shape mismatches: " + ", ".join(
+    msgs.append(
+      f"{len(bad)} shape mismatches: "
+      + ", ".join(
         f"{name(p)} got {tuple(np.shape(got[p]))} want {tuple(want[p].shape)}"
-        for p in sorted(bad)[:20]))
+        for p in sorted(bad)[:20]
+      )
+    )
   if msgs:
     raise ParamTreeError("state dict does not match the model: " + "; ".join(msgs))

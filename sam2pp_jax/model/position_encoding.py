@@ -12,8 +12,14 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def sine_position_encoding(h: int, w: int, num_pos_feats: int, temperature: float = 10000.0,
-                           normalize: bool = True, scale: float | None = None) -> np.ndarray:
+def sine_position_encoding(
+  h: int,
+  w: int,
+  num_pos_feats: int,
+  temperature: float = 10000.0,
+  normalize: bool = True,
+  scale: float | None = None,
+) -> np.ndarray:
   """[h, w, num_pos_feats] table: y-features then x-features, sin/cos interleaved."""
   if num_pos_feats % 2:
     raise ValueError(f"num_pos_feats must be even, got {num_pos_feats}")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -21,9 +19,10 @@ class PositionEmbeddingRandom(nn.Module):
   def setup(self):
     scale = self.scale if self.scale and self.scale > 0 else 1.0
     self.positional_encoding_gaussian_matrix = self.param(
-        "positional_encoding_gaussian_matrix",
-        lambda rng, shape: scale * jax.random.normal(rng, shape, jnp.float32),
-        (2, self.num_pos_feats))
+      "positional_encoding_gaussian_matrix",
+      lambda rng, shape: scale * jax.random.normal(rng, shape, jnp.float32),
+      (2, self.num_pos_feats),
+    )
 
   def encode_pixels(self, coords, image_hw: tuple[int, int]):
     """coords [..., 2] as (x, y) in pixels of an image_hw image -> [..., 2F]."""
@@ -85,8 +84,9 @@ class PromptEncoder(nn.Module):
   def _embed_boxes(self, boxes):
     coords = (boxes.astype(jnp.float32) + 0.5).reshape(-1, 2, 2)
     emb = self.pe_layer.encode_pixels(coords, tuple(self.input_image_size))
-    corner = jnp.stack([self.point_embeddings[2].embedding[0],
-                        self.point_embeddings[3].embedding[0]], axis=0)
+    corner = jnp.stack(
+      [self.point_embeddings[2].embedding[0], self.point_embeddings[3].embedding[0]], axis=0
+    )
     return emb + corner
 
   def embed_masks(self, masks):

@@ -18,7 +18,7 @@ from sam2pp_jax.model.sam2pp import SAM2Plus, param_shapes
 def _fill(rng: np.random.Generator, name: str, shape: tuple) -> np.ndarray:
   fan_in = max(1, int(np.prod(shape[:-1]))) if len(shape) >= 2 else 1
   x = rng.standard_normal(shape) / np.sqrt(fan_in)
-  if name == "running_var":   # FrozenBatchNorm variance: positive (same draw, so same stream)
+  if name == "running_var":  # FrozenBatchNorm variance: positive (same draw, so same stream)
     x = 0.5 + np.abs(x)
   return x
 

@@ -25,8 +25,8 @@ from sam2pp_jax.model.prompt_encoder import PromptEncoder
 from sam2pp_jax.model.resize import resize_bilinear
 from sam2pp_jax.model.unified_decoder import UnifiedDecoder
 
-NO_OBJ_SCORE = -1024.0        # logits written where the object is judged absent
-MASK_OUT_SCALE, MASK_OUT_BIAS = 20.0, -10.0   # binary mask -> +-10 logits
+NO_OBJ_SCORE = -1024.0  # logits written where the object is judged absent
+MASK_OUT_SCALE, MASK_OUT_BIAS = 20.0, -10.0  # binary mask -> +-10 logits
 
 
 def _check_task(task: str) -> None:
@@ -51,40 +51,75 @@ class SAM2Plus(nn.Module):
     validate_model_config(c)
     s, d, m = int(c.image_size), int(c.hidden_dim), int(c.mem_dim)
     self.image_encoder = ImageEncoder(
-        embed_dim=c.trunk.embed_dim, num_heads=c.trunk.num_heads, stages=tuple(c.trunk.stages),
-        global_att_blocks=tuple(c.trunk.global_att_blocks),
-        window_pos_embed_bkg_spatial_size=tuple(c.trunk.window_pos_embed_bkg_spatial_size),
-        window_spec=tuple(c.trunk.window_spec), q_pool=c.trunk.q_pool,
-        q_stride=tuple(c.trunk.q_stride), dim_mul=c.trunk.dim_mul, head_mul=c.trunk.head_mul,
-        drop_path_rate=c.trunk.drop_path_rate, d_model=c.neck.d_model,
-        backbone_channel_list=tuple(c.neck.backbone_channel_list),
-        fpn_top_down_levels=tuple(c.neck.fpn_top_down_levels),
-        fpn_interp_model=c.neck.fpn_interp_model, scalp=c.scalp)
+      embed_dim=c.trunk.embed_dim,
+      num_heads=c.trunk.num_heads,
+      stages=tuple(c.trunk.stages),
+      global_att_blocks=tuple(c.trunk.global_att_blocks),
+      window_pos_embed_bkg_spatial_size=tuple(c.trunk.window_pos_embed_bkg_spatial_size),
+      window_spec=tuple(c.trunk.window_spec),
+      q_pool=c.trunk.q_pool,
+      q_stride=tuple(c.trunk.q_stride),
+      dim_mul=c.trunk.dim_mul,
+      head_mul=c.trunk.head_mul,
+      drop_path_rate=c.trunk.drop_path_rate,
+      d_model=c.neck.d_model,
+      backbone_channel_list=tuple(c.neck.backbone_channel_list),
+      fpn_top_down_levels=tuple(c.neck.fpn_top_down_levels),
+      fpn_interp_model=c.neck.fpn_interp_model,
+      scalp=c.scalp,
+    )
     self.sam_prompt_encoder = PromptEncoder(
-        embed_dim=d, image_embedding_size=(s // 16, s // 16), input_image_size=(s, s),
-        mask_in_chans=c.decoder.mask_in_chans)
+      embed_dim=d,
+      image_embedding_size=(s // 16, s // 16),
+      input_image_size=(s, s),
+      mask_in_chans=c.decoder.mask_in_chans,
+    )
     self.sam_unified_decoder = UnifiedDecoder(
-        transformer_dim=d, image_size=s, num_multimask_outputs=c.decoder.num_multimask_outputs,
-        iou_head_depth=c.decoder.iou_head_depth, iou_head_hidden_dim=c.decoder.iou_head_hidden_dim,
-        transformer_depth=c.decoder.transformer_depth,
-        transformer_num_heads=c.decoder.transformer_num_heads,
-        transformer_mlp_dim=c.decoder.transformer_mlp_dim,
-        attention_downsample_rate=c.decoder.attention_downsample_rate,
-        box_head_inner_dim=c.decoder.box_head_inner_dim)
+      transformer_dim=d,
+      image_size=s,
+      num_multimask_outputs=c.decoder.num_multimask_outputs,
+      iou_head_depth=c.decoder.iou_head_depth,
+      iou_head_hidden_dim=c.decoder.iou_head_hidden_dim,
+      transformer_depth=c.decoder.transformer_depth,
+      transformer_num_heads=c.decoder.transformer_num_heads,
+      transformer_mlp_dim=c.decoder.transformer_mlp_dim,
+      attention_downsample_rate=c.decoder.attention_downsample_rate,
+      box_head_inner_dim=c.decoder.box_head_inner_dim,
+    )
     ma, me = c.memory_attention, c.memory_encoder
     for t in TASKS:
-      setattr(self, f"memory_attention_{t}", MemoryAttention(
-          d_model=d, num_layers=ma.num_layers, pos_enc_at_input=ma.pos_enc_at_input,
-          dim_feedforward=ma.dim_feedforward, dropout=ma.dropout, num_heads=ma.num_heads,
-          rope_theta=ma.rope_theta))
-      setattr(self, f"memory_encoder_{t}", MemoryEncoder(
-          out_dim=m, in_dim=d, fuser_layers=me.fuser_layers, ds_kernel_size=me.mask_kernel_size,
-          ds_stride=me.mask_stride, ds_padding=me.mask_padding,
-          ds_total_stride=me.mask_total_stride))
+      setattr(
+        self,
+        f"memory_attention_{t}",
+        MemoryAttention(
+          d_model=d,
+          num_layers=ma.num_layers,
+          pos_enc_at_input=ma.pos_enc_at_input,
+          dim_feedforward=ma.dim_feedforward,
+          dropout=ma.dropout,
+          num_heads=ma.num_heads,
+          rope_theta=ma.rope_theta,
+        ),
+      )
+      setattr(
+        self,
+        f"memory_encoder_{t}",
+        MemoryEncoder(
+          out_dim=m,
+          in_dim=d,
+          fuser_layers=me.fuser_layers,
+          ds_kernel_size=me.mask_kernel_size,
+          ds_stride=me.mask_stride,
+          ds_padding=me.mask_padding,
+          ds_total_stride=me.mask_total_stride,
+        ),
+      )
     self.obj_ptr_proj = MLP(d, d, 3)
     self.obj_ptr_tpos_proj = nn.Dense(m)
     self.mask_downsample = conv2d(1, 4, stride=4)
-    self.maskmem_tpos_enc = self.param("maskmem_tpos_enc", _trunc_normal(), (c.num_maskmem, 1, 1, m))
+    self.maskmem_tpos_enc = self.param(
+      "maskmem_tpos_enc", _trunc_normal(), (c.num_maskmem, 1, 1, m)
+    )
     self.no_mem_embed = self.param("no_mem_embed", _trunc_normal(), (1, 1, d))
     self.no_mem_pos_enc = self.param("no_mem_pos_enc", _trunc_normal(), (1, 1, d))
     self.no_obj_ptr = self.param("no_obj_ptr", _trunc_normal(), (1, d))
@@ -113,14 +148,30 @@ class SAM2Plus(nn.Module):
     out = self.image_encoder(images)
     fpn, pos = out["backbone_fpn"], out["vision_pos_enc"]
     s0, s1 = self.sam_unified_decoder.project_high_res_features(fpn[0], fpn[1], task)
-    return {"vision": fpn[-1], "vision_pos": pos[-1], "s0": s0, "s1": s1,
-            "fpn0": fpn[0], "fpn1": fpn[1]}
+    return {
+      "vision": fpn[-1],
+      "vision_pos": pos[-1],
+      "s0": s0,
+      "s1": s1,
+      "fpn0": fpn[0],
+      "fpn1": fpn[1],
+    }
 
   # ------------------------------------------------------------------------------------------
   # prompts + decoder
   # ------------------------------------------------------------------------------------------
-  def sam_heads(self, vision, s0, s1, point_coords=None, point_labels=None, mask_prompt=None,
-                *, task: str, multimask_output: bool) -> dict:
+  def sam_heads(
+    self,
+    vision,
+    s0,
+    s1,
+    point_coords=None,
+    point_labels=None,
+    mask_prompt=None,
+    *,
+    task: str,
+    multimask_output: bool,
+  ) -> dict:
     """Prompt encoder + unified decoder + selection + object pointer for one frame.
 
     vision [B,h,w,C] is the (memory-conditioned) S/16 embedding; points [B,P,2] in model pixels
@@ -140,9 +191,16 @@ class SAM2Plus(nn.Module):
         mask_prompt = resize_bilinear(mask_prompt.astype(jnp.float32), size, antialias=True)
     sparse, dense = self.sam_prompt_encoder(point_coords, point_labels, None, mask_prompt)
     dec = self.sam_unified_decoder(
-        vision, self.sam_prompt_encoder.get_dense_pe(), sparse, dense, (s0, s1), task=task,
-        multimask_output=multimask_output, repeat_image=False)
-    obj_logit = dec["object_score_logits"]                       # [B,1]
+      vision,
+      self.sam_prompt_encoder.get_dense_pe(),
+      sparse,
+      dense,
+      (s0, s1),
+      task=task,
+      multimask_output=multimask_output,
+      repeat_image=False,
+    )
+    obj_logit = dec["object_score_logits"]  # [B,1]
     is_obj = obj_logit > 0
     masks = jnp.where(is_obj[:, :, None, None], dec["masks"], NO_OBJ_SCORE)
     boxes = dec["boxes"]
@@ -164,16 +222,16 @@ class SAM2Plus(nn.Module):
     obj_ptr = self.obj_ptr_proj(token)
     obj_ptr = lam * obj_ptr + (1.0 - lam) * self.no_obj_ptr
     return {
-        "multi_masks": masks,                                          # [B,M,S/4,S/4]
-        "multi_boxes": boxes,                                          # [B,M,4] or None
-        "ious": ious,                                                  # [B,M]
-        "best_index": best,                                            # [B]
-        "low_res_masks": low_res[:, 0],                                # [B,S/4,S/4]
-        "high_res_masks": self.upsample_to_image(low_res[:, 0]),       # [B,S,S]
-        "boxes": box[:, 0] if box is not None else None,               # [B,4] normalised
-        "obj_ptr": obj_ptr,                                            # [B,C]
-        "object_score_logits": obj_logit,                              # [B,1]
-        "raw": dec,
+      "multi_masks": masks,  # [B,M,S/4,S/4]
+      "multi_boxes": boxes,  # [B,M,4] or None
+      "ious": ious,  # [B,M]
+      "best_index": best,  # [B]
+      "low_res_masks": low_res[:, 0],  # [B,S/4,S/4]
+      "high_res_masks": self.upsample_to_image(low_res[:, 0]),  # [B,S,S]
+      "boxes": box[:, 0] if box is not None else None,  # [B,4] normalised
+      "obj_ptr": obj_ptr,  # [B,C]
+      "object_score_logits": obj_logit,  # [B,1]
+      "raw": dec,
     }
 
   def upsample_to_image(self, low_res):
@@ -181,8 +239,9 @@ class SAM2Plus(nn.Module):
     s = self.image_size
     return resize_bilinear(low_res[..., None], (s, s))[..., 0]
 
-  def prompt_as_output(self, vision, s0, s1, mask_input, point_coords=None, point_labels=None,
-                       *, task: str) -> dict:
+  def prompt_as_output(
+    self, vision, s0, s1, mask_input, point_coords=None, point_labels=None, *, task: str
+  ) -> dict:
     """Prompted frame of the mask / point tasks: the prompt itself is the output.
 
     mask_input [B,S,S] is the binary mask (mask task) or the Gaussian heatmap in [0,1] (point
@@ -201,26 +260,55 @@ class SAM2Plus(nn.Module):
       pts, labels = point_coords, point_labels
     s = self.image_size
     low = resize_bilinear(high[..., None], (s // 4, s // 4), antialias=True)[..., 0]
-    ptr_out = self.sam_heads(vision, s0, s1, pts, labels, self.mask_downsample(m[..., None]),
-                             task=task, multimask_output=False)
+    ptr_out = self.sam_heads(
+      vision,
+      s0,
+      s1,
+      pts,
+      labels,
+      self.mask_downsample(m[..., None]),
+      task=task,
+      multimask_output=False,
+    )
     present = jnp.any(m.reshape(m.shape[0], -1) > 0, axis=1, keepdims=True)
     lam = present.astype(jnp.float32)
     obj_ptr = lam * ptr_out["obj_ptr"] + (1.0 - lam) * self.no_obj_ptr
-    return {"low_res_masks": low, "high_res_masks": high, "boxes": None,
-            "obj_ptr": obj_ptr, "object_score_logits": MASK_OUT_SCALE * lam + MASK_OUT_BIAS,
-            "ious": jnp.ones((m.shape[0], 1), jnp.float32), "ptr_call": ptr_out}
+    return {
+      "low_res_masks": low,
+      "high_res_masks": high,
+      "boxes": None,
+      "obj_ptr": obj_ptr,
+      "object_score_logits": MASK_OUT_SCALE * lam + MASK_OUT_BIAS,
+      "ious": jnp.ones((m.shape[0], 1), jnp.float32),
+      "ptr_call": ptr_out,
+    }
 
   # ------------------------------------------------------------------------------------------
   # memory
   # ------------------------------------------------------------------------------------------
-  def condition_on_memory(self, vision, vision_pos, memory, memory_pos, memory_mask=None,
-                          *, task: str, num_obj_ptr_tokens: int):
+  def condition_on_memory(
+    self,
+    vision,
+    vision_pos,
+    memory,
+    memory_pos,
+    memory_mask=None,
+    *,
+    task: str,
+    num_obj_ptr_tokens: int,
+  ):
     """Memory attention: [B,h,w,C] frame features attend to [B,M,Cm] memory tokens."""
     _check_task(task)
     b, h, w, c = vision.shape
     out = self._memory_attention(task)(
-        vision.reshape(b, h * w, c), vision_pos.reshape(b, h * w, c), memory, memory_pos,
-        num_obj_ptr_tokens=num_obj_ptr_tokens, memory_mask=memory_mask, feat_hw=(h, w))
+      vision.reshape(b, h * w, c),
+      vision_pos.reshape(b, h * w, c),
+      memory,
+      memory_pos,
+      num_obj_ptr_tokens=num_obj_ptr_tokens,
+      memory_mask=memory_mask,
+      feat_hw=(h, w),
+    )
     return out.reshape(b, h, w, c)
 
   def no_memory_features(self, vision):
@@ -234,7 +322,7 @@ class SAM2Plus(nn.Module):
     mask = jax.nn.sigmoid(high_res_logits.astype(jnp.float32))
     mask = mask * c.sigmoid_scale_for_mem_enc + c.sigmoid_bias_for_mem_enc
     feats, pos = self._memory_encoder(task)(vision, mask[..., None])
-    absent = (object_score_logits <= 0).astype(feats.dtype)          # [B,1]
+    absent = (object_score_logits <= 0).astype(feats.dtype)  # [B,1]
     feats = feats + absent[:, :, None, None] * self.no_obj_embed_spatial[0]
     return feats, pos
 
@@ -262,18 +350,24 @@ class SAM2Plus(nn.Module):
       f = self.encode_image(images, task=t)
       hw = f["vision"].shape[1] * f["vision"].shape[2]
       mem = jnp.zeros((b, hw + nptr, m), jnp.float32)
-      cond = self.condition_on_memory(f["vision"], f["vision_pos"], mem, mem, task=t,
-                                      num_obj_ptr_tokens=nptr)
+      cond = self.condition_on_memory(
+        f["vision"], f["vision_pos"], mem, mem, task=t, num_obj_ptr_tokens=nptr
+      )
       o = self.sam_heads(cond, f["s0"], f["s1"], task=t, multimask_output=True)
       if t != "box":
-        o = self.prompt_as_output(self.no_memory_features(f["vision"]), f["s0"], f["s1"],
-                                  jnp.zeros(images.shape[:3], jnp.float32), task=t,
-                                  point_coords=jnp.zeros((b, 1, 2)),
-                                  point_labels=jnp.ones((b, 1), jnp.int32))
-      feats, _ = self.encode_memory(f["vision"], o["high_res_masks"], o["object_score_logits"],
-                                    task=t)
-      outs[t] = (feats, self.obj_ptr_pos_encoding(jnp.arange(2), 1.0),
-                 self.memory_time_encoding(0))
+        o = self.prompt_as_output(
+          self.no_memory_features(f["vision"]),
+          f["s0"],
+          f["s1"],
+          jnp.zeros(images.shape[:3], jnp.float32),
+          task=t,
+          point_coords=jnp.zeros((b, 1, 2)),
+          point_labels=jnp.ones((b, 1), jnp.int32),
+        )
+      feats, _ = self.encode_memory(
+        f["vision"], o["high_res_masks"], o["object_score_logits"], task=t
+      )
+      outs[t] = (feats, self.obj_ptr_pos_encoding(jnp.arange(2), 1.0), self.memory_time_encoding(0))
     return outs
 
 

@@ -100,12 +100,20 @@ class TwoWayTransformer(nn.Module):
     queries = point_embedding
     for i in range(self.depth):
       queries, keys = TwoWayAttentionBlock(
-          self.embedding_dim, self.num_heads, self.mlp_dim, self.attention_downsample_rate,
-          skip_first_layer_pe=(i == 0), name=f"layers_{i}")(queries, keys, point_embedding, key_pe)
+        self.embedding_dim,
+        self.num_heads,
+        self.mlp_dim,
+        self.attention_downsample_rate,
+        skip_first_layer_pe=(i == 0),
+        name=f"layers_{i}",
+      )(queries, keys, point_embedding, key_pe)
     q = queries + point_embedding
     k = keys + key_pe
-    queries = queries + Attention(self.embedding_dim, self.num_heads,
-                                  self.attention_downsample_rate,
-                                  name="final_attn_token_to_image")(q, k, keys)
+    queries = queries + Attention(
+      self.embedding_dim,
+      self.num_heads,
+      self.attention_downsample_rate,
+      name="final_attn_token_to_image",
+    )(q, k, keys)
     queries = layer_norm(1e-5, name="norm_final_attn")(queries)
     return queries, keys

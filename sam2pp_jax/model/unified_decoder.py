@@ -10,14 +10,12 @@ static, so only the active head is traced.  Maps are NHWC, tokens [B, N, C].
 from __future__ import annotations
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from sam2pp_jax.model.corner_head import PyramidCornerHead, soft_argmax_xy
 from sam2pp_jax.model.layers import MLP, ConvTranspose2x2, conv2d, gelu, layer_norm
 from sam2pp_jax.model.presets import TASKS
 from sam2pp_jax.model.two_way_transformer import TwoWayTransformer
-
 
 
 def _check_task(task: str):
@@ -56,17 +54,26 @@ class UnifiedDecoder(nn.Module):
     if self.image_size % 16:
       raise ValueError(f"image_size must be a multiple of 16, got {self.image_size}")
     if self.box_head_inner_dim // 8 != d // 8:
-      raise ValueError("the box head's score-map width (inner_dim/8) must equal the "
-                       "hypernetwork width (transformer_dim/8)")
+      raise ValueError(
+        "the box head's score-map width (inner_dim/8) must equal the "
+        "hypernetwork width (transformer_dim/8)"
+      )
     self.transformer = TwoWayTransformer(
-        depth=self.transformer_depth, embedding_dim=d, num_heads=self.transformer_num_heads,
-        mlp_dim=self.transformer_mlp_dim, attention_downsample_rate=self.attention_downsample_rate)
+      depth=self.transformer_depth,
+      embedding_dim=d,
+      num_heads=self.transformer_num_heads,
+      mlp_dim=self.transformer_mlp_dim,
+      attention_downsample_rate=self.attention_downsample_rate,
+    )
     self.obj_score_token = nn.Embed(1, d)
     self.iou_token = nn.Embed(1, d)
     self.mask_tokens = nn.Embed(self.num_mask_tokens, d)
-    self.iou_prediction_head = MLP(self.iou_head_hidden_dim, self.num_mask_tokens,
-                                   self.iou_head_depth,
-                                   sigmoid_output=self.iou_prediction_use_sigmoid)
+    self.iou_prediction_head = MLP(
+      self.iou_head_hidden_dim,
+      self.num_mask_tokens,
+      self.iou_head_depth,
+      sigmoid_output=self.iou_prediction_use_sigmoid,
+    )
     self.pred_obj_score_head = MLP(d, 1, 3)
     # Per-task heads, registered under the reference names (setattr keeps the exact names).
     for t in TASKS:
@@ -75,10 +82,14 @@ class UnifiedDecoder(nn.Module):
       setattr(self, f"output_upscaling_{t}_0", ConvTranspose2x2(d // 4))
       setattr(self, f"output_upscaling_{t}_1", layer_norm(1e-6))
       setattr(self, f"output_upscaling_{t}_3", ConvTranspose2x2(d // 8))
-      setattr(self, f"output_hypernetworks_mlps_{t}",
-              [MLP(d, d // 8, 3) for _ in range(self.num_mask_tokens)])
-    self.box_head = PyramidCornerHead(inplanes=d, channel=self.box_head_inner_dim, stride=4,
-                                      bn_eps=self.box_head_bn_eps)
+      setattr(
+        self,
+        f"output_hypernetworks_mlps_{t}",
+        [MLP(d, d // 8, 3) for _ in range(self.num_mask_tokens)],
+      )
+    self.box_head = PyramidCornerHead(
+      inplanes=d, channel=self.box_head_inner_dim, stride=4, bn_eps=self.box_head_bn_eps
+    )
 
   def _head(self, name: str, task: str):
     return getattr(self, f"{name}_{task}")
@@ -94,9 +105,18 @@ class UnifiedDecoder(nn.Module):
     x = self._head("output_upscaling", task + "_3")(x) + feat_s0
     return gelu(x)
 
-  def __call__(self, image_embeddings, image_pe, sparse_prompt_embeddings,
-               dense_prompt_embeddings, high_res_features, *, task: str,
-               multimask_output: bool, repeat_image: bool = False):
+  def __call__(
+    self,
+    image_embeddings,
+    image_pe,
+    sparse_prompt_embeddings,
+    dense_prompt_embeddings,
+    high_res_features,
+    *,
+    task: str,
+    multimask_output: bool,
+    repeat_image: bool = False,
+  ):
     """Run the decoder for one task.
 
     image_embeddings [B,h,w,C] (h = w = S/16), image_pe [1,h,w,C], sparse [B,N,C],
@@ -108,11 +128,13 @@ class UnifiedDecoder(nn.Module):
     _check_task(task)
     d = self.transformer_dim
     bs = sparse_prompt_embeddings.shape[0]
-    out_tokens = jnp.concatenate([self.obj_score_token.embedding, self.iou_token.embedding,
-                                  self.mask_tokens.embedding], axis=0)
+    out_tokens = jnp.concatenate(
+      [self.obj_score_token.embedding, self.iou_token.embedding, self.mask_tokens.embedding], axis=0
+    )
     out_tokens = jnp.broadcast_to(out_tokens[None], (bs, *out_tokens.shape))
-    tokens = jnp.concatenate([out_tokens.astype(sparse_prompt_embeddings.dtype),
-                              sparse_prompt_embeddings], axis=1)
+    tokens = jnp.concatenate(
+      [out_tokens.astype(sparse_prompt_embeddings.dtype), sparse_prompt_embeddings], axis=1
+    )
     if repeat_image:
       src = jnp.repeat(image_embeddings, bs, axis=0)
     else:
@@ -126,14 +148,15 @@ class UnifiedDecoder(nn.Module):
 
     hs, src_tokens = self.transformer(src, image_pe, tokens)
     iou_token_out = hs[:, 1]
-    mask_tokens_out = hs[:, 2:2 + self.num_mask_tokens]
+    mask_tokens_out = hs[:, 2 : 2 + self.num_mask_tokens]
 
     src = src_tokens.reshape(b, h, w, d)
     feat_s0, feat_s1 = high_res_features
     upscaled = self._upscale(src, feat_s0, feat_s1, task)
     mlps = self._head("output_hypernetworks_mlps", task)
-    hyper_in = jnp.stack([mlps[i](mask_tokens_out[:, i]) for i in range(self.num_mask_tokens)],
-                         axis=1)
+    hyper_in = jnp.stack(
+      [mlps[i](mask_tokens_out[:, i]) for i in range(self.num_mask_tokens)], axis=1
+    )
     masks = jnp.einsum("bnc,bhwc->bnhw", hyper_in, upscaled)
     boxes = None
     if task == "box":
@@ -150,10 +173,18 @@ class UnifiedDecoder(nn.Module):
       pick = lambda a: jnp.where(multi, a[:, 1:], jnp.repeat(a[:, 0:1], m, axis=1))
       masks, iou_pred = pick(masks), pick(iou_pred)
       boxes = None if boxes is None else pick(boxes)
-      sam_tokens_out = (pick(mask_tokens_out) if self.use_multimask_token_for_obj_ptr
-                        else jnp.repeat(mask_tokens_out[:, 0:1], m, axis=1))
-      return {"masks": masks, "iou_pred": iou_pred, "sam_tokens_out": sam_tokens_out,
-              "object_score_logits": object_score_logits, "boxes": boxes}
+      sam_tokens_out = (
+        pick(mask_tokens_out)
+        if self.use_multimask_token_for_obj_ptr
+        else jnp.repeat(mask_tokens_out[:, 0:1], m, axis=1)
+      )
+      return {
+        "masks": masks,
+        "iou_pred": iou_pred,
+        "sam_tokens_out": sam_tokens_out,
+        "object_score_logits": object_score_logits,
+        "boxes": boxes,
+      }
     sel = slice(1, None) if multimask_output else slice(0, 1)
     masks, iou_pred = masks[:, sel], iou_pred[:, sel]
     if boxes is not None:
@@ -162,8 +193,13 @@ class UnifiedDecoder(nn.Module):
       sam_tokens_out = mask_tokens_out[:, 1:]
     else:
       sam_tokens_out = mask_tokens_out[:, 0:1]
-    return {"masks": masks, "iou_pred": iou_pred, "sam_tokens_out": sam_tokens_out,
-            "object_score_logits": object_score_logits, "boxes": boxes}
+    return {
+      "masks": masks,
+      "iou_pred": iou_pred,
+      "sam_tokens_out": sam_tokens_out,
+      "object_score_logits": object_score_logits,
+      "boxes": boxes,
+    }
 
   def init_all(self, batch_size: int = 1):
     """Runs every task's head once on zeros so that `init` creates all parameters."""
@@ -172,10 +208,18 @@ class UnifiedDecoder(nn.Module):
     z = lambda *shape: jnp.zeros(shape, jnp.float32)
     outs = {}
     for t in TASKS:
-      feats = self.project_high_res_features(z(batch_size, 4 * h, 4 * h, d),
-                                             z(batch_size, 2 * h, 2 * h, d), t)
-      outs[t] = self(z(batch_size, h, h, d), z(1, h, h, d), z(batch_size, 2, d),
-                     z(batch_size, h, h, d), feats, task=t, multimask_output=True)
+      feats = self.project_high_res_features(
+        z(batch_size, 4 * h, 4 * h, d), z(batch_size, 2 * h, 2 * h, d), t
+      )
+      outs[t] = self(
+        z(batch_size, h, h, d),
+        z(1, h, h, d),
+        z(batch_size, 2, d),
+        z(batch_size, h, h, d),
+        feats,
+        task=t,
+        multimask_output=True,
+      )
     return outs
 
 

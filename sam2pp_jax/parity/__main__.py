@@ -19,12 +19,19 @@ from sam2pp_jax.parity.fixture import load_fixture
 
 
 def main(argv=None) -> int:
-  ap = argparse.ArgumentParser(prog="python -m sam2pp_jax.parity", description=__doc__,
-                               formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap = argparse.ArgumentParser(
+    prog="python -m sam2pp_jax.parity",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   ap.add_argument("fixtures", nargs="+", help="parity fixture .npz files")
   ap.add_argument("--components", action="store_true", help="block-by-block component check")
-  ap.add_argument("--rel-tol", type=float, default=2e-4,
-                  help="max|jax-ref| <= rel_tol * max(1, max|ref|) (default 2e-4)")
+  ap.add_argument(
+    "--rel-tol",
+    type=float,
+    default=2e-4,
+    help="max|jax-ref| <= rel_tol * max(1, max|ref|) (default 2e-4)",
+  )
   args = ap.parse_args(argv)
   jax.config.update("jax_default_matmul_precision", "highest")
 
@@ -45,8 +52,10 @@ def main(argv=None) -> int:
       bad = [r for r in rows if r.status == "FAIL"]
       n_ok = sum(r.status == "ok" for r in rows)
       n_skip = sum(r.status == NEEDS_TRACKER for r in rows)
-      print(f"-- {fx.path.name}: {n_ok} ok, {len(bad)} failed, {n_skip} need the tracker "
-            f"({time.time() - t0:.1f}s)")
+      print(
+        f"-- {fx.path.name}: {n_ok} ok, {len(bad)} failed, {n_skip} need the tracker "
+        f"({time.time() - t0:.1f}s)"
+      )
     else:
       ok = check_end_to_end(fx, args)
       bad = [] if ok else [fx.path.name]

@@ -14,7 +14,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sam2pp_jax.model.resize import resize_bilinear
 from sam2pp_jax.parity.fixture import Fixture, split_spot_check
 from sam2pp_jax.parity.model_from_fixture import model_and_params
 from sam2pp_jax.tracking import prompts
@@ -25,9 +24,9 @@ NEEDS_TRACKER = "needs the tracker"
 @dataclass
 class Row:
   name: str
-  status: str                 # "ok" | "FAIL" | NEEDS_TRACKER
+  status: str  # "ok" | "FAIL" | NEEDS_TRACKER
   max_abs: float = float("nan")
-  rel: float = float("nan")   # max_abs / max(1, max|ref|)
+  rel: float = float("nan")  # max_abs / max(1, max|ref|)
   tol: float = float("nan")
   note: str = ""
 
@@ -35,10 +34,10 @@ class Row:
     if self.status == NEEDS_TRACKER:
       return f"SKIP {self.name:58s} {NEEDS_TRACKER}: {self.note}"
     tag = "ok  " if self.status == "ok" else "FAIL"
-    return (f"{tag} {self.name:58s} max_abs={self.max_abs:9.3g} rel={self.rel:9.3g} "
-            f"tol={self.tol:8.3g} {self.note}")
-
-
+    return (
+      f"{tag} {self.name:58s} max_abs={self.max_abs:9.3g} rel={self.rel:9.3g} "
+      f"tol={self.tol:8.3g} {self.note}"
+    )
 
 
 def _nchw(x):
@@ -53,8 +52,14 @@ def compare(name: str, got, ref, rel_tol: float) -> Row:
     return Row(name, "FAIL", note=f"shape {got.shape} != reference {ref.shape}")
   if ref.dtype == bool or np.issubdtype(ref.dtype, np.integer):
     same = np.array_equal(got.astype(ref.dtype), ref)
-    return Row(name, "ok" if same else "FAIL", 0.0 if same else 1.0, 0.0 if same else 1.0, 0.0,
-               "exact" if same else f"got {got.tolist()} want {ref.tolist()}")
+    return Row(
+      name,
+      "ok" if same else "FAIL",
+      0.0 if same else 1.0,
+      0.0 if same else 1.0,
+      0.0,
+      "exact" if same else f"got {got.tolist()} want {ref.tolist()}",
+    )
   d = float(np.max(np.abs(got.astype(np.float64) - ref.astype(np.float64)))) if ref.size else 0.0
   scale = max(1.0, float(np.max(np.abs(ref))) if ref.size else 1.0)
   tol = rel_tol * scale
@@ -78,8 +83,9 @@ class ComponentChecker:
   # -- jitted blocks -----------------------------------------------------------------------
   @functools.cached_property
   def _encode(self):
-    return jax.jit(lambda p, x: self.model.apply({"params": p}, x, task=self.task,
-                                                 method="encode_image"))
+    return jax.jit(
+      lambda p, x: self.model.apply({"params": p}, x, task=self.task, method="encode_image")
+    )
 
   @functools.lru_cache(maxsize=4)
   def encoded(self, t: int) -> dict:
@@ -108,7 +114,8 @@ class ComponentChecker:
 
   def _prompt_frame(self) -> int:
     call = str(self.fx.info.get("prompt_call", "")) or str(
-        getattr(self.fx, "config", {}).get("prompt", ""))
+      getattr(self.fx, "config", {}).get("prompt", "")
+    )
     m = re.search(r"frame_idx=(\d+)", call)
     return int(m.group(1)) if m else 0
 
@@ -144,8 +151,11 @@ class ComponentChecker:
         return _nchw(e["vision_pos"])
     if comp == "forward_image":
       e = self.encoded(t)
-      return _nchw(e["s0"] if arr == "conv_s0_out" else e["s1"]) if arr in (
-          "conv_s0_out", "conv_s1_out") else None
+      return (
+        _nchw(e["s0"] if arr == "conv_s0_out" else e["s1"])
+        if arr in ("conv_s0_out", "conv_s1_out")
+        else None
+      )
     if comp == "prompt_encoder":
       return self._prompt_encoder(t, arr)
     if comp == "mask_downsample" and arr == "out":
@@ -167,12 +177,19 @@ class ComponentChecker:
       return self._prompt_points(t)[1]
     if arr == "in_masks":
       return _nchw(self._mask_downsample(self._model_res_prompt_mask()))
-    coords = fx[pre + "in_point_coords"] if fx.has(pre + "in_point_coords") else self._prompt_points(t)[0]
-    labels = fx[pre + "in_point_labels"] if fx.has(pre + "in_point_labels") else self._prompt_points(t)[1]
+    coords = (
+      fx[pre + "in_point_coords"] if fx.has(pre + "in_point_coords") else self._prompt_points(t)[0]
+    )
+    labels = (
+      fx[pre + "in_point_labels"] if fx.has(pre + "in_point_labels") else self._prompt_points(t)[1]
+    )
     masks = fx[pre + "in_masks"].transpose(0, 2, 3, 1) if fx.has(pre + "in_masks") else None
     sparse, dense = self._run(
-        lambda mdl, c, l, m: mdl.sam_prompt_encoder(c, l, None, m),
-        jnp.asarray(coords), jnp.asarray(labels), None if masks is None else jnp.asarray(masks))
+      lambda mdl, c, l, m: mdl.sam_prompt_encoder(c, l, None, m),
+      jnp.asarray(coords),
+      jnp.asarray(labels),
+      None if masks is None else jnp.asarray(masks),
+    )
     return sparse if arr == "sparse" else _nchw(dense) if arr == "dense" else None
 
   def _decoder_inputs(self, t):
@@ -190,13 +207,23 @@ class ComponentChecker:
         return NEEDS_TRACKER, "memory-conditioned features not stored"
       img = fx[pre + "memory_attention/out"].transpose(0, 2, 3, 1)
     e = self.encoded(t)
-    s0 = fx[pre + "forward_image/conv_s0_out"].transpose(0, 2, 3, 1) if fx.has(
-        pre + "forward_image/conv_s0_out") else e["s0"]
-    s1 = fx[pre + "forward_image/conv_s1_out"].transpose(0, 2, 3, 1) if fx.has(
-        pre + "forward_image/conv_s1_out") else e["s1"]
+    s0 = (
+      fx[pre + "forward_image/conv_s0_out"].transpose(0, 2, 3, 1)
+      if fx.has(pre + "forward_image/conv_s0_out")
+      else e["s0"]
+    )
+    s1 = (
+      fx[pre + "forward_image/conv_s1_out"].transpose(0, 2, 3, 1)
+      if fx.has(pre + "forward_image/conv_s1_out")
+      else e["s1"]
+    )
     pe = pre + "prompt_encoder/"
-    coords = fx[pe + "in_point_coords"] if fx.has(pe + "in_point_coords") else self._prompt_points(t)[0]
-    labels = fx[pe + "in_point_labels"] if fx.has(pe + "in_point_labels") else self._prompt_points(t)[1]
+    coords = (
+      fx[pe + "in_point_coords"] if fx.has(pe + "in_point_coords") else self._prompt_points(t)[0]
+    )
+    labels = (
+      fx[pe + "in_point_labels"] if fx.has(pe + "in_point_labels") else self._prompt_points(t)[1]
+    )
     masks = fx[pe + "in_masks"].transpose(0, 2, 3, 1) if fx.has(pe + "in_masks") else None
     return img, s0, s1, coords, labels, masks
 
@@ -213,15 +240,27 @@ class ComponentChecker:
     if ins[0] is NEEDS_TRACKER:
       return ins
     img, s0, s1, coords, labels, masks = ins
-    mm = bool(self.fx[f"frame{t}/unified_decoder/multimask_output"]) if self.fx.has(
-        f"frame{t}/unified_decoder/multimask_output") else self.our_multimask(t)
+    mm = (
+      bool(self.fx[f"frame{t}/unified_decoder/multimask_output"])
+      if self.fx.has(f"frame{t}/unified_decoder/multimask_output")
+      else self.our_multimask(t)
+    )
 
     def fn(mdl, img, s0, s1, c, l, m):
       sparse, dense = mdl.sam_prompt_encoder(c, l, None, m)
-      return mdl.sam_unified_decoder(img, mdl.sam_prompt_encoder.get_dense_pe(), sparse, dense,
-                                     (s0, s1), task=self.task, multimask_output=mm)
-    return self._run(fn, *(None if v is None else jnp.asarray(v)
-                           for v in (img, s0, s1, coords, labels, masks)))
+      return mdl.sam_unified_decoder(
+        img,
+        mdl.sam_prompt_encoder.get_dense_pe(),
+        sparse,
+        dense,
+        (s0, s1),
+        task=self.task,
+        multimask_output=mm,
+      )
+
+    return self._run(
+      fn, *(None if v is None else jnp.asarray(v) for v in (img, s0, s1, coords, labels, masks))
+    )
 
   def _decoder(self, t, arr):
     if arr == "multimask_output":
@@ -229,8 +268,13 @@ class ComponentChecker:
     out = self._decode(t)
     if isinstance(out, tuple):
       return out
-    key = {"masks": "masks", "iou_pred": "iou_pred", "object_score_logits": "object_score_logits",
-           "sam_tokens_out": "sam_tokens_out", "boxes_xyxy_norm": "boxes"}.get(arr)
+    key = {
+      "masks": "masks",
+      "iou_pred": "iou_pred",
+      "object_score_logits": "object_score_logits",
+      "sam_tokens_out": "sam_tokens_out",
+      "boxes_xyxy_norm": "boxes",
+    }.get(arr)
     return None if key is None else out[key]
 
   def _low_res_logits(self, t):
@@ -253,9 +297,13 @@ class ComponentChecker:
       raw, pos = mdl._memory_encoder(self.task)(vision, m[..., None])
       feats, _ = mdl.encode_memory(vision, high, score, task=self.task)
       return raw, pos, feats
+
     raw, pos, feats = self._run(fn, vision, jnp.asarray(low)[None], score)
-    return {"vision_features": _nchw(raw), "vision_pos_enc": _nchw(pos),
-            "maskmem_features_f32": _nchw(feats)}.get(arr)
+    return {
+      "vision_features": _nchw(raw),
+      "vision_pos_enc": _nchw(pos),
+      "maskmem_features_f32": _nchw(feats),
+    }.get(arr)
 
   def _assembled_frame1_memory(self):
     """Memory tokens of frame 1 when frame 0 is the only (conditioning) frame, from outputs."""
@@ -265,20 +313,25 @@ class ComponentChecker:
       return None
     c = self.model.config
     T = int(fx["outputs/obj_ptr"].shape[0])
-    mem0 = fx["outputs/maskmem_features_bf16"][0]             # [Cm,h,w]
-    pos0 = fx["outputs/maskmem_pos_enc"]                       # [Cm,h,w]
+    mem0 = fx["outputs/maskmem_features_bf16"][0]  # [Cm,h,w]
+    pos0 = fx["outputs/maskmem_pos_enc"]  # [Cm,h,w]
     cm = mem0.shape[0]
-    ptr = fx["outputs/obj_ptr"][0]                             # [C]
+    ptr = fx["outputs/obj_ptr"][0]  # [C]
     t_diff_max = min(T, c.max_obj_ptrs_in_encoder) - 1
 
     def fn(mdl, mem0, pos0, ptr):
       spatial = mem0.reshape(cm, -1).T
       spatial_pos = pos0.reshape(cm, -1).T + mdl.memory_time_encoding(c.num_maskmem - 1)
       ptr_tok = ptr.reshape(-1, cm)
-      ptr_pos = jnp.repeat(mdl.obj_ptr_pos_encoding(jnp.array([1.0]), t_diff_max),
-                           ptr_tok.shape[0], axis=0)
-      return (jnp.concatenate([spatial, ptr_tok])[:, None],
-              jnp.concatenate([spatial_pos, ptr_pos])[:, None], ptr_tok.shape[0])
+      ptr_pos = jnp.repeat(
+        mdl.obj_ptr_pos_encoding(jnp.array([1.0]), t_diff_max), ptr_tok.shape[0], axis=0
+      )
+      return (
+        jnp.concatenate([spatial, ptr_tok])[:, None],
+        jnp.concatenate([spatial_pos, ptr_pos])[:, None],
+        ptr_tok.shape[0],
+      )
+
     mem, pos, n = self._run(fn, jnp.asarray(mem0), jnp.asarray(pos0), jnp.asarray(ptr))
     return mem, pos, np.asarray(n, np.int64)
 
@@ -305,9 +358,15 @@ class ComponentChecker:
     e = self.encoded(t)
     mem = jnp.asarray(mem.transpose(1, 0, 2))
     pos = jnp.asarray(pos.transpose(1, 0, 2))
-    out = self._run(lambda mdl, v, vp, m, mp: mdl.condition_on_memory(
-        v, vp, m, mp, task=self.task, num_obj_ptr_tokens=n), vision,
-        jnp.asarray(e["vision_pos"]), mem, pos)
+    out = self._run(
+      lambda mdl, v, vp, m, mp: mdl.condition_on_memory(
+        v, vp, m, mp, task=self.task, num_obj_ptr_tokens=n
+      ),
+      vision,
+      jnp.asarray(e["vision_pos"]),
+      mem,
+      pos,
+    )
     return _nchw(out)
 
   # -- driver --------------------------------------------------------------------------------
@@ -317,7 +376,7 @@ class ComponentChecker:
     for name in names:
       base, k = split_spot_check(name)
       frame, comp, arr = base.split("/", 2)
-      t = int(frame[len("frame"):])
+      t = int(frame[len("frame") :])
       try:
         got = self.compute(t, comp, arr)
       except Exception as e:  # a crash in one block is that block's failure, reported

@@ -95,7 +95,10 @@ def load_fixture(path) -> Fixture:
   for need in ("meta/info_json", "meta/manifest_json", "meta/config_json"):
     if need not in arrays:
       raise ValueError(f"{path}: missing {need!r}; is this a SAM2-Plus parity fixture?")
-  return Fixture(path=path, arrays=arrays,
-                 info=json.loads(str(arrays["meta/info_json"])),
-                 manifest=json.loads(str(arrays["meta/manifest_json"])),
-                 config=json.loads(str(arrays["meta/config_json"])))
+  return Fixture(
+    path=path,
+    arrays=arrays,
+    info=json.loads(str(arrays["meta/info_json"])),
+    manifest=json.loads(str(arrays["meta/manifest_json"])),
+    config=json.loads(str(arrays["meta/config_json"])),
+  )

@@ -13,19 +13,19 @@ from sam2pp_jax.parity.fixture import Fixture
 
 # hydra override key (after "model.") -> config path; None = no structural effect for us.
 _OVERRIDES = {
-    "_target_": None,
-    "non_overlap_masks": None,   # we never apply the non-overlap constraint (off in fixtures)
-    "image_size": "image_size",
-    "image_encoder.trunk.embed_dim": "trunk.embed_dim",
-    "image_encoder.trunk.num_heads": "trunk.num_heads",
-    "image_encoder.trunk.stages": "trunk.stages",
-    "image_encoder.trunk.global_att_blocks": "trunk.global_att_blocks",
-    "image_encoder.trunk.window_pos_embed_bkg_spatial_size": "trunk.window_pos_embed_bkg_spatial_size",
-    "image_encoder.trunk.window_spec": "trunk.window_spec",
-    "image_encoder.neck.backbone_channel_list": "neck.backbone_channel_list",
-    # RoPE tables always follow the actual S/16 feature map.
-    "memory_attention.layer.self_attention.feat_sizes": None,
-    "memory_attention.layer.cross_attention.feat_sizes": None,
+  "_target_": None,
+  "non_overlap_masks": None,  # we never apply the non-overlap constraint (off in fixtures)
+  "image_size": "image_size",
+  "image_encoder.trunk.embed_dim": "trunk.embed_dim",
+  "image_encoder.trunk.num_heads": "trunk.num_heads",
+  "image_encoder.trunk.stages": "trunk.stages",
+  "image_encoder.trunk.global_att_blocks": "trunk.global_att_blocks",
+  "image_encoder.trunk.window_pos_embed_bkg_spatial_size": "trunk.window_pos_embed_bkg_spatial_size",
+  "image_encoder.trunk.window_spec": "trunk.window_spec",
+  "image_encoder.neck.backbone_channel_list": "neck.backbone_channel_list",
+  # RoPE tables always follow the actual S/16 feature map.
+  "memory_attention.layer.self_attention.feat_sizes": None,
+  "memory_attention.layer.cross_attention.feat_sizes": None,
 }
 
 
@@ -36,10 +36,11 @@ def config_from_overrides(overrides: list[str], base: str = "b+") -> ml_collecti
     k, _, v = ov.lstrip("+").partition("=")
     if not k.startswith("model."):
       raise ValueError(f"unsupported fixture override {ov!r} (expected model.*)")
-    k = k[len("model."):]
+    k = k[len("model.") :]
     if k not in _OVERRIDES:
-      raise ValueError(f"fixture override {ov!r} has no mapping in "
-                       "sam2pp_jax.parity.model_from_fixture._OVERRIDES")
+      raise ValueError(
+        f"fixture override {ov!r} has no mapping in sam2pp_jax.parity.model_from_fixture._OVERRIDES"
+      )
     path = _OVERRIDES[k]
     if path is None:
       continue

@@ -53,8 +53,10 @@ def _floats(text: str, n: int, what: str):
   try:
     vals = [float(p) for p in parts]
   except ValueError:
-    raise InputError(f"--prompt {text!r}: {what} must be {n} numbers, e.g. "
-                     f"{'10,20,110,220' if n == 4 else '64,48'}") from None
+    raise InputError(
+      f"--prompt {text!r}: {what} must be {n} numbers, e.g. "
+      f"{'10,20,110,220' if n == 4 else '64,48'}"
+    ) from None
   if len(vals) != n:
     raise InputError(f"--prompt {text!r}: {what} needs {n} numbers, got {len(vals)}")
   return vals
@@ -72,8 +74,9 @@ def _check(fn, *args):
 def parse_mask_prompt(path: str, hw):
   """Palette PNG -> (masks [B,H,W] bool, obj_ids [B], palette or None)."""
   if not os.path.isfile(path):
-    raise InputError(f"--prompt {path!r}: mask file does not exist; give a palette PNG of the "
-                     "prompt frame")
+    raise InputError(
+      f"--prompt {path!r}: mask file does not exist; give a palette PNG of the prompt frame"
+    )
   ids, palette = read_palette_png(path)
   if ids.ndim != 2:
     raise InputError(f"--prompt {path!r}: mask has shape {ids.shape}; give a 2-D index PNG")
@@ -105,30 +108,36 @@ def parse_point_prompt(text: str, hw, num_frames: int, frame):
       with np.load(text) as z:
         trajs, vis = np.asarray(z["trajs_2d"], np.float64), np.asarray(z["visibs"], bool)
     except KeyError as e:
-      raise InputError(f"--prompt {text!r}: npz lacks {e}; give a TAP-Vid-style npz with "
-                       "trajs_2d [T,N,2] and visibs [T,N]") from None
+      raise InputError(
+        f"--prompt {text!r}: npz lacks {e}; give a TAP-Vid-style npz with "
+        "trajs_2d [T,N,2] and visibs [T,N]"
+      ) from None
     except (OSError, ValueError) as e:
       raise InputError(f"--prompt {text!r}: cannot read the npz ({e})") from None
     if trajs.ndim != 3 or trajs.shape[-1] != 2 or vis.shape != trajs.shape[:2]:
-      raise InputError(f"--prompt {text!r}: trajs_2d {trajs.shape} / visibs {vis.shape} must "
-                       "be [T,N,2] / [T,N]")
+      raise InputError(
+        f"--prompt {text!r}: trajs_2d {trajs.shape} / visibs {vis.shape} must be [T,N,2] / [T,N]"
+      )
     if trajs.shape[0] != num_frames:
-      raise InputError(f"--prompt {text!r}: trajs_2d has {trajs.shape[0]} frames but the video "
-                       f"has {num_frames}; give the npz of this video")
+      raise InputError(
+        f"--prompt {text!r}: trajs_2d has {trajs.shape[0]} frames but the video "
+        f"has {num_frames}; give the npz of this video"
+      )
     n = trajs.shape[1]
     if n == 0:
       raise InputError(f"--prompt {text!r}: the npz has no tracks")
     if frame is not None:
       hidden = [i for i in range(n) if not vis[frame, i]]
       if hidden:
-        raise InputError(f"--prompt {text!r}: tracks {hidden[:10]} are not visible on frame "
-                         f"{frame}; omit --frame to use each track's first visible frame")
+        raise InputError(
+          f"--prompt {text!r}: tracks {hidden[:10]} are not visible on frame "
+          f"{frame}; omit --frame to use each track's first visible frame"
+        )
       q = np.full(n, frame)
     else:
       never = [i for i in range(n) if not vis[:, i].any()]
       if never:
-        raise InputError(f"--prompt {text!r}: tracks {never[:10]} are never visible; remove "
-                         "them")
+        raise InputError(f"--prompt {text!r}: tracks {never[:10]} are never visible; remove them")
       q = vis.argmax(axis=0)
     pts = trajs[q, np.arange(n)]
   else:
@@ -159,24 +168,29 @@ def build_parser():
   p.add_argument("--viz", action="store_true", help="also write <video>_overlay.mp4")
   p.add_argument("--chunk", type=int, default=4, help="frames encoded at once (default 4)")
   p.add_argument("--quiet", action="store_true", help="no progress bar")
-  p.add_argument("--point-readout", default="argmax", choices=("argmax", "soft_argmax"),
-                 help="point task: 'argmax' of the video-res logits, integer pixels, as the "
-                      "reference (default); 'soft_argmax', the readout the point loss trains, "
-                      "sub-pixel (for models whose S/4 logit grid is coarse, see "
-                      "sam2pp_jax/tracking/point_readout.py)")
+  p.add_argument(
+    "--point-readout",
+    default="argmax",
+    choices=("argmax", "soft_argmax"),
+    help="point task: 'argmax' of the video-res logits, integer pixels, as the "
+    "reference (default); 'soft_argmax', the readout the point loss trains, "
+    "sub-pixel (for models whose S/4 logit grid is coarse, see "
+    "sam2pp_jax/tracking/point_readout.py)",
+  )
   return p
 
 
 def _video_name(path: str) -> str:
   path = os.path.normpath(os.path.abspath(path))
-  return os.path.basename(path) if os.path.isdir(path) else os.path.splitext(
-      os.path.basename(path))[0]
+  return (
+    os.path.basename(path) if os.path.isdir(path) else os.path.splitext(os.path.basename(path))[0]
+  )
 
 
 def run(args) -> int:
   if args.chunk < 1:
     raise InputError(f"--chunk {args.chunk}: give a chunk size >= 1")
-  load_config(args.checkpoint)                  # cheap: config errors before the video loads
+  load_config(args.checkpoint)  # cheap: config errors before the video loads
   vf = load_video(args.video)
   t_total, hw = vf.num_frames, (vf.height, vf.width)
   frame = None if args.frame is None else _check(prompts.check_frame_index, args.frame, t_total)
@@ -189,8 +203,10 @@ def run(args) -> int:
     n_obj = 1
   else:
     pgroups, n_obj = parse_point_prompt(args.prompt, hw, t_total, frame)
-    groups = [(f, sel, {"points_xy": pts[:, None], "point_labels": np.ones((len(sel), 1))})
-              for f, sel, pts in pgroups]
+    groups = [
+      (f, sel, {"points_xy": pts[:, None], "point_labels": np.ones((len(sel), 1))})
+      for f, sel, pts in pgroups
+    ]
   out_dir = os.path.abspath(args.out)
   if os.path.exists(out_dir) and not os.path.isdir(out_dir):
     raise InputError(f"--out {args.out!r} exists and is not a directory")
@@ -200,8 +216,10 @@ def run(args) -> int:
   model = build_model(config)
   s = int(model.config.image_size)
   if not args.quiet:
-    print(f"{name}: {t_total} frames {hw[1]}x{hw[0]}, task {args.task}, {n_obj} object(s)",
-          file=sys.stderr)
+    print(
+      f"{name}: {t_total} frames {hw[1]}x{hw[0]}, task {args.task}, {n_obj} object(s)",
+      file=sys.stderr,
+    )
   frames = preprocess(vf.frames, s)
 
   # results over the whole video (untracked frames stay empty)
@@ -212,10 +230,20 @@ def run(args) -> int:
   for f0, sel, prompt in groups:
     n_clip = f0 + 1 if args.reverse else t_total - f0
     bar = None if args.quiet else Progress(n_clip, "tracking")
-    r = track_video(model, params, frames, hw, args.task, prompt, chunk=args.chunk,
-                    prompt_frame=f0, reverse=args.reverse, video_res=args.task == "mask",
-                    point_readout=args.point_readout,
-                    progress=None if bar is None else (lambda i, b=bar: b.update(i + 1)))
+    r = track_video(
+      model,
+      params,
+      frames,
+      hw,
+      args.task,
+      prompt,
+      chunk=args.chunk,
+      prompt_frame=f0,
+      reverse=args.reverse,
+      video_res=args.task == "mask",
+      point_readout=args.point_readout,
+      progress=None if bar is None else (lambda i, b=bar: b.update(i + 1)),
+    )
     if bar is not None:
       bar.update(n_clip)
     idx = r["frame_idx"]
@@ -224,7 +252,7 @@ def run(args) -> int:
     elif args.task == "box":
       boxes[idx] = r["pred_box_xyxy"][:, 0]
     else:
-      trajs[:, sel] = prompt["points_xy"][:, 0][None]     # untracked: the query point
+      trajs[:, sel] = prompt["points_xy"][:, 0][None]  # untracked: the query point
       trajs[idx[:, None], sel[None, :]] = r["point_xy"].astype(np.float32)
       visibs[idx[:, None], sel[None, :]] = r["visible"]
   tracked = np.zeros(t_total, bool)
@@ -237,18 +265,37 @@ def run(args) -> int:
     pal = davis_palette() if palette is None else _full_palette(palette)
     ids = lambda t: outputs.ids_from_logits(logits[t], obj_ids)
     bar = None if args.quiet else Progress(t_total, "writing ")
-    written.append(outputs.write_mask_dir(
-        os.path.join(out_dir, name), vf.frame_names, (ids(t) for t in range(t_total)), pal,
-        on_frame=None if bar is None else (lambda i: bar.update(i + 1))))
+    written.append(
+      outputs.write_mask_dir(
+        os.path.join(out_dir, name),
+        vf.frame_names,
+        (ids(t) for t in range(t_total)),
+        pal,
+        on_frame=None if bar is None else (lambda i: bar.update(i + 1)),
+      )
+    )
   elif args.task == "box":
     written += outputs.write_box_results(os.path.join(out_dir, name + ".txt"), boxes, tracked)
   else:
-    written.append(outputs.write_points_npz(os.path.join(out_dir, name + ".npz"), trajs, visibs,
-                                            (hw[1], hw[0])))
+    written.append(
+      outputs.write_points_npz(os.path.join(out_dir, name + ".npz"), trajs, visibs, (hw[1], hw[0]))
+    )
   if args.viz:
-    written.append(_write_viz(args, vf, out_dir, name, logits, boxes, trajs, visibs, tracked,
-                              obj_ids if args.task == "mask" else None,
-                              pal if args.task == "mask" else davis_palette()))
+    written.append(
+      _write_viz(
+        args,
+        vf,
+        out_dir,
+        name,
+        logits,
+        boxes,
+        trajs,
+        visibs,
+        tracked,
+        obj_ids if args.task == "mask" else None,
+        pal if args.task == "mask" else davis_palette(),
+      )
+    )
   for w in written:
     print(w)
   return 0
@@ -257,18 +304,19 @@ def run(args) -> int:
 def _full_palette(pal):
   full = davis_palette().copy()
   pal = np.asarray(pal, np.uint8).reshape(-1, 3)[:256]
-  full[:len(pal)] = pal
+  full[: len(pal)] = pal
   return full
 
 
 def _write_viz(args, vf, out_dir, name, logits, boxes, trajs, visibs, tracked, obj_ids, pal):
   import cv2
+
   def draw(t, bgr):
     if not tracked[t]:
       return bgr
     if args.task == "mask":
       return outputs.blend_ids(bgr, outputs.ids_from_logits(logits[t], obj_ids), pal)
-    if args.task == "box":                      # the box as written to <video>.txt
+    if args.task == "box":  # the box as written to <video>.txt
       x, y, w, h = (int(v) for v in outputs.xyxy_to_xywh_int(boxes[t])[0])
       return cv2.rectangle(bgr.copy(), (x, y), (x + w, y + h), (0, 0, 255), 2)
     out = bgr.copy()
@@ -279,8 +327,13 @@ def _write_viz(args, vf, out_dir, name, logits, boxes, trajs, visibs, tracked, o
     return out
 
   bar = None if args.quiet else Progress(vf.num_frames, "video   ")
-  return outputs.write_overlay_mp4(os.path.join(out_dir, name + "_overlay.mp4"), vf.frames, draw,
-                                   vf.fps, None if bar is None else (lambda i: bar.update(i + 1)))
+  return outputs.write_overlay_mp4(
+    os.path.join(out_dir, name + "_overlay.mp4"),
+    vf.frames,
+    draw,
+    vf.fps,
+    None if bar is None else (lambda i: bar.update(i + 1)),
+  )
 
 
 def main(argv=None) -> int:
@@ -293,4 +346,3 @@ def main(argv=None) -> int:
   except OSError as e:
     print(f"track.py: error: {e}", file=sys.stderr)
     return 2
-

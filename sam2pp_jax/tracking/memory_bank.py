@@ -14,7 +14,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-EMPTY = -1   # frame index of an unused slot
+EMPTY = -1  # frame index of an unused slot
 
 
 def bf16_round(x):
@@ -35,30 +35,46 @@ class MemoryBank:
   tracked frames. ptr_*: ring of the max_obj_ptrs_in_encoder-1 latest tracked pointers.
   """
 
-  cond_feats: jax.Array        # [B,K,HW,Cm] bf16-rounded float32
-  cond_pos: jax.Array          # [B,K,HW,Cm]
-  cond_ptr: jax.Array          # [B,K,C]
-  cond_frame: jax.Array        # [K] int32 (EMPTY when unused)
-  mem_feats: jax.Array         # [B,R,HW,Cm]
-  mem_pos: jax.Array           # [B,R,HW,Cm]
-  mem_frame: jax.Array         # [R] int32
-  ptr: jax.Array               # [B,P,C]
-  ptr_frame: jax.Array         # [P] int32
+  cond_feats: jax.Array  # [B,K,HW,Cm] bf16-rounded float32
+  cond_pos: jax.Array  # [B,K,HW,Cm]
+  cond_ptr: jax.Array  # [B,K,C]
+  cond_frame: jax.Array  # [K] int32 (EMPTY when unused)
+  mem_feats: jax.Array  # [B,R,HW,Cm]
+  mem_pos: jax.Array  # [B,R,HW,Cm]
+  mem_frame: jax.Array  # [R] int32
+  ptr: jax.Array  # [B,P,C]
+  ptr_frame: jax.Array  # [P] int32
 
   # ---------------------------------------------------------------------------------------
   @classmethod
-  def empty(cls, batch: int, hw: int, mem_dim: int, hidden_dim: int, *, num_maskmem: int,
-            max_obj_ptrs: int, cond_capacity: int = 2) -> "MemoryBank":
+  def empty(
+    cls,
+    batch: int,
+    hw: int,
+    mem_dim: int,
+    hidden_dim: int,
+    *,
+    num_maskmem: int,
+    max_obj_ptrs: int,
+    cond_capacity: int = 2,
+  ) -> "MemoryBank":
     """All slots unused; capacities depend only on the config, never on the video length."""
     r, p, k = num_maskmem - 1, max_obj_ptrs - 1, cond_capacity
     if r < 1 or p < 1 or k < 1:
       raise ValueError("need num_maskmem >= 2, max_obj_ptrs >= 2 and cond_capacity >= 1")
     z = lambda *s: jnp.zeros(s, jnp.float32)
     e = lambda n: jnp.full((n,), EMPTY, jnp.int32)
-    return cls(cond_feats=z(batch, k, hw, mem_dim), cond_pos=z(batch, k, hw, mem_dim),
-               cond_ptr=z(batch, k, hidden_dim), cond_frame=e(k),
-               mem_feats=z(batch, r, hw, mem_dim), mem_pos=z(batch, r, hw, mem_dim),
-               mem_frame=e(r), ptr=z(batch, p, hidden_dim), ptr_frame=e(p))
+    return cls(
+      cond_feats=z(batch, k, hw, mem_dim),
+      cond_pos=z(batch, k, hw, mem_dim),
+      cond_ptr=z(batch, k, hidden_dim),
+      cond_frame=e(k),
+      mem_feats=z(batch, r, hw, mem_dim),
+      mem_pos=z(batch, r, hw, mem_dim),
+      mem_frame=e(r),
+      ptr=z(batch, p, hidden_dim),
+      ptr_frame=e(p),
+    )
 
   @classmethod
   def from_slots(cls, slots: dict, pos) -> "MemoryBank":
@@ -71,11 +87,17 @@ class MemoryBank:
     stack = lambda xs: jnp.stack([jnp.stack(objs) for objs in xs], axis=1).astype(jnp.float32)
     cond, mem = stack(slots["cond_feats"]), stack(slots["mem_feats"])
     frame = lambda k: jnp.asarray(slots[k], jnp.int32)
-    return cls(cond_feats=cond, cond_pos=jnp.broadcast_to(pos, cond.shape),
-               cond_ptr=stack(slots["cond_ptr"]), cond_frame=frame("cond_frame"),
-               mem_feats=mem, mem_pos=jnp.broadcast_to(pos, mem.shape),
-               mem_frame=frame("mem_frame"), ptr=stack(slots["ptr"]),
-               ptr_frame=frame("ptr_frame"))
+    return cls(
+      cond_feats=cond,
+      cond_pos=jnp.broadcast_to(pos, cond.shape),
+      cond_ptr=stack(slots["cond_ptr"]),
+      cond_frame=frame("cond_frame"),
+      mem_feats=mem,
+      mem_pos=jnp.broadcast_to(pos, mem.shape),
+      mem_frame=frame("mem_frame"),
+      ptr=stack(slots["ptr"]),
+      ptr_frame=frame("ptr_frame"),
+    )
 
   @property
   def num_ptr_tokens(self) -> int:
@@ -90,9 +112,11 @@ class MemoryBank:
     f = bf16_round(feats.reshape(b, -1, feats.shape[-1]))
     p = jnp.broadcast_to(pos, feats.shape).reshape(f.shape)
     return self.replace(
-        cond_feats=_set_slot(self.cond_feats, slot, f), cond_pos=_set_slot(self.cond_pos, slot, p),
-        cond_ptr=_set_slot(self.cond_ptr, slot, obj_ptr),
-        cond_frame=self.cond_frame.at[slot].set(jnp.asarray(t, jnp.int32)))
+      cond_feats=_set_slot(self.cond_feats, slot, f),
+      cond_pos=_set_slot(self.cond_pos, slot, p),
+      cond_ptr=_set_slot(self.cond_ptr, slot, obj_ptr),
+      cond_frame=self.cond_frame.at[slot].set(jnp.asarray(t, jnp.int32)),
+    )
 
   def write(self, t, feats, pos, obj_ptr) -> "MemoryBank":
     """Store tracked (non-conditioning) frame t into the rings, overwriting the oldest slot."""
@@ -103,14 +127,23 @@ class MemoryBank:
     r, q = self.mem_frame.shape[0], self.ptr_frame.shape[0]
     sm, sp = t % r, t % q
     return self.replace(
-        mem_feats=_set_slot(self.mem_feats, sm, f), mem_pos=_set_slot(self.mem_pos, sm, p),
-        mem_frame=self.mem_frame.at[sm].set(t),
-        ptr=_set_slot(self.ptr, sp, obj_ptr), ptr_frame=self.ptr_frame.at[sp].set(t))
+      mem_feats=_set_slot(self.mem_feats, sm, f),
+      mem_pos=_set_slot(self.mem_pos, sm, p),
+      mem_frame=self.mem_frame.at[sm].set(t),
+      ptr=_set_slot(self.ptr, sp, obj_ptr),
+      ptr_frame=self.ptr_frame.at[sp].set(t),
+    )
 
   # ---------------------------------------------------------------------------------------
-  def select(self, t, num_frames: int, tpos_table,
-             ptr_pos_encoding: Callable[[jax.Array, float], jax.Array], reverse=False,
-             future_cond_ptrs: bool = False):
+  def select(
+    self,
+    t,
+    num_frames: int,
+    tpos_table,
+    ptr_pos_encoding: Callable[[jax.Array, float], jax.Array],
+    reverse=False,
+    future_cond_ptrs: bool = False,
+  ):
     """Memory tokens for frame t: (memory [B,M,Cm], pos [B,M,Cm], mask [B,M] bool).
 
     tpos_table [num_maskmem, Cm] = maskmem_tpos_enc; ptr_pos_encoding(rel_pos [N], t_diff_max)
@@ -132,8 +165,9 @@ class MemoryBank:
     cond_tpos = jnp.broadcast_to(tpos_table[nm - 1], (k, cm))
     mem_tpos = tpos_table[jnp.clip(d_mem - 1, 0, nm - 1)]
     feats = jnp.concatenate([self.cond_feats, self.mem_feats], axis=1)
-    pos = jnp.concatenate([self.cond_pos + cond_tpos[None, :, None],
-                           self.mem_pos + mem_tpos[None, :, None]], axis=1)
+    pos = jnp.concatenate(
+      [self.cond_pos + cond_tpos[None, :, None], self.mem_pos + mem_tpos[None, :, None]], axis=1
+    )
     ok = jnp.concatenate([cond_ok, mem_ok])
     spatial = feats.reshape(b, -1, cm)
     spatial_pos = pos.reshape(b, -1, cm)
@@ -147,14 +181,15 @@ class MemoryBank:
     cond_ptr_ok = cond_ok if future_cond_ptrs else cond_ok & (d_cond >= 0)
     rel = jnp.concatenate([d_cond, d_ptr]).astype(jnp.float32)
     rel = jnp.where(jnp.concatenate([cond_ptr_ok, ptr_ok]), rel, 0.0)
-    ptr_pe = ptr_pos_encoding(rel, t_diff_max)                      # [K+P, Cm]
-    ptrs = jnp.concatenate([self.cond_ptr, self.ptr], axis=1)         # [B,K+P,C]
+    ptr_pe = ptr_pos_encoding(rel, t_diff_max)  # [K+P, Cm]
+    ptrs = jnp.concatenate([self.cond_ptr, self.ptr], axis=1)  # [B,K+P,C]
     split = ptrs.shape[-1] // cm
-    ptr_tok = ptrs.reshape(b, -1, cm)                                 # consecutive Cm chunks
+    ptr_tok = ptrs.reshape(b, -1, cm)  # consecutive Cm chunks
     ptr_tok_pos = jnp.repeat(ptr_pe, split, axis=0)
     ptr_tok_ok = jnp.repeat(jnp.concatenate([cond_ptr_ok, ptr_ok]), split)
     memory = jnp.concatenate([spatial, ptr_tok], axis=1)
     memory_pos = jnp.concatenate(
-        [spatial_pos, jnp.broadcast_to(ptr_tok_pos, (b,) + ptr_tok_pos.shape)], axis=1)
+      [spatial_pos, jnp.broadcast_to(ptr_tok_pos, (b,) + ptr_tok_pos.shape)], axis=1
+    )
     mask = jnp.broadcast_to(jnp.concatenate([spatial_ok, ptr_tok_ok]), memory.shape[:2])
     return memory, memory_pos, mask

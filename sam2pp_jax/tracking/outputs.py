@@ -35,7 +35,7 @@ def ids_from_logits(logits, obj_ids) -> np.ndarray:
   """[B,H,W] video-res logits of objects obj_ids -> uint8 [H,W] id map (logit > 0)."""
   logits = np.asarray(logits)
   out = np.zeros(logits.shape[1:], np.uint8)
-  for i in np.argsort(np.asarray(obj_ids))[::-1]:    # highest id first, lowest painted last
+  for i in np.argsort(np.asarray(obj_ids))[::-1]:  # highest id first, lowest painted last
     out[logits[i] > 0] = int(obj_ids[i])
   return out
 
@@ -65,8 +65,8 @@ def xyxy_to_xywh_int(boxes_xyxy) -> np.ndarray:
   A non-finite value (NaN, +inf; -inf clips to 0) is written as 0: the reference has no output
   for it (``%d`` raises there).
   """
-  b = np.asarray(boxes_xyxy, np.float32).reshape(-1, 4)       # the reference's boxes are float32
-  xywh = np.concatenate([b[:, :2], b[:, 2:] - b[:, :2]], axis=1)   # float32 subtraction
+  b = np.asarray(boxes_xyxy, np.float32).reshape(-1, 4)  # the reference's boxes are float32
+  xywh = np.concatenate([b[:, :2], b[:, 2:] - b[:, :2]], axis=1)  # float32 subtraction
   xywh = np.clip(xywh, np.float32(0), None)
   finite = np.isfinite(xywh)
   return np.trunc(np.where(finite, xywh, 0)).astype(np.int64)
@@ -104,8 +104,12 @@ def write_box_results(txt_path, boxes_xyxy, tracked=None) -> list:
 def write_points_npz(path, trajs_2d, visibs, size_wh) -> str:
   """TAP-Vid style npz: trajs_2d float32 [T,N,2] (x, y), visibs bool [T,N], size [W, H]."""
   buf = io.BytesIO()
-  np.savez(buf, trajs_2d=np.asarray(trajs_2d, np.float32),
-           visibs=np.asarray(visibs, bool), size=np.asarray(size_wh, np.int64).reshape(2))
+  np.savez(
+    buf,
+    trajs_2d=np.asarray(trajs_2d, np.float32),
+    visibs=np.asarray(visibs, bool),
+    size=np.asarray(size_wh, np.int64).reshape(2),
+  )
   _atomic_bytes(path, buf.getvalue())
   return os.path.abspath(path)
 
@@ -113,6 +117,7 @@ def write_points_npz(path, trajs_2d, visibs, size_wh) -> str:
 def write_overlay_mp4(path, frames_u8, draw, fps: float | None = None, on_frame=None) -> str:
   """An mp4 of RGB frames [T,H,W,3] with draw(t, bgr_frame) -> bgr_frame applied, atomically."""
   import cv2
+
   path = os.path.abspath(os.fspath(path))
   h, w = frames_u8.shape[1:3]
   with atomic_path(path, suffix=".mp4") as tmp:

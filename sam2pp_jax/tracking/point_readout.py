@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from sam2pp_jax.model.corner_head import soft_argmax_xy
 from sam2pp_jax.model.resize import resize_bilinear
+
 # [..., H, W] logits -> int32 [..., 2] (x, y) of the first maximum in row-major order.
 from sam2pp_jax.model.unified_decoder import argmax_point
 
@@ -28,21 +29,27 @@ def check_readout(readout: str) -> str:
   return readout
 
 
-def soft_argmax_point(low_res_logits: jax.Array, image_size: int,
-                      video_hw: tuple[int, int]) -> jax.Array:
+def soft_argmax_point(
+  low_res_logits: jax.Array, image_size: int, video_hw: tuple[int, int]
+) -> jax.Array:
   """[..., h, w] low-res logits -> float32 [..., 2] (x, y) video pixels (training readout)."""
   s = int(image_size)
   lead = low_res_logits.shape[:-2]
   low = low_res_logits.reshape((-1,) + low_res_logits.shape[-2:]).astype(jnp.float32)
-  hi = resize_bilinear(low[..., None], (s, s))[..., 0]                     # [N, S, S]
-  xy_model = soft_argmax_xy(hi)                      # the point loss's readout, model pixels
+  hi = resize_bilinear(low[..., None], (s, s))[..., 0]  # [N, S, S]
+  xy_model = soft_argmax_xy(hi)  # the point loss's readout, model pixels
   h, w = video_hw
   xy = xy_model * jnp.asarray([w / s, h / s], jnp.float32)
   return xy.reshape(lead + (2,))
 
 
-def read_points(readout: str, low_res_logits: jax.Array, video_logits: jax.Array,
-                image_size: int, video_hw: tuple[int, int]) -> jax.Array:
+def read_points(
+  readout: str,
+  low_res_logits: jax.Array,
+  video_logits: jax.Array,
+  image_size: int,
+  video_hw: tuple[int, int],
+) -> jax.Array:
   """The point of each [..., h, w] / [..., H, W] logit map under `readout` (trace-time switch)."""
   if readout == "argmax":
     return argmax_point(video_logits)

@@ -12,8 +12,9 @@ from sam2pp_jax.tracking.point_readout import read_points
 
 
 @partial(jax.jit, static_argnames=("video_hw", "task", "readout", "image_size"))
-def video_outputs(low_res, *, video_hw: tuple[int, int], task: str, readout: str,
-                  image_size: int) -> dict:
+def video_outputs(
+  low_res, *, video_hw: tuple[int, int], task: str, readout: str, image_size: int
+) -> dict:
   """[..., S/4, S/4] logits -> {"masks": [..., H, W]} (bilinear, align_corners=False), plus
   "points_xy" [..., 2] on the point task (point_readout.py)."""
   h, w = video_hw

@@ -17,7 +17,7 @@ import numpy as np
 
 from sam2pp_jax.model.resize import bilinear_matrix
 
-BOX_LABELS = (2, 3)      # top-left, bottom-right corner labels
+BOX_LABELS = (2, 3)  # top-left, bottom-right corner labels
 
 
 def _gaussian_profile(radius: int, sigma: float) -> np.ndarray:
@@ -42,21 +42,23 @@ def gaussian_heatmaps(points_xy, size, radius: int = 5, sigma: float = 2.0) -> j
   sigma and size are static.
   """
   h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-  c = jnp.trunc(jnp.asarray(points_xy, jnp.float32)).astype(jnp.int32)      # [N,2]
-  dx = jnp.arange(w, dtype=jnp.int32)[None, :] - c[:, 0:1]                  # [N,W]
-  dy = jnp.arange(h, dtype=jnp.int32)[None, :] - c[:, 1:2]                  # [N,H]
-  d2 = dx[:, None, :] ** 2 + dy[:, :, None] ** 2                            # [N,H,W]
+  c = jnp.trunc(jnp.asarray(points_xy, jnp.float32)).astype(jnp.int32)  # [N,2]
+  dx = jnp.arange(w, dtype=jnp.int32)[None, :] - c[:, 0:1]  # [N,W]
+  dy = jnp.arange(h, dtype=jnp.int32)[None, :] - c[:, 1:2]  # [N,H]
+  d2 = dx[:, None, :] ** 2 + dy[:, :, None] ** 2  # [N,H,W]
   inside = d2 <= int(radius) ** 2
   table = jnp.asarray(_gaussian_profile(radius, sigma))
   return jnp.where(inside, table[jnp.where(inside, d2, 0)], jnp.float32(0))
 
 
-def gaussian_point_mask(x: float, y: float, size: tuple[int, int], radius: int = 5,
-                        sigma: float = 2.0) -> np.ndarray:
+def gaussian_point_mask(
+  x: float, y: float, size: tuple[int, int], radius: int = 5, sigma: float = 2.0
+) -> np.ndarray:
   """float32 [H, W] numpy heatmap of one point given at model scale (`gaussian_heatmaps`)."""
-  centre = np.array([[int(x), int(y)]], np.float32)       # truncate on the host, in float64
-  return np.asarray(gaussian_heatmaps(centre, (int(size[0]), int(size[1])), int(radius),
-                                      float(sigma))[0])
+  centre = np.array([[int(x), int(y)]], np.float32)  # truncate on the host, in float64
+  return np.asarray(
+    gaussian_heatmaps(centre, (int(size[0]), int(size[1])), int(radius), float(sigma))[0]
+  )
 
 
 def mask_to_box(masks):
@@ -71,7 +73,7 @@ def mask_to_box(masks):
   xp = jnp if isinstance(masks, jax.Array) else np
   m = xp.asarray(masks).astype(bool)
   h, w = m.shape[-2:]
-  rows, cols = m.any(axis=-1), m.any(axis=-2)                             # [..., H], [..., W]
+  rows, cols = m.any(axis=-1), m.any(axis=-2)  # [..., H], [..., W]
   y0, y1 = rows.argmax(axis=-1), h - rows[..., ::-1].argmax(axis=-1)
   x0, x1 = cols.argmax(axis=-1), w - cols[..., ::-1].argmax(axis=-1)
   box = xp.stack([x0, y0, x1, y1], axis=-1).astype(xp.float32)
@@ -102,26 +104,29 @@ def mask_to_model_res(mask, image_size: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # Validators: one clear ValueError naming the argument, the offending value and the fix.
 
-CLICK_LABELS = (0, 1)    # the reference's user clicks: 1 positive, 0 negative (2/3 = box corners)
+CLICK_LABELS = (0, 1)  # the reference's user clicks: 1 positive, 0 negative (2/3 = box corners)
 
 
 def check_frame_index(frame_idx, num_frames: int) -> int:
   """frame_idx must be an integer in [0, num_frames); returns it as int."""
   n = int(num_frames)
   if n < 1:
-    raise ValueError(f"num_frames={num_frames!r}: the video has no frames; give a video with "
-                     "at least one frame")
+    raise ValueError(
+      f"num_frames={num_frames!r}: the video has no frames; give a video with at least one frame"
+    )
   try:
     f = int(frame_idx)
     ok = f == frame_idx
   except (TypeError, ValueError):
     ok = False
   if not ok:
-    raise ValueError(f"frame_idx={frame_idx!r} is not an integer; give a frame index in "
-                     f"[0, {n - 1}]")
+    raise ValueError(
+      f"frame_idx={frame_idx!r} is not an integer; give a frame index in [0, {n - 1}]"
+    )
   if not 0 <= f < n:
-    raise ValueError(f"frame_idx={f} is out of range for a video of {n} frames; give a frame "
-                     f"index in [0, {n - 1}]")
+    raise ValueError(
+      f"frame_idx={f} is out of range for a video of {n} frames; give a frame index in [0, {n - 1}]"
+    )
   return f
 
 
@@ -141,30 +146,37 @@ def check_points(points_xy, labels, video_hw, allowed_labels=CLICK_LABELS):
   try:
     xy = np.asarray(points_xy, np.float64)
   except (TypeError, ValueError):
-    raise ValueError(f"points_xy={points_xy!r} is not numeric; give (x, y) pixel "
-                     "coordinates") from None
+    raise ValueError(
+      f"points_xy={points_xy!r} is not numeric; give (x, y) pixel coordinates"
+    ) from None
   if xy.ndim < 1 or xy.shape[-1] != 2 or xy.size == 0:
-    raise ValueError(f"points_xy has shape {xy.shape}; give at least one point as (x, y) "
-                     "pairs, shape [..., P, 2]")
+    raise ValueError(
+      f"points_xy has shape {xy.shape}; give at least one point as (x, y) pairs, shape [..., P, 2]"
+    )
   if not np.all(np.isfinite(xy)):
-    raise ValueError(f"points_xy={xy.tolist()!r} contains NaN/inf; give finite pixel "
-                     "coordinates")
+    raise ValueError(f"points_xy={xy.tolist()!r} contains NaN/inf; give finite pixel coordinates")
   bad = (xy[..., 0] < 0) | (xy[..., 0] > w) | (xy[..., 1] < 0) | (xy[..., 1] > h)
   if bad.any():
     p = xy[bad][0].tolist()
-    raise ValueError(f"points_xy: point (x, y)={tuple(p)} is outside the {w}x{h} frame; give "
-                     f"points with 0 <= x <= {w} and 0 <= y <= {h}")
+    raise ValueError(
+      f"points_xy: point (x, y)={tuple(p)} is outside the {w}x{h} frame; give "
+      f"points with 0 <= x <= {w} and 0 <= y <= {h}"
+    )
   if labels is None:
     lab = np.ones(xy.shape[:-1], np.int64)
   else:
     lab = np.asarray(labels)
     if lab.shape != xy.shape[:-1]:
-      raise ValueError(f"labels has shape {lab.shape} but points_xy has {xy.shape[:-1]} "
-                       "points; give one label per point")
+      raise ValueError(
+        f"labels has shape {lab.shape} but points_xy has {xy.shape[:-1]} "
+        "points; give one label per point"
+      )
     if lab.size and not np.all(np.isin(lab, np.asarray(allowed_labels))):
       v = lab[~np.isin(lab, np.asarray(allowed_labels))].ravel()[0].item()
-      raise ValueError(f"labels: value {v!r} is not allowed; use one of "
-                       f"{tuple(allowed_labels)} (1 = positive click, 0 = negative click)")
+      raise ValueError(
+        f"labels: value {v!r} is not allowed; use one of "
+        f"{tuple(allowed_labels)} (1 = positive click, 0 = negative click)"
+      )
   return xy.astype(np.float32), lab.astype(np.int32)
 
 
@@ -174,20 +186,22 @@ def check_box(box_xyxy, video_hw) -> np.ndarray:
   try:
     b = np.asarray(box_xyxy, np.float64).reshape(-1)
   except (TypeError, ValueError):
-    raise ValueError(f"box_xyxy={box_xyxy!r} is not numeric; give x0,y0,x1,y1 in "
-                     "pixels") from None
+    raise ValueError(f"box_xyxy={box_xyxy!r} is not numeric; give x0,y0,x1,y1 in pixels") from None
   if b.shape != (4,):
-    raise ValueError(f"box_xyxy={b.tolist()!r} has {b.size} values; give exactly four: "
-                     "x0,y0,x1,y1")
+    raise ValueError(f"box_xyxy={b.tolist()!r} has {b.size} values; give exactly four: x0,y0,x1,y1")
   if not np.all(np.isfinite(b)):
     raise ValueError(f"box_xyxy={b.tolist()!r} contains NaN/inf; give finite pixel coordinates")
   x0, y0, x1, y1 = b.tolist()
   if x1 <= x0 or y1 <= y0:
-    raise ValueError(f"box_xyxy={(x0, y0, x1, y1)} is empty or inverted (need x1 > x0 and "
-                     "y1 > y0); give the top-left corner first, then the bottom-right")
+    raise ValueError(
+      f"box_xyxy={(x0, y0, x1, y1)} is empty or inverted (need x1 > x0 and "
+      "y1 > y0); give the top-left corner first, then the bottom-right"
+    )
   if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
-    raise ValueError(f"box_xyxy={(x0, y0, x1, y1)} is outside the {w}x{h} frame; give "
-                     f"0 <= x0 < x1 <= {w} and 0 <= y0 < y1 <= {h}")
+    raise ValueError(
+      f"box_xyxy={(x0, y0, x1, y1)} is outside the {w}x{h} frame; give "
+      f"0 <= x0 < x1 <= {w} and 0 <= y0 < y1 <= {h}"
+    )
   return b.astype(np.float32)
 
 
@@ -198,10 +212,13 @@ def check_mask(mask, video_hw) -> np.ndarray:
   if m.ndim != 2:
     raise ValueError(f"mask has shape {m.shape}; give a 2-D [height, width] mask")
   if m.shape != (h, w):
-    raise ValueError(f"mask has size {m.shape[1]}x{m.shape[0]} (WxH) but the video is "
-                     f"{w}x{h}; give a mask of the video's size")
+    raise ValueError(
+      f"mask has size {m.shape[1]}x{m.shape[0]} (WxH) but the video is "
+      f"{w}x{h}; give a mask of the video's size"
+    )
   m = m.astype(bool)
   if not m.any():
-    raise ValueError("mask is empty (no foreground pixel); give a mask with at least one "
-                     "non-zero pixel")
+    raise ValueError(
+      "mask is empty (no foreground pixel); give a mask with at least one non-zero pixel"
+    )
   return m

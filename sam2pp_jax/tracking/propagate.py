@@ -28,12 +28,21 @@ import numpy as np
 from sam2pp_jax.tracking import prompts
 from sam2pp_jax.tracking.point_readout import check_readout
 from sam2pp_jax.tracking.postprocess import video_outputs
-from sam2pp_jax.tracking.step import (FEATURE_KEYS, WRITES, FramePrompt, count_clicks,
-                                      frame_features, new_bank, track_step, use_multimask)
+from sam2pp_jax.tracking.step import (
+  FEATURE_KEYS,
+  WRITES,
+  FramePrompt,
+  count_clicks,
+  frame_features,
+  new_bank,
+  track_step,
+  use_multimask,
+)
 
 
-def prepare_prompt(task: str, prompt: dict, video_hw, image_size: int, radius: int = 5,
-                   sigma: float = 2.0) -> FramePrompt:
+def prepare_prompt(
+  task: str, prompt: dict, video_hw, image_size: int, radius: int = 5, sigma: float = 2.0
+) -> FramePrompt:
   """Video-resolution prompts -> model inputs, with the reference's exact arithmetic.
 
   mask: {"mask": [B,H,W] bool}; box: {"box_xyxy": [B,4]}; point: {"points_xy": [B,P,2],
@@ -44,10 +53,13 @@ def prepare_prompt(task: str, prompt: dict, video_hw, image_size: int, radius: i
     m = np.stack([prompts.mask_to_model_res(x, s) for x in np.asarray(prompt["mask"])])
     return FramePrompt(mask=m.astype(np.float32))
   if task == "box":
-    pts, labels = zip(*(prompts.box_to_points(b, video_hw, s)
-                        for b in np.asarray(prompt["box_xyxy"], np.float32).reshape(-1, 4)))
-    return FramePrompt(point_coords=np.stack(pts),
-                       point_labels=np.stack(labels).astype(np.int32))
+    pts, labels = zip(
+      *(
+        prompts.box_to_points(b, video_hw, s)
+        for b in np.asarray(prompt["box_xyxy"], np.float32).reshape(-1, 4)
+      )
+    )
+    return FramePrompt(point_coords=np.stack(pts), point_labels=np.stack(labels).astype(np.int32))
   if task == "point":
     xy = np.asarray(prompt["points_xy"], np.float32)
     xy = xy.reshape(xy.shape[0], -1, 2)
@@ -77,9 +89,9 @@ def encode_frames(model, params, frames, task: str, chunk: int = 4) -> dict:
   t = frames.shape[0]
   outs = []
   for i in range(0, t, chunk):
-    x = jnp.asarray(frames[i:i + chunk])
+    x = jnp.asarray(frames[i : i + chunk])
     n = x.shape[0]
-    if n < chunk:   # pad the last chunk so one compiled shape serves the whole video
+    if n < chunk:  # pad the last chunk so one compiled shape serves the whole video
       x = jnp.concatenate([x, jnp.zeros((chunk - n,) + x.shape[1:], x.dtype)])
     e = _encode(model, params, x, task=task)
     outs.append({k: e[k][:n] for k in FEATURE_KEYS})
@@ -88,30 +100,41 @@ def encode_frames(model, params, frames, task: str, chunk: int = 4) -> dict:
 
 def _rows(out, task: str) -> dict:
   """The per-frame outputs the host keeps (everything else is dead code inside the jit)."""
-  y = {"low_res": out.low_res, "score": out.score, "obj_ptr": out.obj_ptr,
-       "maskmem": out.maskmem}
+  y = {"low_res": out.low_res, "score": out.score, "obj_ptr": out.obj_ptr, "maskmem": out.maskmem}
   if task == "box":
     y["box"] = out.box
   return y
 
 
-@partial(jax.jit, static_argnames=("model", "task", "route", "multimask", "cond_capacity",
-                                   "encoded"))
-def _first_frame(model, params, first, prompt, *, task, route, multimask, cond_capacity,
-                 encoded):
+@partial(
+  jax.jit, static_argnames=("model", "task", "route", "multimask", "cond_capacity", "encoded")
+)
+def _first_frame(model, params, first, prompt, *, task, route, multimask, cond_capacity, encoded):
   """The prompt frame as clip frame 0 -> (bank, rows [1,...], memory pos [HW,Cm]).
 
   `first` is the frame [1,S,S,3] (encoded=False) or its features dict of [1,...] arrays.
   """
   feats = first if encoded else frame_features(model, params, first, task=task)
   bank = new_bank(model, prompt.batch, cond_capacity)
-  bank, out = track_step(model, params, feats, bank, 0, prompt, task=task, route=route,
-                         multimask=multimask, write="cond", cond_slot=0)
+  bank, out = track_step(
+    model,
+    params,
+    feats,
+    bank,
+    0,
+    prompt,
+    task=task,
+    route=route,
+    multimask=multimask,
+    write="cond",
+    cond_slot=0,
+  )
   return bank, jax.tree.map(lambda a: a[None], _rows(out, task)), out.maskmem_pos
 
 
-@partial(jax.jit, static_argnames=("model", "task", "num_frames", "encoded"),
-         donate_argnames=("bank",))
+@partial(
+  jax.jit, static_argnames=("model", "task", "num_frames", "encoded"), donate_argnames=("bank",)
+)
 def _chunk_step(model, params, bank, xs, ts, valid, *, task, num_frames, encoded):
   """One compiled function for every chunk: (bank, rows stacked over the K frames).
 
@@ -121,13 +144,13 @@ def _chunk_step(model, params, bank, xs, ts, valid, *, task, num_frames, encoded
   """
   feats = xs if encoded else frame_features(model, params, xs, task=task)
   ring, none = WRITES.index("ring"), WRITES.index("none")
-  step = partial(track_step, model, params, task=task, route="memory", multimask=True,
-                 num_frames=num_frames)
+  step = partial(
+    track_step, model, params, task=task, route="memory", multimask=True, num_frames=num_frames
+  )
 
   def body(bank, x):
     t, ok, f = x
-    bank, out = step({k: v[None] for k, v in f.items()}, bank, t,
-                     write=jnp.where(ok, ring, none))
+    bank, out = step({k: v[None] for k, v in f.items()}, bank, t, write=jnp.where(ok, ring, none))
     return bank, _rows(out, task)
 
   return jax.lax.scan(body, bank, (ts, valid, feats))
@@ -146,11 +169,25 @@ def clip_indices(total: int, prompt_frame: int = 0, reverse: bool = False) -> np
   return np.arange(k, -1, -1) if reverse else np.arange(k, total)
 
 
-def track_video(model, params, frames, video_hw, task: str, prompt: dict | FramePrompt, *,
-                chunk: int = 4, cond_capacity: int = 2, return_bank: bool = False,
-                prompt_frame: int = 0, reverse: bool = False, num_frames: int | None = None,
-                features: dict | None = None, video_res: bool = True,
-                point_readout: str = "argmax", progress=None) -> dict:
+def track_video(
+  model,
+  params,
+  frames,
+  video_hw,
+  task: str,
+  prompt: dict | FramePrompt,
+  *,
+  chunk: int = 4,
+  cond_capacity: int = 2,
+  return_bank: bool = False,
+  prompt_frame: int = 0,
+  reverse: bool = False,
+  num_frames: int | None = None,
+  features: dict | None = None,
+  video_res: bool = True,
+  point_readout: str = "argmax",
+  progress=None,
+) -> dict:
   """Track B objects prompted on frame `prompt_frame` through T frames [S,S,3] (normalised).
 
   `frames`: a numpy [T,S,S,3] array or any sequence-like with `__len__` and `__getitem__(i)`
@@ -182,8 +219,14 @@ def track_video(model, params, frames, video_hw, task: str, prompt: dict | Frame
   if chunk < 1:
     raise ValueError(f"chunk={chunk}: give a chunk size >= 1")
   if not isinstance(prompt, FramePrompt):
-    prompt = prepare_prompt(task, prompt, (h, w), s, int(model.config.point_gaussian_radius),
-                            float(model.config.point_gaussian_sigma))
+    prompt = prepare_prompt(
+      task,
+      prompt,
+      (h, w),
+      s,
+      int(model.config.point_gaussian_radius),
+      float(model.config.point_gaussian_sigma),
+    )
   encoded = features is not None
   total = len(frames) if not encoded else int(features["vision"].shape[0])
   if total < 1:
@@ -196,55 +239,74 @@ def track_video(model, params, frames, video_hw, task: str, prompt: dict | Frame
   chunk = max(1, min(chunk, n_out - 1))
 
   if encoded:
-    def gather(ii, n):   # features of clip frames ii (original indices), on the device
+
+    def gather(ii, n):  # features of clip frames ii (original indices), on the device
       return {key: jnp.asarray(features[key][ii]) for key in FEATURE_KEYS}
   else:
-    def gather(ii, n):   # only these frames are read and copied, as float32, padded to n
+
+    def gather(ii, n):  # only these frames are read and copied, as float32, padded to n
       if isinstance(frames, (np.ndarray, jax.Array)):
-        x = np.asarray(frames[ii], np.float32)   # fancy indexing copies just this chunk
-      else:   # any sequence-like (__len__, __getitem__ -> [S,S,3] frame), e.g. a lazy loader
+        x = np.asarray(frames[ii], np.float32)  # fancy indexing copies just this chunk
+      else:  # any sequence-like (__len__, __getitem__ -> [S,S,3] frame), e.g. a lazy loader
         x = np.stack([np.asarray(frames[int(i)], np.float32) for i in ii])
-      if len(ii) < n:   # host-side padding of the last chunk (repeats its last frame)
+      if len(ii) < n:  # host-side padding of the last chunk (repeats its last frame)
         x = np.concatenate([x, np.repeat(x[-1:], n - len(ii), axis=0)])
       return jnp.asarray(x)
 
-  first_kw = dict(task=task, cond_capacity=int(cond_capacity), encoded=encoded,
-                  route="no_memory" if task == "box" else "prompt_as_output",
-                  multimask=_prompt_multimask(prompt, task, model.config))
+  first_kw = dict(
+    task=task,
+    cond_capacity=int(cond_capacity),
+    encoded=encoded,
+    route="no_memory" if task == "box" else "prompt_as_output",
+    multimask=_prompt_multimask(prompt, task, model.config),
+  )
   post = None
   if video_res or task == "point":
-    post = partial(video_outputs, video_hw=(h, w), task=task, readout=point_readout,
-                   image_size=s)
+    post = partial(video_outputs, video_hw=(h, w), task=task, readout=point_readout, image_size=s)
   pr = jax.tree.map(jnp.asarray, prompt)
 
-  host: dict = {}   # output name -> preallocated numpy [T',...], filled chunk by chunk
+  host: dict = {}  # output name -> preallocated numpy [T',...], filled chunk by chunk
 
   def put(start, m, ys):
     """Copy the first m frames of a block of device outputs to host rows start..start+m."""
     blk = dict(ys)
-    if post is not None:   # video-res logits of this block (fixed block shape)
-      blk.update({("post", k_): v for k_, v in post(ys["low_res"]).items()
-                  if video_res or k_ != "masks"})
+    if post is not None:  # video-res logits of this block (fixed block shape)
+      blk.update(
+        {("post", k_): v for k_, v in post(ys["low_res"]).items() if video_res or k_ != "masks"}
+      )
     for k_, v in blk.items():
       v = np.asarray(v)
       if k_ not in host:
         host[k_] = np.empty((n_out,) + v.shape[1:], v.dtype)
-      host[k_][start:start + m] = v[:m]
+      host[k_][start : start + m] = v[:m]
 
   bank, y0, pos = _first_frame(model, params, gather(idx[:1], 1), pr, **first_kw)
   # the prompt frame's block: pad to `chunk` so the post-processing shape is shared
-  y0p = y0 if chunk == 1 or post is None else jax.tree.map(
-      lambda a: jnp.concatenate([a, jnp.zeros((chunk - 1,) + a.shape[1:], a.dtype)]), y0)
+  y0p = (
+    y0
+    if chunk == 1 or post is None
+    else jax.tree.map(
+      lambda a: jnp.concatenate([a, jnp.zeros((chunk - 1,) + a.shape[1:], a.dtype)]), y0
+    )
+  )
   put(0, 1, y0p)
   for i in range(1, n_out, chunk):
-    ii = idx[i:i + chunk]
+    ii = idx[i : i + chunk]
     m = len(ii)
-    if encoded and m < chunk:   # features: pad by repeating the last index (no reads)
+    if encoded and m < chunk:  # features: pad by repeating the last index (no reads)
       ii = np.concatenate([ii, np.repeat(ii[-1:], chunk - m)])
     ts = np.arange(i, i + chunk, dtype=np.int32)
-    bank, ys = _chunk_step(model, params, bank, gather(ii, chunk), jnp.asarray(ts),
-                           jnp.asarray(ts < n_out), task=task, num_frames=num_frames,
-                           encoded=encoded)
+    bank, ys = _chunk_step(
+      model,
+      params,
+      bank,
+      gather(ii, chunk),
+      jnp.asarray(ts),
+      jnp.asarray(ts < n_out),
+      task=task,
+      num_frames=num_frames,
+      encoded=encoded,
+    )
     put(i, m, ys)
     del ys
     if progress is not None:
@@ -252,11 +314,15 @@ def track_video(model, params, frames, video_hw, task: str, prompt: dict | Frame
         progress(int(t))
 
   hm = s // 16
-  res = {"frame_idx": idx, "low_res_mask_logits": host["low_res"],
-         "object_score_logits": host["score"], "obj_ptr": host["obj_ptr"],
-         "maskmem_features_bf16": host["maskmem"].reshape(
-             host["maskmem"].shape[:2] + (hm, hm, -1)), "maskmem_pos_enc": np.asarray(pos).reshape(hm, hm, -1),
-         "visible": host["score"] > 0}
+  res = {
+    "frame_idx": idx,
+    "low_res_mask_logits": host["low_res"],
+    "object_score_logits": host["score"],
+    "obj_ptr": host["obj_ptr"],
+    "maskmem_features_bf16": host["maskmem"].reshape(host["maskmem"].shape[:2] + (hm, hm, -1)),
+    "maskmem_pos_enc": np.asarray(pos).reshape(hm, hm, -1),
+    "visible": host["score"] > 0,
+  }
   if task == "box":
     res["pred_box_xyxy_norm"] = host["box"]
     res["pred_box_xyxy"] = host["box"] * np.asarray([w, h, w, h], np.float32)

@@ -107,15 +107,27 @@ def use_multimask(n_clicks, config):
 
 
 # ---------------------------------------------------------------------------------- decode
-def decode_heads(model, params, pix, feats, prompt: FramePrompt, *, task: str,
-                 multimask) -> StepOut:
+def decode_heads(
+  model, params, pix, feats, prompt: FramePrompt, *, task: str, multimask
+) -> StepOut:
   """Prompt encoder + decoder + candidate choice + pointer on features `pix` [B,h,w,C].
 
   Candidates are padded to the decoder's M; a single-mask step (multimask False, static or
   traced) has only candidate 0 valid."""
   mask = None if prompt.mask is None else prompt.mask[..., None]
-  o = _apply(model, params, "sam_heads", pix, feats["s0"], feats["s1"], prompt.point_coords,
-             prompt.point_labels, mask, task=task, multimask_output=multimask)
+  o = _apply(
+    model,
+    params,
+    "sam_heads",
+    pix,
+    feats["s0"],
+    feats["s1"],
+    prompt.point_coords,
+    prompt.point_labels,
+    mask,
+    task=task,
+    multimask_output=multimask,
+  )
   m = int(model.config.decoder.num_multimask_outputs)
   s = int(model.config.image_size)
   mm = o["multi_masks"]
@@ -127,38 +139,84 @@ def decode_heads(model, params, pix, feats, prompt: FramePrompt, *, task: str,
     valid = jnp.where(multimask, valid, jnp.arange(m) < 1)
   boxes = o["multi_boxes"]
   return StepOut(
-      low_res=o["low_res_masks"], high_res=o["high_res_masks"],
-      score=o["object_score_logits"][:, 0], obj_ptr=o["obj_ptr"], box=o["boxes"],
-      multi_high_res=pad(high.reshape((b, k, s, s))), ious=pad(o["ious"]),
-      multi_boxes=None if boxes is None else pad(boxes), candidate_valid=valid, pix=pix)
+    low_res=o["low_res_masks"],
+    high_res=o["high_res_masks"],
+    score=o["object_score_logits"][:, 0],
+    obj_ptr=o["obj_ptr"],
+    box=o["boxes"],
+    multi_high_res=pad(high.reshape((b, k, s, s))),
+    ious=pad(o["ious"]),
+    multi_boxes=None if boxes is None else pad(boxes),
+    candidate_valid=valid,
+    pix=pix,
+  )
 
 
-def _decode(model, params, feats, bank, t, prompt, *, task, route, multimask, num_frames,
-            reverse, future_cond_ptrs) -> StepOut:
+def _decode(
+  model,
+  params,
+  feats,
+  bank,
+  t,
+  prompt,
+  *,
+  task,
+  route,
+  multimask,
+  num_frames,
+  reverse,
+  future_cond_ptrs,
+) -> StepOut:
   """One static route (see the module docstring)."""
   vision = feats["vision"]
   if route == "prompt_as_output":
-    o = _apply(model, params, "prompt_as_output", vision, feats["s0"], feats["s1"],
-               prompt.mask, prompt.point_coords, prompt.point_labels, task=task)
+    o = _apply(
+      model,
+      params,
+      "prompt_as_output",
+      vision,
+      feats["s0"],
+      feats["s1"],
+      prompt.mask,
+      prompt.point_coords,
+      prompt.point_labels,
+      task=task,
+    )
     m = int(model.config.decoder.num_multimask_outputs)
     b = vision.shape[0]
     pad = lambda a: jnp.pad(a, [(0, 0), (0, m - 1)] + [(0, 0)] * (a.ndim - 2))
     return StepOut(
-        low_res=o["low_res_masks"], high_res=o["high_res_masks"],
-        score=o["object_score_logits"][:, 0], obj_ptr=o["obj_ptr"],
-        box=None if task != "box" else jnp.zeros((b, 4), jnp.float32),
-        multi_high_res=pad(o["high_res_masks"][:, None]), ious=pad(o["ious"]),
-        multi_boxes=None if task != "box" else jnp.zeros((b, m, 4), jnp.float32),
-        candidate_valid=jnp.arange(m) < 1, pix=vision)
+      low_res=o["low_res_masks"],
+      high_res=o["high_res_masks"],
+      score=o["object_score_logits"][:, 0],
+      obj_ptr=o["obj_ptr"],
+      box=None if task != "box" else jnp.zeros((b, 4), jnp.float32),
+      multi_high_res=pad(o["high_res_masks"][:, None]),
+      ious=pad(o["ious"]),
+      multi_boxes=None if task != "box" else jnp.zeros((b, m, 4), jnp.float32),
+      candidate_valid=jnp.arange(m) < 1,
+      pix=vision,
+    )
   if route == "no_memory":
     pix = _apply(model, params, "no_memory_features", vision)
   elif route == "memory":
     tpos = params["maskmem_tpos_enc"][:, 0, 0]
     ptr_pe = lambda rel, tdm: _apply(model, params, "obj_ptr_pos_encoding", rel, tdm)
-    memory, mpos, mmask = bank.select(t, num_frames, tpos, ptr_pe, reverse=reverse,
-                                      future_cond_ptrs=future_cond_ptrs)
-    pix = _apply(model, params, "condition_on_memory", vision, feats["vision_pos"], memory, mpos,
-                 mmask, task=task, num_obj_ptr_tokens=bank.num_ptr_tokens)
+    memory, mpos, mmask = bank.select(
+      t, num_frames, tpos, ptr_pe, reverse=reverse, future_cond_ptrs=future_cond_ptrs
+    )
+    pix = _apply(
+      model,
+      params,
+      "condition_on_memory",
+      vision,
+      feats["vision_pos"],
+      memory,
+      mpos,
+      mmask,
+      task=task,
+      num_obj_ptr_tokens=bank.num_ptr_tokens,
+    )
   else:
     raise ValueError(f"route={route!r} is unknown; use one of {ROUTES}")
   return decode_heads(model, params, pix, feats, prompt, task=task, multimask=multimask)
@@ -177,8 +235,9 @@ def _write(bank: MemoryBank, write, cond_slot, t, out: StepOut) -> MemoryBank:
   w = jnp.asarray(write, jnp.int32)
   ring = bank.write(t, out.maskmem, out.maskmem_pos, out.obj_ptr)
   cond = bank.write_cond(cond_slot, t, out.maskmem, out.maskmem_pos, out.obj_ptr)
-  pick = lambda n, r, c: jnp.where(w == WRITES.index("cond"), c,
-                                   jnp.where(w == WRITES.index("ring"), r, n))
+  pick = lambda n, r, c: jnp.where(
+    w == WRITES.index("cond"), c, jnp.where(w == WRITES.index("ring"), r, n)
+  )
   return jax.tree.map(pick, bank, ring, cond)
 
 
@@ -193,12 +252,25 @@ def frame_memory(model, params, vision, low_res, score, *, task: str):
 
 
 # ---------------------------------------------------------------------------------- step
-def track_step(model, params, feats: Mapping[str, jax.Array], bank: MemoryBank | None, t,
-               prompt: FramePrompt | Mapping[str, FramePrompt] | None = None, *, task: str,
-               route="memory", multimask=True, num_frames: int = 1, reverse=False,
-               future_cond_ptrs: bool = False, write="ring", cond_slot=0,
-               encode_memory: bool = True,
-               refine: Callable[[StepOut], StepOut] | None = None):
+def track_step(
+  model,
+  params,
+  feats: Mapping[str, jax.Array],
+  bank: MemoryBank | None,
+  t,
+  prompt: FramePrompt | Mapping[str, FramePrompt] | None = None,
+  *,
+  task: str,
+  route="memory",
+  multimask=True,
+  num_frames: int = 1,
+  reverse=False,
+  future_cond_ptrs: bool = False,
+  write="ring",
+  cond_slot=0,
+  encode_memory: bool = True,
+  refine: Callable[[StepOut], StepOut] | None = None,
+):
   """One frame t for B objects -> (bank, StepOut). Pure; call it inside jit / scan.
 
   feats: {vision, vision_pos, s0, s1} of the frame, [B,...] or [1,...] (shared by objects).
@@ -222,19 +294,27 @@ def track_step(model, params, feats: Mapping[str, jax.Array], bank: MemoryBank |
   elif b is None:
     b = prompt.batch if prompt is not None else feats["vision"].shape[0]
   feats = {k: _batched(feats[k], b) for k in FEATURE_KEYS}
-  kw = dict(task=task, multimask=multimask, num_frames=num_frames, reverse=reverse,
-            future_cond_ptrs=future_cond_ptrs)
+  kw = dict(
+    task=task,
+    multimask=multimask,
+    num_frames=num_frames,
+    reverse=reverse,
+    future_cond_ptrs=future_cond_ptrs,
+  )
   if isinstance(route, str):
     p = prompt.get(route) if isinstance(prompt, Mapping) else prompt
-    out = _decode(model, params, feats, bank, t, FramePrompt() if p is None else p, route=route,
-                  **kw)
+    out = _decode(
+      model, params, feats, bank, t, FramePrompt() if p is None else p, route=route, **kw
+    )
   else:
     if not isinstance(prompt, Mapping):
       raise TypeError("a traced route needs a dict route name -> FramePrompt")
     names = [r for r in ROUTES if r in prompt]
     index = jnp.asarray([names.index(r) if r in names else 0 for r in ROUTES], jnp.int32)
-    branches = [lambda r=r: _decode(model, params, feats, bank, t, prompt[r] or FramePrompt(),
-                                    route=r, **kw) for r in names]
+    branches = [
+      lambda r=r: _decode(model, params, feats, bank, t, prompt[r] or FramePrompt(), route=r, **kw)
+      for r in names
+    ]
     out = jax.lax.switch(index[jnp.asarray(route, jnp.int32)], branches)
   if refine is not None:
     out = refine(out)
@@ -252,8 +332,12 @@ def new_bank(model, batch: int, cond_capacity: int = 2) -> MemoryBank:
   """An empty bank for `batch` objects with the model's memory geometry."""
   c = model.config
   hw = (int(c.image_size) // 16) ** 2
-  return MemoryBank.empty(batch, hw, int(c.mem_dim), int(c.hidden_dim),
-                          num_maskmem=int(c.num_maskmem),
-                          max_obj_ptrs=int(c.max_obj_ptrs_in_encoder),
-                          cond_capacity=cond_capacity)
-
+  return MemoryBank.empty(
+    batch,
+    hw,
+    int(c.mem_dim),
+    int(c.hidden_dim),
+    num_maskmem=int(c.num_maskmem),
+    max_obj_ptrs=int(c.max_obj_ptrs_in_encoder),
+    cond_capacity=cond_capacity,
+  )

@@ -64,11 +64,20 @@ from sam2pp_jax.tracking.prompts import mask_to_box
 
 CLIP_KEYS = ("frames", "masks", "boxes", "points", "visible", "obj_valid")
 SOURCE_KINDS = ("synthetic", "dataset")
-_SYNTHETIC_KEYS = {"kind", "seed_offset", "weight", "difficulty", "video_hw", "video_frames",
-                   "num_objects", "num_points", "tasks"}
+_SYNTHETIC_KEYS = {
+  "kind",
+  "seed_offset",
+  "weight",
+  "difficulty",
+  "video_hw",
+  "video_frames",
+  "num_objects",
+  "num_points",
+  "tasks",
+}
 _DATASET_KEYS = {"kind", "name", "root", "split", "task", "weight", "tasks"}
-_TASK_STREAM = 1          # SeedSequence spawn key of the per-step task draw
-_NUM_STEPS = sys.maxsize // 2   # the step range of the grain dataset (effectively endless)
+_TASK_STREAM = 1  # SeedSequence spawn key of the per-step task draw
+_NUM_STEPS = sys.maxsize // 2  # the step range of the grain dataset (effectively endless)
 
 
 class ClipError(Exception):
@@ -79,30 +88,42 @@ class ClipError(Exception):
 def default_data_config() -> ml_collections.ConfigDict:
   """Defaults of the tiny demo; yaml keys of the released three-task config in comments."""
   c = ml_collections.ConfigDict()
-  c.image_size = 64           # scratch.resolution (1024 there; the tiny model runs at 64)
-  c.num_frames = 8            # scratch.num_frames
-  c.max_objects = 3           # scratch.max_num_objects (mask and point RandomUniformSampler)
-  c.max_objects_box = 1       # box sampler max_num_objects: 1 (single-object tracking)
-  c.global_batch = 8          # clips per step over all processes (yaml: train_batch_size 1/GPU)
+  c.image_size = 64  # scratch.resolution (1024 there; the tiny model runs at 64)
+  c.num_frames = 8  # scratch.num_frames
+  c.max_objects = 3  # scratch.max_num_objects (mask and point RandomUniformSampler)
+  c.max_objects_box = 1  # box sampler max_num_objects: 1 (single-object tracking)
+  c.global_batch = 8  # clips per step over all processes (yaml: train_batch_size 1/GPU)
   # mask : box : point = 1 : 4 : 5 (the yaml's data.train.dataset_prob is [0.30, 0.30, 0.40]).
   c.task_probs = (0.1, 0.4, 0.5)
-  c.sources = [dict(kind="synthetic", seed_offset=0, weight=1.0, difficulty="normal",
-                    video_hw=(128, 128), video_frames=None, num_objects=(1, 3), num_points=8)]
-  c.augment = ml_collections.ConfigDict(dict(
-      hflip_p=0.5,                     # RandomHorizontalFlip (p default 0.5), consistent
-      affine_tasks=("mask",),          # vos.train_transforms only (commented out for box/point)
-      affine_degrees=25.0,             # RandomAffine degrees: 25
-      affine_shear=20.0,               # RandomAffine shear: 20 (x shear only)
-      affine_fill=(123.0, 116.0, 103.0),   # RandomAffine image_mean default
+  c.sources = [
+    dict(
+      kind="synthetic",
+      seed_offset=0,
+      weight=1.0,
+      difficulty="normal",
+      video_hw=(128, 128),
+      video_frames=None,
+      num_objects=(1, 3),
+      num_points=8,
+    )
+  ]
+  c.augment = ml_collections.ConfigDict(
+    dict(
+      hflip_p=0.5,  # RandomHorizontalFlip (p default 0.5), consistent
+      affine_tasks=("mask",),  # vos.train_transforms only (commented out for box/point)
+      affine_degrees=25.0,  # RandomAffine degrees: 25
+      affine_shear=20.0,  # RandomAffine shear: 20 (x shear only)
+      affine_fill=(123.0, 116.0, 103.0),  # RandomAffine image_mean default
       jitter_consistent=(0.1, 0.03, 0.03),  # ColorJitter consistent: brightness/contrast/saturation
-      grayscale_p=0.05,                # RandomGrayscale p: 0.05, consistent
-      jitter_per_frame=(0.1, 0.05, 0.05),   # ColorJitter consistent_transform False
-  ))
-  c.mask_visible_above = 5    # vos_sampler: a first-frame object needs segment.sum() > 5
-  c.box_min_pixels = 4        # BoxDataset: a box exists when its mask has >= 4 pixels
-  c.clip_attempts = 4         # windows / augmentations tried per video before another video
-  c.video_attempts = 32       # videos tried per clip before giving up
-  c.num_threads = 0           # grain ReadOptions: 0 = batches built in the consuming thread
+      grayscale_p=0.05,  # RandomGrayscale p: 0.05, consistent
+      jitter_per_frame=(0.1, 0.05, 0.05),  # ColorJitter consistent_transform False
+    )
+  )
+  c.mask_visible_above = 5  # vos_sampler: a first-frame object needs segment.sum() > 5
+  c.box_min_pixels = 4  # BoxDataset: a box exists when its mask has >= 4 pixels
+  c.clip_attempts = 4  # windows / augmentations tried per video before another video
+  c.video_attempts = 32  # videos tried per clip before giving up
+  c.num_threads = 0  # grain ReadOptions: 0 = batches built in the consuming thread
   c.prefetch_buffer_size = 0
   return c
 
@@ -122,11 +143,13 @@ def check_task_probs(probs) -> np.ndarray:
   try:
     p = np.asarray(probs, np.float64).reshape(-1)
   except (TypeError, ValueError):
-    raise ValueError(f"task_probs must be three numbers (mask, box, point), "
-                     f"got {probs!r}") from None
+    raise ValueError(
+      f"task_probs must be three numbers (mask, box, point), got {probs!r}"
+    ) from None
   if p.shape != (3,) or not np.all(np.isfinite(p)) or np.any(p < 0):
-    raise ValueError(f"task_probs must be three non-negative numbers (mask, box, point), "
-                     f"got {probs!r}")
+    raise ValueError(
+      f"task_probs must be three non-negative numbers (mask, box, point), got {probs!r}"
+    )
   if abs(p.sum() - 1.0) > 1e-6:
     raise ValueError(f"task_probs must sum to 1, got {tuple(p)} (sum {p.sum():g})")
   return p
@@ -143,8 +166,9 @@ def _check_source(i: int, src) -> dict:
   allowed = _SYNTHETIC_KEYS if kind == "synthetic" else _DATASET_KEYS
   extra = sorted(set(src) - allowed)
   if extra:
-    raise ValueError(f"sources[{i}] ({kind}) has unknown fields {extra}; "
-                     f"allowed: {sorted(allowed)}")
+    raise ValueError(
+      f"sources[{i}] ({kind}) has unknown fields {extra}; allowed: {sorted(allowed)}"
+    )
   w = _num(f"sources[{i}].weight", src.get("weight", 1.0), 0, integer=False)
   if not w > 0:
     raise ValueError(f"sources[{i}].weight must be > 0, got {w}")
@@ -161,9 +185,11 @@ def _check_source(i: int, src) -> dict:
     if src.get("video_frames") is not None:
       _num(f"sources[{i}].video_frames", src["video_frames"], 1)
     try:
-      synthetic._checked(num_objects=_object_range(src),
-                         difficulty=src.get("difficulty", "normal"),
-                         num_points=src.get("num_points", 8))
+      synthetic._checked(
+        num_objects=_object_range(src),
+        difficulty=src.get("difficulty", "normal"),
+        num_points=src.get("num_points", 8),
+      )
     except ValueError as e:
       raise ValueError(f"sources[{i}]: {e}") from None
   else:
@@ -198,8 +224,10 @@ def check_data_config(cfg) -> None:
       raise ValueError(f"augment.{name} is a probability in [0, 1], got {p}")
   for name in ("jitter_consistent", "jitter_per_frame"):
     if len(a[name]) != 3 or any(float(v) < 0 for v in a[name]):
-      raise ValueError(f"augment.{name} must be three non-negative numbers "
-                       f"(brightness, contrast, saturation), got {a[name]!r}")
+      raise ValueError(
+        f"augment.{name} must be three non-negative numbers "
+        f"(brightness, contrast, saturation), got {a[name]!r}"
+      )
   if not set(a.affine_tasks) <= set(TASKS):
     raise ValueError(f"augment.affine_tasks must be a subset of {TASKS}, got {a.affine_tasks!r}")
 
@@ -219,11 +247,12 @@ def num_objects_for(task: str, cfg) -> int:
 def task_for_step(seed: int, step: int, probs=(0.1, 0.4, 0.5)) -> str:
   """The task of every clip of `step`: a pure function of (seed, step), so all hosts agree."""
   p = check_task_probs(probs)
-  ss = np.random.SeedSequence((_num("seed", seed, 0), _num("step", step, 0)),
-                              spawn_key=(_TASK_STREAM,))
+  ss = np.random.SeedSequence(
+    (_num("seed", seed, 0), _num("step", step, 0)), spawn_key=(_TASK_STREAM,)
+  )
   u = np.random.default_rng(ss).random()
   k = int(np.searchsorted(np.cumsum(p), u, side="right"))
-  return TASKS[min(k, int(np.flatnonzero(p)[-1]))]   # the min guards a sum just below 1
+  return TASKS[min(k, int(np.flatnonzero(p)[-1]))]  # the min guards a sum just below 1
 
 
 # ------------------------------------------------------------------------------ dataset sequences
@@ -287,7 +316,7 @@ def _dataset_window(src: dict, task: str, rng: np.random.Generator, cfg) -> dict
   if len(frames) < t:
     raise ClipError(f"{seq.name!r} has {len(frames)} usable frames < num_frames {t}")
   start = int(rng.integers(len(frames) - t + 1))
-  return sequence_to_video(seq, frames[start:start + t])
+  return sequence_to_video(seq, frames[start : start + t])
 
 
 def _object_range(src: Mapping):
@@ -300,10 +329,14 @@ def _synthetic_video(src: dict, seed: int, index: int, cfg) -> dict:
   """Video `index` of the source's endless synthetic stream."""
   h, w = (int(v) for v in src.get("video_hw", (128, 128)))
   return synthetic.generate_video(
-      synthetic.video_seed(seed + int(src.get("seed_offset", 0)), index),
-      num_frames=int(src.get("video_frames") or cfg.num_frames), height=h, width=w,
-      num_objects=_object_range(src), difficulty=src.get("difficulty", "normal"),
-      num_points=int(src.get("num_points", 8)))
+    synthetic.video_seed(seed + int(src.get("seed_offset", 0)), index),
+    num_frames=int(src.get("video_frames") or cfg.num_frames),
+    height=h,
+    width=w,
+    num_objects=_object_range(src),
+    difficulty=src.get("difficulty", "normal"),
+    num_points=int(src.get("num_points", 8)),
+  )
 
 
 # ------------------------------------------------------------------------------ window / objects
@@ -320,7 +353,7 @@ def _eligible(video: dict, task: str, cfg) -> np.ndarray:
     ids = np.asarray(video["masks"])
     k = int(ids.max()) if ids.size else 0
     k = max(k, np.asarray(video.get("visible", np.zeros((1, 0)))).shape[1])
-    counts = np.stack([np.bincount(m.ravel(), minlength=k + 1)[1:k + 1] for m in ids])
+    counts = np.stack([np.bincount(m.ravel(), minlength=k + 1)[1 : k + 1] for m in ids])
     return counts > int(cfg.mask_visible_above)
   if "visible" not in video or ("masks" not in video and "boxes_xywh" not in video):
     raise ValueError("the box task needs masks or boxes_xywh, and visible, in the video")
@@ -374,8 +407,12 @@ def _object_tracks(video: dict, task: str, frames: slice, cols: np.ndarray):
 def _affine_matrix(angle_deg: float, shear_x_deg: float) -> np.ndarray:
   """torchvision's forward rotation+shear matrix (scale 1, no y shear) about the image centre."""
   r, sx = math.radians(angle_deg), math.radians(shear_x_deg)
-  return np.array([[math.cos(r), -math.cos(r) * math.tan(sx) - math.sin(r)],
-                   [math.sin(r), -math.sin(r) * math.tan(sx) + math.cos(r)]])
+  return np.array(
+    [
+      [math.cos(r), -math.cos(r) * math.tan(sx) - math.sin(r)],
+      [math.sin(r), -math.sin(r) * math.tan(sx) + math.cos(r)],
+    ]
+  )
 
 
 def _warp_matrix(a: np.ndarray, hw) -> np.ndarray:
@@ -395,8 +432,14 @@ def _random_affine(frames, masks, points, rng, aug):
   size = (hw[1], hw[0])
 
   def warp_mask(x):
-    return cv2.warpAffine(x.astype(np.uint8), m, size, flags=cv2.INTER_NEAREST,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
+    return cv2.warpAffine(
+      x.astype(np.uint8),
+      m,
+      size,
+      flags=cv2.INTER_NEAREST,
+      borderMode=cv2.BORDER_CONSTANT,
+      borderValue=0,
+    ).astype(bool)
 
   if masks is not None:
     first = [warp_mask(x) for x in masks[0]]
@@ -404,9 +447,14 @@ def _random_affine(frames, masks, points, rng, aug):
       return frames, masks, points
     masks = np.stack([np.stack(first)] + [np.stack([warp_mask(x) for x in mt]) for mt in masks[1:]])
   fill = tuple(float(v) for v in aug.affine_fill)
-  frames = np.stack([cv2.warpAffine(f, m, size, flags=cv2.INTER_LINEAR,
-                                    borderMode=cv2.BORDER_CONSTANT, borderValue=fill)
-                     for f in frames])
+  frames = np.stack(
+    [
+      cv2.warpAffine(
+        f, m, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=fill
+      )
+      for f in frames
+    ]
+  )
   if points is not None:
     c = np.array([hw[1] / 2.0, hw[0] / 2.0])
     points = (points - c) @ a.T + c
@@ -428,7 +476,7 @@ def _aa_taps(in_size: int, out_size: int) -> Tuple[np.ndarray, np.ndarray]:
     hi = min(int(center + support + 0.5), in_size)
     j = np.arange(lo, hi)
     w = np.clip(1.0 - np.abs((j + 0.5 - center) / support), 0.0, None)
-    idx[i, :j.size], wts[i, :j.size] = j, w / w.sum()
+    idx[i, : j.size], wts[i, : j.size] = j, w / w.sum()
   return idx, wts
 
 
@@ -529,7 +577,7 @@ def _targets(task, masks, points, pvis, cfg):
     t, n = vis.shape
     masks = np.zeros((t, n, s, s), bool)
     ti, oi = np.nonzero(vis)
-    px = np.minimum(np.floor(pts[ti, oi]).astype(np.int64), s - 1)   # float32 may round up to S
+    px = np.minimum(np.floor(pts[ti, oi]).astype(np.int64), s - 1)  # float32 may round up to S
     masks[ti, oi, px[:, 1], px[:, 0]] = True
     return masks, np.zeros((t, n, 4), np.float32), pts, vis
   if task == "box":
@@ -562,8 +610,9 @@ def make_clip(video: dict, task: str, rng: np.random.Generator, cfg) -> dict:
   t, o = int(cfg.num_frames), num_objects_for(task, cfg)
   frames_all = np.asarray(video["frames"])
   if frames_all.dtype != np.uint8 or frames_all.ndim != 4 or frames_all.shape[-1] != 3:
-    raise ValueError(f"video frames must be uint8 [T,H,W,3], got {frames_all.dtype} "
-                     f"{frames_all.shape}")
+    raise ValueError(
+      f"video frames must be uint8 [T,H,W,3], got {frames_all.dtype} {frames_all.shape}"
+    )
   if frames_all.shape[0] < t:
     raise ClipError(f"video has {frames_all.shape[0]} frames < num_frames {t}")
   eligible = _eligible(video, task, cfg)
@@ -575,8 +624,13 @@ def make_clip(video: dict, task: str, rng: np.random.Generator, cfg) -> dict:
     frames = _photometric(frames, rng, cfg.augment)
     masks, boxes, points, vis = _targets(task, masks, points, pvis, cfg)
     if vis[0].all():
-      clip = {"frames": normalize_u8(frames), "masks": masks, "boxes": boxes,
-              "points": points, "visible": vis}
+      clip = {
+        "frames": normalize_u8(frames),
+        "masks": masks,
+        "boxes": boxes,
+        "points": points,
+        "visible": vis,
+      }
       return _pad_objects(clip, o)
   raise ClipError(f"no valid {task} clip in {cfg.clip_attempts} attempts")
 
@@ -590,8 +644,10 @@ def _task_sources(cfg, task: str) -> Tuple[List[dict], np.ndarray]:
   """Sources serving `task` and their normalised weights."""
   srcs = [dict(s) for s in cfg.sources if task in source_tasks(s)]
   if not srcs:
-    raise ValueError(f"sources: no source serves the {task!r} task but task_probs gives it "
-                     "probability > 0; add one or set its probability to 0")
+    raise ValueError(
+      f"sources: no source serves the {task!r} task but task_probs gives it "
+      "probability > 0; add one or set its probability to 0"
+    )
   w = np.array([float(s.get("weight", 1.0)) for s in srcs])
   return srcs, w / w.sum()
 
@@ -613,8 +669,9 @@ def _make_one(seed: int, step: int, global_j: int, task: str, cfg) -> dict:
       return make_clip(video, task, rng, cfg)
     except ClipError as e:
       last = e
-  raise RuntimeError(f"step {step} clip {global_j}: no valid {task} clip from {attempts} videos "
-                     f"(last: {last})")
+  raise RuntimeError(
+    f"step {step} clip {global_j}: no valid {task} clip from {attempts} videos (last: {last})"
+  )
 
 
 def _local_range(cfg, process_index: int, process_count: int) -> range:
@@ -630,15 +687,17 @@ def _local_range(cfg, process_index: int, process_count: int) -> range:
   return range(index * local, (index + 1) * local)
 
 
-def make_batch(seed: int, step: int, task: str, cfg, *, process_index: int = 0,
-               process_count: int = 1) -> dict:
+def make_batch(
+  seed: int, step: int, task: str, cfg, *, process_index: int = 0, process_count: int = 1
+) -> dict:
   """This process's `global_batch // process_count` clips of `step`, stacked on a leading axis;
   concatenating all processes' batches in index order gives the single-process batch."""
   check_data_config(cfg)
   seed, step = _num("seed", seed, 0), _num("step", step, 0)
   _check_task(task)
-  clips = [_make_one(seed, step, j, task, cfg)
-           for j in _local_range(cfg, process_index, process_count)]
+  clips = [
+    _make_one(seed, step, j, task, cfg) for j in _local_range(cfg, process_index, process_count)
+  ]
   return {k: np.stack([c[k] for c in clips]) for k in CLIP_KEYS}
 
 
@@ -653,12 +712,19 @@ class _StepToBatch(grain.transforms.Map):
 
   def map(self, step):
     task = task_for_step(self.seed, int(step), self.cfg.task_probs)
-    return task, make_batch(self.seed, int(step), task, self.cfg,
-                            process_index=self.process_index, process_count=self.process_count)
+    return task, make_batch(
+      self.seed,
+      int(step),
+      task,
+      self.cfg,
+      process_index=self.process_index,
+      process_count=self.process_count,
+    )
 
 
-def make_train_dataset(cfg, seed: int, *, process_index: int = 0, process_count: int = 1,
-                       start_step: int = 0) -> grain.IterDataset:
+def make_train_dataset(
+  cfg, seed: int, *, process_index: int = 0, process_count: int = 1, start_step: int = 0
+) -> grain.IterDataset:
   """grain IterDataset of (task, batch) for steps start_step, start_step + 1, ..."""
   check_data_config(cfg)
   seed, start_step = _num("seed", seed, 0), _num("start_step", start_step, 0)
@@ -669,13 +735,18 @@ def make_train_dataset(cfg, seed: int, *, process_index: int = 0, process_count:
       _task_sources(cfg, task)
   ds = grain.MapDataset.range(start_step, start_step + _NUM_STEPS)
   ds = ds.map(_StepToBatch(cfg, seed, process_index, process_count))
-  opts = grain.ReadOptions(num_threads=int(cfg.num_threads),
-                           prefetch_buffer_size=int(cfg.prefetch_buffer_size))
+  opts = grain.ReadOptions(
+    num_threads=int(cfg.num_threads), prefetch_buffer_size=int(cfg.prefetch_buffer_size)
+  )
   return ds.to_iter_dataset(opts)
 
 
-def make_train_iterator(cfg, seed: int, *, process_index: int = 0, process_count: int = 1,
-                        start_step: int = 0):
+def make_train_iterator(
+  cfg, seed: int, *, process_index: int = 0, process_count: int = 1, start_step: int = 0
+):
   """Iterator of (task, batch); `get_state()` / `set_state()` checkpoint its position exactly."""
-  return iter(make_train_dataset(cfg, seed, process_index=process_index,
-                                 process_count=process_count, start_step=start_step))
+  return iter(
+    make_train_dataset(
+      cfg, seed, process_index=process_index, process_count=process_count, start_step=start_step
+    )
+  )

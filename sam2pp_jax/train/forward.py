@@ -30,9 +30,19 @@ import jax.numpy as jnp
 import ml_collections
 
 from sam2pp_jax.tracking import prompts
-from sam2pp_jax.tracking.step import (FEATURE_KEYS, ROUTES, WRITES, FramePrompt, StepOut,
-                                      count_clicks, decode_heads, frame_features, new_bank,
-                                      track_step, use_multimask)
+from sam2pp_jax.tracking.step import (
+  FEATURE_KEYS,
+  ROUTES,
+  WRITES,
+  FramePrompt,
+  StepOut,
+  count_clicks,
+  decode_heads,
+  frame_features,
+  new_bank,
+  track_step,
+  use_multimask,
+)
 from sam2pp_jax.train import prompt_sim
 
 # init-frame prompt kinds; a frame's branch is its kind (init frames) or B_TRACK
@@ -42,17 +52,21 @@ B_TRACK = 3
 
 def default_prompt_config() -> ml_collections.ConfigDict:
   """Prompt-simulation numbers of the released three-task training config (model section)."""
-  return ml_collections.ConfigDict(dict(
-      prob_to_use_pt_input=0.5,        # prob_to_use_pt_input_for_train
-      prob_to_use_box_input=0.5,       # prob_to_use_box_input_for_train
-      num_init_cond_frames=2,          # num_init_cond_frames_for_train (rand 1..2)
-      num_frames_to_correct=2,         # num_frames_to_correct_for_train (rand)
-      num_correction_pt_per_frame=7,   # num_correction_pt_per_frame
-      prob_to_sample_from_gt=0.1,      # prob_to_sample_from_gt_for_train
-      box_noise=0.1, box_noise_bound=20.0,   # SAM defaults of sample_(noised_)box_points
-      point_radius=5, point_sigma=2.0,       # Gaussian prompt/target (inference values)
-      remat=False,                           # recompute frame steps / encoder in backward
-  ))
+  return ml_collections.ConfigDict(
+    dict(
+      prob_to_use_pt_input=0.5,  # prob_to_use_pt_input_for_train
+      prob_to_use_box_input=0.5,  # prob_to_use_box_input_for_train
+      num_init_cond_frames=2,  # num_init_cond_frames_for_train (rand 1..2)
+      num_frames_to_correct=2,  # num_frames_to_correct_for_train (rand)
+      num_correction_pt_per_frame=7,  # num_correction_pt_per_frame
+      prob_to_sample_from_gt=0.1,  # prob_to_sample_from_gt_for_train
+      box_noise=0.1,
+      box_noise_bound=20.0,  # SAM defaults of sample_(noised_)box_points
+      point_radius=5,
+      point_sigma=2.0,  # Gaussian prompt/target (inference values)
+      remat=False,  # recompute frame steps / encoder in backward
+    )
+  )
 
 
 # ------------------------------------------------------------------------------ plan
@@ -68,7 +82,7 @@ def sample_plan(key, task: str, cfg, num_frames: int, visible):
     use_pt = u[0] < cfg.prob_to_use_pt_input
     two_cond = (u[1] < 0.5) if (cfg.num_init_cond_frames > 1 and t_ > 1) else jnp.array(False)
   cond2 = jax.random.randint(ks[1], (), 1, max(t_, 2))
-  if task == "box":            # an invisible later frame is dropped as a conditioning frame
+  if task == "box":  # an invisible later frame is dropped as a conditioning frame
     two_cond = two_cond & jnp.all(visible[:, jnp.minimum(cond2, t_ - 1)])
 
   def kind(uu):
@@ -90,17 +104,26 @@ def sample_plan(key, task: str, cfg, num_frames: int, visible):
   is_extra = extra & (order == extra_t) & ~is_init
   kind = kinds[jnp.minimum(k, 1)]
   branch = jnp.where(is_init, kind, B_TRACK).astype(jnp.int32)
-  correct = (is_init & use_pt) | is_extra     # point inputs get corrective clicks
+  correct = (is_init & use_pt) | is_extra  # point inputs get corrective clicks
   write_cond = is_init | is_extra
   cond_slot = jnp.where(k == 0, 0, 1)
-  return {"order": order, "branch": branch, "kind": kind, "correct": correct,
-          "write_cond": write_cond, "cond_slot": cond_slot, "use_pt": use_pt,
-          "two_cond": two_cond, "kinds": kinds, "extra": extra,
-          "frame_keys": jax.random.split(ks[3], t_)}
+  return {
+    "order": order,
+    "branch": branch,
+    "kind": kind,
+    "correct": correct,
+    "write_cond": write_cond,
+    "cond_slot": cond_slot,
+    "use_pt": use_pt,
+    "two_cond": two_cond,
+    "kinds": kinds,
+    "extra": extra,
+    "frame_keys": jax.random.split(ks[3], t_),
+  }
 
 
 # ------------------------------------------------------------------------------ one frame
-P_INIT = 2       # prompt slots of a frame before corrections (a box's two corners)
+P_INIT = 2  # prompt slots of a frame before corrections (a box's two corners)
 _PA, _NM, _MEM = (ROUTES.index(r) for r in ("prompt_as_output", "no_memory", "memory"))
 
 
@@ -112,8 +135,12 @@ def _route_table(task: str) -> jax.Array:
 
 def _record(out: StepOut) -> Dict[str, jax.Array]:
   """One prediction step's loss inputs: M candidates (single-mask steps: only candidate 0)."""
-  rec = {"masks": out.multi_high_res, "ious": out.ious, "obj": out.score[:, None],
-         "cand": out.candidate_valid}
+  rec = {
+    "masks": out.multi_high_res,
+    "ious": out.ious,
+    "obj": out.score[:, None],
+    "cand": out.candidate_valid,
+  }
   if out.multi_boxes is not None:
     rec["boxes"] = out.multi_boxes
   return rec
@@ -138,31 +165,38 @@ class _Frame:
     self.n = x["vision"].shape[0]
 
   def empty_points(self):
-    return (jnp.zeros((self.n, P_INIT, 2), jnp.float32),
-            -jnp.ones((self.n, P_INIT), jnp.int32))
+    return (jnp.zeros((self.n, P_INIT, 2), jnp.float32), -jnp.ones((self.n, P_INIT), jnp.int32))
 
   def prompt_out(self) -> FramePrompt:
     """Mask task: the GT mask is the output; point task: the point + its Gaussian heatmap."""
     x = self.x
     if self.task == "mask":
       return FramePrompt(mask=x["gt_masks"].astype(jnp.float32))
-    heat = prompts.gaussian_heatmaps(x["points"], self.s, int(self.cfg.point_radius),
-                                     float(self.cfg.point_sigma))
-    return FramePrompt(point_coords=x["points"][:, None, :],
-                       point_labels=jnp.ones((self.n, 1), jnp.int32), mask=heat)
+    heat = prompts.gaussian_heatmaps(
+      x["points"], self.s, int(self.cfg.point_radius), float(self.cfg.point_sigma)
+    )
+    return FramePrompt(
+      point_coords=x["points"][:, None, :], point_labels=jnp.ones((self.n, 1), jnp.int32), mask=heat
+    )
 
   def init_points(self):
     """A box (clean or noised) or one click from the GT mask: (pts, labels, multimask)."""
     x = self.x
     kind = x["kind"]
-    if self.task == "mask":       # SAM's box from the GT mask, always noised
+    if self.task == "mask":  # SAM's box from the GT mask, always noised
       boxes, noise = _inclusive_box(x["gt_masks"]), self.cfg.box_noise
-      bpts, blab = prompt_sim.box_points(jax.random.fold_in(x["key"], 7), boxes, self.s, noise,
-                                         self.cfg.box_noise_bound)
+      bpts, blab = prompt_sim.box_points(
+        jax.random.fold_in(x["key"], 7), boxes, self.s, noise, self.cfg.box_noise_bound
+      )
     else:
       clean = prompt_sim.box_points(jax.random.fold_in(x["key"], 7), x["boxes"], self.s, 0.0)
-      noisy = prompt_sim.box_points(jax.random.fold_in(x["key"], 7), x["boxes"], self.s,
-                                    self.cfg.box_noise, self.cfg.box_noise_bound)
+      noisy = prompt_sim.box_points(
+        jax.random.fold_in(x["key"], 7),
+        x["boxes"],
+        self.s,
+        self.cfg.box_noise,
+        self.cfg.box_noise_bound,
+      )
       bpts = jnp.where(kind == BOX_NOISY, noisy[0], clean[0])
       blab = clean[1]
     cxy, clab = prompt_sim.click_from_errors(jax.random.fold_in(x["key"], 11), x["gt_masks"])
@@ -194,15 +228,27 @@ class _Frame:
       pts = jax.lax.dynamic_update_slice_in_dim(pts, new_xy, slot, axis=1)
       labels = jax.lax.dynamic_update_slice_in_dim(labels, new_l, slot, axis=1)
       multi = use_multimask(count_clicks(labels[0], self.task), self.model.config)
-      o = decode_heads(self.model, self.params, out.pix, x, FramePrompt(pts, labels, low),
-                       task=self.task, multimask=multi)
+      o = decode_heads(
+        self.model,
+        self.params,
+        out.pix,
+        x,
+        FramePrompt(pts, labels, low),
+        task=self.task,
+        multimask=multi,
+      )
       ys = {"rec": _record(o), "ptr": o.obj_ptr, "score": o.score}
       return (o.low_res, o.high_res, pts, labels), ys
 
-    (low, _, _, _), ys = jax.lax.scan(body, (out.low_res, out.high_res, pts, labels),
-                                      (jnp.arange(self.n_corr), keys))
-    return out.replace(low_res=low, score=ys["score"][-1], obj_ptr=ys["ptr"][-1],
-                       extra={"recs": ys["rec"], "n_steps": jnp.int32(1 + self.n_corr)})
+    (low, _, _, _), ys = jax.lax.scan(
+      body, (out.low_res, out.high_res, pts, labels), (jnp.arange(self.n_corr), keys)
+    )
+    return out.replace(
+      low_res=low,
+      score=ys["score"][-1],
+      obj_ptr=ys["ptr"][-1],
+      extra={"recs": ys["rec"], "n_steps": jnp.int32(1 + self.n_corr)},
+    )
 
   def no_corrections(self, out: StepOut, pts, labels) -> StepOut:
     zeros = jax.tree.map(lambda a: jnp.zeros((self.n_corr,) + a.shape, a.dtype), _record(out))
@@ -234,7 +280,7 @@ def clip_forward(model, params, batch, key, *, task: str, cfg, plan=None) -> Dic
     encode = jax.checkpoint(encode)
   feats = encode(params, frames.reshape((b * t_,) + frames.shape[2:]))
   per_obj = lambda a: jnp.repeat(a.reshape((b, t_) + a.shape[1:]), o_, axis=0).swapaxes(0, 1)
-  feats = {k: per_obj(feats[k]) for k in FEATURE_KEYS}          # [T,N,...]
+  feats = {k: per_obj(feats[k]) for k in FEATURE_KEYS}  # [T,N,...]
   flat = lambda a: a.swapaxes(1, 2).reshape((n, t_) + a.shape[3:]).swapaxes(0, 1)  # [T,N,...]
   gt_masks = flat(batch["masks"])
   boxes = flat(batch["boxes"])
@@ -242,13 +288,22 @@ def clip_forward(model, params, batch, key, *, task: str, cfg, plan=None) -> Dic
   visible = flat(batch["visible"]) & batch["obj_valid"].reshape(1, n)
 
   if plan is None:
-    plan = sample_plan(key, task, cfg, t_, jnp.where(batch["obj_valid"].reshape(n, 1),
-                                                     visible.T, True))
+    plan = sample_plan(
+      key, task, cfg, t_, jnp.where(batch["obj_valid"].reshape(n, 1), visible.T, True)
+    )
   xs = {k: feats[k][plan["order"]] for k in FEATURE_KEYS}
-  xs.update(t=plan["order"].astype(jnp.int32), gt_masks=gt_masks[plan["order"]],
-            boxes=boxes[plan["order"]], points=points[plan["order"]],
-            key=plan["frame_keys"], branch=plan["branch"], kind=plan["kind"],
-            correct=plan["correct"], write_cond=plan["write_cond"], cond_slot=plan["cond_slot"])
+  xs.update(
+    t=plan["order"].astype(jnp.int32),
+    gt_masks=gt_masks[plan["order"]],
+    boxes=boxes[plan["order"]],
+    points=points[plan["order"]],
+    key=plan["frame_keys"],
+    branch=plan["branch"],
+    kind=plan["kind"],
+    correct=plan["correct"],
+    write_cond=plan["write_cond"],
+    cond_slot=plan["cond_slot"],
+  )
   routes = _route_table(task)
   corrects = int(cfg.num_correction_pt_per_frame) > 0 and task != "point"
   cond, ring = WRITES.index("cond"), WRITES.index("ring")
@@ -270,12 +325,25 @@ def clip_forward(model, params, batch, key, *, task: str, cfg, plan=None) -> Dic
       multi = jnp.where(is_init, imulti, multi)
     refine = None
     if corrects:
-      refine = lambda o: jax.lax.cond(x["correct"], fr.corrections, fr.no_corrections, o, pts,
-                                      labels)
-    bank, out = track_step(model, params, x, bank, x["t"], frame_prompts, task=task,
-                           route=route, multimask=multi, num_frames=t_, future_cond_ptrs=True,
-                           write=jnp.where(x["write_cond"], cond, ring),
-                           cond_slot=x["cond_slot"], refine=refine)
+      refine = lambda o: jax.lax.cond(
+        x["correct"], fr.corrections, fr.no_corrections, o, pts, labels
+      )
+    bank, out = track_step(
+      model,
+      params,
+      x,
+      bank,
+      x["t"],
+      frame_prompts,
+      task=task,
+      route=route,
+      multimask=multi,
+      num_frames=t_,
+      future_cond_ptrs=True,
+      write=jnp.where(x["write_cond"], cond, ring),
+      cond_slot=x["cond_slot"],
+      refine=refine,
+    )
     first = jax.tree.map(lambda a: a[None], _record(out))
     if corrects:
       recs = jax.tree.map(lambda a, b_: jnp.concatenate([a, b_]), first, out.extra["recs"])
@@ -287,24 +355,29 @@ def clip_forward(model, params, batch, key, *, task: str, cfg, plan=None) -> Dic
     return bank, (recs, final)
 
   bank = new_bank(model, n, cond_capacity=2)
-  _, (steps, final) = jax.lax.scan(jax.checkpoint(step) if cfg.get("remat", False) else step,
-                                   bank, xs)
+  _, (steps, final) = jax.lax.scan(
+    jax.checkpoint(step) if cfg.get("remat", False) else step, bank, xs
+  )
   out = {
-      "multistep_pred_multimasks_high_res": steps["masks"],       # [T,S,N,M,S,S]
-      "multistep_pred_ious": steps["ious"],                        # [T,S,N,M]
-      "multistep_object_score_logits": steps["obj"],               # [T,S,N,1]
-      "step_valid": steps["step_valid"],                           # [T,S]
-      "candidate_valid": steps["cand"],                            # [T,S,M]
+    "multistep_pred_multimasks_high_res": steps["masks"],  # [T,S,N,M,S,S]
+    "multistep_pred_ious": steps["ious"],  # [T,S,N,M]
+    "multistep_object_score_logits": steps["obj"],  # [T,S,N,1]
+    "step_valid": steps["step_valid"],  # [T,S]
+    "candidate_valid": steps["cand"],  # [T,S,M]
   }
   if task == "box":
     out["multistep_pred_multiboxes_xyxy_norm"] = steps["boxes"]
   order = plan["order"]
-  targets = {"masks": gt_masks[order], "boxes": boxes[order], "points": points[order],
-             "visibles": visible[order]}
-  if task == "point":   # soft Gaussian targets around the GT points
-    heat = jax.vmap(lambda p: prompts.gaussian_heatmaps(p, s, int(cfg.point_radius),
-                                                        float(cfg.point_sigma)))(points[order])
+  targets = {
+    "masks": gt_masks[order],
+    "boxes": boxes[order],
+    "points": points[order],
+    "visibles": visible[order],
+  }
+  if task == "point":  # soft Gaussian targets around the GT points
+    heat = jax.vmap(
+      lambda p: prompts.gaussian_heatmaps(p, s, int(cfg.point_radius), float(cfg.point_sigma))
+    )(points[order])
     targets["masks"] = heat * visible[order][..., None, None]
   valid = jnp.broadcast_to(batch["obj_valid"].reshape(1, n), (t_, n))
-  return {"outputs": out, "targets": targets, "valid": valid, "plan": plan,
-          "frame_outputs": final}
+  return {"outputs": out, "targets": targets, "valid": valid, "plan": plan, "frame_outputs": final}

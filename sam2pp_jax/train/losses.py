@@ -35,23 +35,23 @@ CORE_LOSS_KEY = "core_loss"
 
 # Weight keys each task's reference loss asserts on (loss_class is optional, default 0).
 REQUIRED_WEIGHTS = {
-    "mask": ("loss_mask", "loss_dice", "loss_iou"),
-    "box": ("loss_mask", "loss_dice", "loss_ciou", "loss_l1", "loss_iou"),
-    "point": ("loss_mask", "loss_dice", "loss_l1", "loss_iou"),
+  "mask": ("loss_mask", "loss_dice", "loss_iou"),
+  "box": ("loss_mask", "loss_dice", "loss_ciou", "loss_l1", "loss_iou"),
+  "point": ("loss_mask", "loss_dice", "loss_l1", "loss_iou"),
 }
 
 # Constructor defaults of the reference loss classes (used when a config omits an option).
 OPTION_DEFAULTS = {
-    "focal_alpha": 0.25,
-    "focal_gamma": 2.0,
-    "supervise_all_iou": False,
-    "iou_use_l1_loss": False,
-    "pred_obj_scores": False,
-    "focal_gamma_obj_score": 0.0,
-    "focal_alpha_obj_score": -1.0,
-    "size": 1024,               # box/point: pixel size that normalises targets
-    "pred_mask": False,         # box: whether the box head's masks are supervised too
-    "box_l1_reference_quirk": True,
+  "focal_alpha": 0.25,
+  "focal_gamma": 2.0,
+  "supervise_all_iou": False,
+  "iou_use_l1_loss": False,
+  "pred_obj_scores": False,
+  "focal_gamma_obj_score": 0.0,
+  "focal_alpha_obj_score": -1.0,
+  "size": 1024,  # box/point: pixel size that normalises targets
+  "pred_mask": False,  # box: whether the box head's masks are supervised too
+  "box_l1_reference_quirk": True,
 }
 
 # The point task binarises sigmoid probabilities and soft targets at this level for its IoU.
@@ -62,19 +62,36 @@ _CIOU_EPS = 1e-7
 def default_loss_config() -> ml_collections.ConfigDict:
   """The loss section of the released three-task training config
   (sam2.1_hiera_b+_predmasks_decoupled_MAME_mixtraining_threetasks.yaml), one entry per task."""
-  common = dict(supervise_all_iou=True, iou_use_l1_loss=True, pred_obj_scores=True,
-                focal_gamma_obj_score=0.0, focal_alpha_obj_score=-1.0,
-                focal_alpha=0.25, focal_gamma=2.0)
-  return ml_collections.ConfigDict({
-      "mask": dict(weight_dict=dict(loss_mask=20.0, loss_dice=1.0, loss_iou=1.0, loss_class=1.0),
-                   **common),
-      "box": dict(weight_dict=dict(loss_mask=0.5, loss_dice=0.1, loss_ciou=1.0, loss_l1=1.0,
-                                   loss_iou=1.0, loss_class=1.0),
-                  size=1024, pred_mask=True, box_l1_reference_quirk=True, **common),
-      "point": dict(weight_dict=dict(loss_mask=20.0, loss_dice=1.0, loss_iou=1.0, loss_class=1.0,
-                                     loss_l1=20.0),
-                    size=1024, **common),
-  })
+  common = dict(
+    supervise_all_iou=True,
+    iou_use_l1_loss=True,
+    pred_obj_scores=True,
+    focal_gamma_obj_score=0.0,
+    focal_alpha_obj_score=-1.0,
+    focal_alpha=0.25,
+    focal_gamma=2.0,
+  )
+  return ml_collections.ConfigDict(
+    {
+      "mask": dict(
+        weight_dict=dict(loss_mask=20.0, loss_dice=1.0, loss_iou=1.0, loss_class=1.0), **common
+      ),
+      "box": dict(
+        weight_dict=dict(
+          loss_mask=0.5, loss_dice=0.1, loss_ciou=1.0, loss_l1=1.0, loss_iou=1.0, loss_class=1.0
+        ),
+        size=1024,
+        pred_mask=True,
+        box_l1_reference_quirk=True,
+        **common,
+      ),
+      "point": dict(
+        weight_dict=dict(loss_mask=20.0, loss_dice=1.0, loss_iou=1.0, loss_class=1.0, loss_l1=20.0),
+        size=1024,
+        **common,
+      ),
+    }
+  )
 
 
 # ----------------------------------------------------------------------------- primitives
@@ -170,17 +187,21 @@ def ciou_loss(pred_boxes, target_boxes):
   l1, r1, t1, b1 = cx1 - w1 / 2, cx1 + w1 / 2, cy1 - h1 / 2, cy1 + h1 / 2
   l2, r2, t2, b2 = cx2 - w2 / 2, cx2 + w2 / 2, cy2 - h2 / 2, cy2 + h2 / 2
 
-  inter = (jnp.maximum(jnp.minimum(r1, r2) - jnp.maximum(l1, l2), 0.0)
-           * jnp.maximum(jnp.minimum(b1, b2) - jnp.maximum(t1, t2), 0.0))
-  c_diag = (jnp.maximum(jnp.maximum(r1, r2) - jnp.minimum(l1, l2), 0.0) ** 2
-            + jnp.maximum(jnp.maximum(b1, b2) - jnp.minimum(t1, t2), 0.0) ** 2)
+  inter = jnp.maximum(jnp.minimum(r1, r2) - jnp.maximum(l1, l2), 0.0) * jnp.maximum(
+    jnp.minimum(b1, b2) - jnp.maximum(t1, t2), 0.0
+  )
+  c_diag = (
+    jnp.maximum(jnp.maximum(r1, r2) - jnp.minimum(l1, l2), 0.0) ** 2
+    + jnp.maximum(jnp.maximum(b1, b2) - jnp.minimum(t1, t2), 0.0) ** 2
+  )
   centre_dist = (cx2 - cx1) ** 2 + (cy2 - cy1) ** 2
 
   union = w1 * h1 + w2 * h2 - inter
   u = centre_dist / (c_diag + _CIOU_EPS)
   iou = inter / (union + _CIOU_EPS)
-  v = (4.0 / math.pi ** 2) * (jnp.arctan(w2 / (h2 + _CIOU_EPS))
-                              - jnp.arctan(w1 / (h1 + _CIOU_EPS))) ** 2
+  v = (4.0 / math.pi**2) * (
+    jnp.arctan(w2 / (h2 + _CIOU_EPS)) - jnp.arctan(w1 / (h1 + _CIOU_EPS))
+  ) ** 2
   s = (iou > 0.5).astype(iou.dtype)
   alpha = jax.lax.stop_gradient(s * v / (1.0 - iou + v + _CIOU_EPS))
   ciou = jnp.clip(iou - u - alpha * v, -1.0, 1.0)
@@ -242,9 +263,17 @@ def _select(per_candidate, best):
   return jnp.take_along_axis(per_candidate, best[..., None], axis=-1)[..., 0]
 
 
-def multistep_loss(outputs: Mapping[str, jax.Array], targets: Mapping[str, jax.Array],
-                   cfg: Mapping, *, task: str, valid=None, step_valid=None,
-                   candidate_valid=None, num_objects=None) -> dict:
+def multistep_loss(
+  outputs: Mapping[str, jax.Array],
+  targets: Mapping[str, jax.Array],
+  cfg: Mapping,
+  *,
+  task: str,
+  valid=None,
+  step_valid=None,
+  candidate_valid=None,
+  num_objects=None,
+) -> dict:
   """The reference's per-task training loss for one clip, summed over frames and steps.
 
   outputs (float logits, stacked over frames T and prediction steps S):
@@ -276,14 +305,20 @@ def multistep_loss(outputs: Mapping[str, jax.Array], targets: Mapping[str, jax.A
   ious = jnp.asarray(outputs["multistep_pred_ious"], jnp.float32)
   obj_logits = jnp.asarray(outputs["multistep_object_score_logits"], jnp.float32)
   t_, s_, n_, m_ = src_masks.shape[:4]
-  tgt_masks = jnp.asarray(targets["masks"]).astype(jnp.float32)         # [T, N, H, W]
+  tgt_masks = jnp.asarray(targets["masks"]).astype(jnp.float32)  # [T, N, H, W]
 
-  valid = (jnp.ones((t_, n_), bool) if valid is None
-           else jnp.broadcast_to(jnp.asarray(valid, bool), (t_, n_)))
+  valid = (
+    jnp.ones((t_, n_), bool)
+    if valid is None
+    else jnp.broadcast_to(jnp.asarray(valid, bool), (t_, n_))
+  )
   if num_objects is None:
     num_objects = _num_objects(valid)
-  step_valid = (jnp.ones((t_, s_), bool) if step_valid is None
-                else jnp.broadcast_to(jnp.asarray(step_valid, bool), (t_, s_)))
+  step_valid = (
+    jnp.ones((t_, s_), bool)
+    if step_valid is None
+    else jnp.broadcast_to(jnp.asarray(step_valid, bool), (t_, s_))
+  )
   if candidate_valid is None:
     cand = jnp.ones((t_, s_, n_, m_), bool)
   else:
@@ -302,12 +337,13 @@ def multistep_loss(outputs: Mapping[str, jax.Array], targets: Mapping[str, jax.A
   else:
     target_obj = jnp.asarray(targets["visibles"]).astype(jnp.float32)
 
-  tm = tgt_masks[:, None, :, None]                                      # [T, 1, N, 1, H, W]
+  tm = tgt_masks[:, None, :, None]  # [T, 1, N, 1, H, W]
   per_cand = {}
   combo_keys = ["loss_mask", "loss_dice"]
   if task != "box" or opt["pred_mask"]:
-    per_cand["loss_mask"] = sigmoid_focal_loss(src_masks, tm, num_objects,
-                                               opt["focal_alpha"], opt["focal_gamma"])
+    per_cand["loss_mask"] = sigmoid_focal_loss(
+      src_masks, tm, num_objects, opt["focal_alpha"], opt["focal_gamma"]
+    )
     dice = soft_dice_loss if task == "point" else dice_loss
     per_cand["loss_dice"] = dice(src_masks, tm, num_objects)
   else:
@@ -319,7 +355,7 @@ def multistep_loss(outputs: Mapping[str, jax.Array], targets: Mapping[str, jax.A
   elif task == "point":
     # The point the point task reads off its logits: softmax-expected (column, row) pixel,
     # normalised by the size (tracking/point_readout.py's soft_argmax readout at inference).
-    src_points = soft_argmax_xy(src_masks) / opt["size"]                 # [T, S, N, M, 2]
+    src_points = soft_argmax_xy(src_masks) / opt["size"]  # [T, S, N, M, 2]
     tgt_points = jnp.asarray(targets["points"], jnp.float32) / opt["size"]
     per_cand["loss_l1"] = point_l1_loss(src_points, tgt_points[:, None, :, None], num_objects)
     combo_keys.append("loss_l1")
@@ -330,20 +366,20 @@ def multistep_loss(outputs: Mapping[str, jax.Array], targets: Mapping[str, jax.A
     tgt_boxes = jnp.asarray(targets["boxes"], jnp.float32) / opt["size"]  # [T, N, 4]
     absent_box = jnp.asarray([0.0, 0.0, 1.0, 1.0], jnp.float32)
     tgt_boxes = jnp.where(target_obj[..., None] > 0, tgt_boxes, absent_box)
-    tb = tgt_boxes[:, None, :, None]                                      # [T, 1, N, 1, 4]
+    tb = tgt_boxes[:, None, :, None]  # [T, 1, N, 1, 4]
     per_cand["loss_ciou"], box_ious = ciou_loss(src_boxes, tb)
     per_cand["loss_l1"] = box_l1_loss(src_boxes, tb)
     combo_keys += ["loss_ciou", "loss_l1"]
-    per_cand["loss_iou"] = iou_prediction_loss(ious, box_ious, num_objects,
-                                               opt["iou_use_l1_loss"])
+    per_cand["loss_iou"] = iou_prediction_loss(ious, box_ious, num_objects, opt["iou_use_l1_loss"])
     if opt["pred_mask"]:
       actual = mask_iou_from_logits(src_masks, tm)
       per_cand["loss_iou"] = per_cand["loss_iou"] + iou_prediction_loss(
-          ious, actual, num_objects, opt["iou_use_l1_loss"])
+        ious, actual, num_objects, opt["iou_use_l1_loss"]
+      )
 
   # The supervised candidate: lowest weighted loss among the real ones (first on ties).
   combo = sum(per_cand[k] * weights[k] for k in combo_keys)
-  best = jnp.argmin(jnp.where(cand, combo, jnp.inf), axis=-1)            # [T, S, N]
+  best = jnp.argmin(jnp.where(cand, combo, jnp.inf), axis=-1)  # [T, S, N]
 
   picked = {k: _select(per_cand[k], best) for k in combo_keys}
   if opt["supervise_all_iou"]:
@@ -352,14 +388,19 @@ def multistep_loss(outputs: Mapping[str, jax.Array], targets: Mapping[str, jax.A
   else:
     picked["loss_iou"] = _select(per_cand["loss_iou"], best)
 
-  gate = target_obj[:, None, :]                                          # [T, 1, N]
+  gate = target_obj[:, None, :]  # [T, 1, N]
   losses = {k: _masked_sum(v * gate, live) for k, v in picked.items()}
   if task == "box" and opt["box_l1_reference_quirk"]:
     losses["loss_l1"] = _masked_sum(per_cand["loss_l1"], cand & live[..., None])
 
   if opt["pred_obj_scores"]:
-    cls = object_score_loss(obj_logits, target_obj[:, None, :, None], num_objects,
-                            opt["focal_alpha_obj_score"], opt["focal_gamma_obj_score"])
+    cls = object_score_loss(
+      obj_logits,
+      target_obj[:, None, :, None],
+      num_objects,
+      opt["focal_alpha_obj_score"],
+      opt["focal_gamma_obj_score"],
+    )
     losses["loss_class"] = _masked_sum(cls, live)
   else:
     losses["loss_class"] = jnp.zeros((), jnp.float32)

@@ -18,17 +18,25 @@ from sam2pp_jax.train.forward import B_TRACK
 from sam2pp_jax.train.losses import binary_mask_iou
 
 
-def tracking_quality(outputs: Mapping[str, jax.Array], targets: Mapping[str, jax.Array],
-                     branch: jax.Array, valid: jax.Array, task: str) -> Dict[str, jax.Array]:
+def tracking_quality(
+  outputs: Mapping[str, jax.Array],
+  targets: Mapping[str, jax.Array],
+  branch: jax.Array,
+  valid: jax.Array,
+  task: str,
+) -> Dict[str, jax.Array]:
   masks = jax.lax.stop_gradient(outputs["multistep_pred_multimasks_high_res"][:, 0])  # [T,N,M,H,W]
-  ious = jax.lax.stop_gradient(outputs["multistep_pred_ious"][:, 0])                 # [T,N,M]
-  cand = jnp.broadcast_to(outputs["candidate_valid"][:, 0][:, None, :], ious.shape) \
-      if outputs["candidate_valid"].ndim == 3 else outputs["candidate_valid"][:, 0]
-  best = jnp.argmax(jnp.where(cand, ious, -jnp.inf), axis=-1)                        # [T,N]
+  ious = jax.lax.stop_gradient(outputs["multistep_pred_ious"][:, 0])  # [T,N,M]
+  cand = (
+    jnp.broadcast_to(outputs["candidate_valid"][:, 0][:, None, :], ious.shape)
+    if outputs["candidate_valid"].ndim == 3
+    else outputs["candidate_valid"][:, 0]
+  )
+  best = jnp.argmax(jnp.where(cand, ious, -jnp.inf), axis=-1)  # [T,N]
   logits = jnp.take_along_axis(masks, best[..., None, None, None], axis=2)[:, :, 0]  # [T,N,H,W]
-  tracked = (branch == B_TRACK)[:, None] & valid                                     # [T,N]
+  tracked = (branch == B_TRACK)[:, None] & valid  # [T,N]
   if task == "point":
-    xy = argmax_point(logits).astype(jnp.float32) + 0.5       # pixel centre, as the targets
+    xy = argmax_point(logits).astype(jnp.float32) + 0.5  # pixel centre, as the targets
     err = jnp.linalg.norm(xy - targets["points"], axis=-1)
     live = tracked & targets["visibles"]
     return {"track_px": jnp.sum(jnp.where(live, err, 0.0)) / jnp.maximum(jnp.sum(live), 1)}

@@ -54,9 +54,9 @@ def default_optimizer_config() -> ml_collections.ConfigDict:
   # encoder fuser/mask_downsampler, output_upscaling, mask_downscaling) is not
   # torch.nn.LayerNorm, so its scale keeps the decay, as do embeddings and pos_embed.
   c.wd_mults = (
-      (r"bias", 0.0),  # '*bias*'
-      (r"(^|/)norm(\d+|_final_attn)/scale$", 0.0),  # Hiera, memory-attention, two-way norms
-      (r"(^|/)memory_attention[^/]*/norm/scale$", 0.0),  # memory attention's final norm
+    (r"bias", 0.0),  # '*bias*'
+    (r"(^|/)norm(\d+|_final_attn)/scale$", 0.0),  # Hiera, memory-attention, two-way norms
+    (r"(^|/)memory_attention[^/]*/norm/scale$", 0.0),  # memory attention's final norm
   )
   # param_group_modifiers: layer_decay_param_modifier.
   c.layer_decay = 0.9  # layer_decay_value
@@ -71,8 +71,12 @@ def default_optimizer_config() -> ml_collections.ConfigDict:
   # peft: LoRA on image_encoder and memory_attention (separate_memory_attention: true -> three
   # copies); get_peft_model freezes every non-LoRA param of a wrapped module.
   c.lora_regex = r"(^|/)lora_[ab]$"
-  c.lora_wrapped_modules = ("image_encoder", "memory_attention_mask", "memory_attention_box",
-                            "memory_attention_point")
+  c.lora_wrapped_modules = (
+    "image_encoder",
+    "memory_attention_mask",
+    "memory_attention_box",
+    "memory_attention_point",
+  )
   # Regex rules of this port (big_vision style); empty means unused.
   c.frozen = ()  # matching params never change
   c.trainable_only = ()  # if set, every param matching none of these is frozen
@@ -83,6 +87,7 @@ def default_optimizer_config() -> ml_collections.ConfigDict:
 @dataclasses.dataclass(frozen=True)
 class OptimizerInfo:
   """What make_optimizer decided per param path: for logging and tests."""
+
   lr_mult: dict  # path -> layer decay x user multiplier (relative to base_lr[path])
   base_lr: dict  # path -> peak lr of its group (vision_lr or base_lr)
   weight_decay: dict  # path -> decoupled weight decay coefficient
@@ -165,8 +170,9 @@ def trunk_layer_id(rest: str, num_blocks: int) -> int:
   return int(m.group(2)) + 1 if m else num_blocks + 1
 
 
-def layer_decay_mult(path: str, num_blocks: int, decay: float, min_value=None,
-                     overrides: Sequence = ()) -> float:
+def layer_decay_mult(
+  path: str, num_blocks: int, decay: float, min_value=None, overrides: Sequence = ()
+) -> float:
   """lr factor decay ** (num_blocks + 1 - layer_id) inside the trunk, 1 outside it.
 
   The reference counts num_blocks + 1 layers, so the deepest block gets decay ** 1 and
@@ -187,13 +193,15 @@ def layer_decay_mult(path: str, num_blocks: int, decay: float, min_value=None,
 
 def _frozen_bn_paths(paths: Sequence[str]) -> set:
   """Every leaf of a module that holds running stats (FrozenBatchNorm2d: buffers only)."""
-  modules = {p.rsplit("/", 1)[0] for p in paths
-             if "/" in p and p.rsplit("/", 1)[1] in FROZEN_BN_STATS}
+  modules = {
+    p.rsplit("/", 1)[0] for p in paths if "/" in p and p.rsplit("/", 1)[1] in FROZEN_BN_STATS
+  }
   return {p for p in paths if "/" in p and p.rsplit("/", 1)[0] in modules}
 
 
 def _peft_frozen_paths(paths: Sequence[str], lora_regex: str, modules: Sequence[str]) -> set:
   """Non-LoRA leaves of each wrapped module that has LoRA factors in the tree."""
+
   def owner(path):
     parts = path.split("/")
     return next((m for m in modules if m in parts), None)
@@ -224,6 +232,7 @@ def _map_by_path(fn, tree, *rest):
 
 def scale_by_path(values: Mapping[str, float]) -> optax.GradientTransformation:
   """Multiply each leaf's update by a per-path constant (peak lr per param group)."""
+
   def update(updates, state, params=None):
     del params
     return _map_by_path(lambda p, u: u * values[p], updates), state
@@ -233,11 +242,13 @@ def scale_by_path(values: Mapping[str, float]) -> optax.GradientTransformation:
 
 def add_decayed_weights_by_path(values: Mapping[str, float]) -> optax.GradientTransformation:
   """Add wd * param to each update with a per-path wd (decoupled, before the lr scaling)."""
+
   def update(updates, state, params=None):
     if params is None:
       raise ValueError("weight decay needs params: call update(grads, state, params)")
-    return _map_by_path(lambda p, u, w: u + values[p] * w if values[p] else u,
-                        updates, params), state
+    return _map_by_path(
+      lambda p, u, w: u + values[p] * w if values[p] else u, updates, params
+    ), state
 
   return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
 
@@ -247,10 +258,12 @@ def make_schedule(config) -> optax.Schedule:
   if config.total_steps is None:
     raise ValueError("optimizer config total_steps is unset")
   if not 0 <= config.warmup_steps < config.total_steps:
-    raise ValueError(f"need 0 <= warmup_steps ({config.warmup_steps}) < total_steps "
-                     f"({config.total_steps})")
+    raise ValueError(
+      f"need 0 <= warmup_steps ({config.warmup_steps}) < total_steps ({config.total_steps})"
+    )
   cosine = optax.cosine_decay_schedule(
-      1.0, config.total_steps - config.warmup_steps, alpha=config.end_lr_factor)
+    1.0, config.total_steps - config.warmup_steps, alpha=config.end_lr_factor
+  )
   if config.warmup_steps == 0:
     return cosine
   warmup = optax.linear_schedule(0.0, 1.0, config.warmup_steps)
@@ -274,18 +287,21 @@ def make_info(config, params) -> OptimizerInfo:
   def lr_mult(p):
     decay = 1.0
     if config.layer_decay_on_lora or not re.search(config.lora_regex, p):
-      decay = layer_decay_mult(p, n, config.layer_decay, config.layer_decay_min,
-                               config.layer_decay_overrides)
+      decay = layer_decay_mult(
+        p, n, config.layer_decay, config.layer_decay_min, config.layer_decay_overrides
+      )
     return decay * _first_mult(config.lr_mults, p)
 
   return OptimizerInfo(
-      lr_mult={p: lr_mult(p) for p in paths},
-      base_lr={p: config.vision_lr if re.search(config.vision_regex, p) else config.base_lr
-               for p in paths},
-      weight_decay={p: config.weight_decay * _first_mult(config.wd_mults, p) for p in paths},
-      frozen={p: p in frozen for p in paths},
-      schedule=make_schedule(config),
-      num_trunk_blocks=n)
+    lr_mult={p: lr_mult(p) for p in paths},
+    base_lr={
+      p: config.vision_lr if re.search(config.vision_regex, p) else config.base_lr for p in paths
+    },
+    weight_decay={p: config.weight_decay * _first_mult(config.wd_mults, p) for p in paths},
+    frozen={p: p in frozen for p in paths},
+    schedule=make_schedule(config),
+    num_trunk_blocks=n,
+  )
 
 
 def make_optimizer(config, params) -> tuple:
@@ -298,12 +314,11 @@ def make_optimizer(config, params) -> tuple:
   info = make_info(config, params)
   peak = {p: info.base_lr[p] * info.lr_mult[p] for p in info.frozen}
   train = optax.chain(
-      optax.clip_by_global_norm(config.grad_clip_norm) if config.grad_clip_norm
-      else optax.identity(),
-      optax.scale_by_adam(b1=config.b1, b2=config.b2, eps=config.eps),
-      add_decayed_weights_by_path(info.weight_decay),
-      optax.scale_by_learning_rate(info.schedule),
-      scale_by_path(peak),
+    optax.clip_by_global_norm(config.grad_clip_norm) if config.grad_clip_norm else optax.identity(),
+    optax.scale_by_adam(b1=config.b1, b2=config.b2, eps=config.eps),
+    add_decayed_weights_by_path(info.weight_decay),
+    optax.scale_by_learning_rate(info.schedule),
+    scale_by_path(peak),
   )
   train = optax.apply_if_finite(train, config.max_consecutive_nonfinite)
 

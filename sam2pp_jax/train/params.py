@@ -16,7 +16,6 @@ from sam2pp_jax.model import lora
 from sam2pp_jax.model.presets import TASKS
 
 
-
 def mem_attn_key(task: str) -> str:
   return f"memory_attention_{task}"
 
@@ -28,9 +27,13 @@ def init_train_params(model_params: Mapping, key, lora_cfg) -> dict:
   if lora_cfg is not None and lora_cfg.get("enabled", False):
     keys = jax.random.split(key, len(TASKS))
     out["lora"] = {
-        t: {mem_attn_key(t): lora.init_lora(k, model_params[mem_attn_key(t)], int(lora_cfg.rank),
-                                            tuple(lora_cfg.targets))}
-        for t, k in zip(TASKS, keys)}
+      t: {
+        mem_attn_key(t): lora.init_lora(
+          k, model_params[mem_attn_key(t)], int(lora_cfg.rank), tuple(lora_cfg.targets)
+        )
+      }
+      for t, k in zip(TASKS, keys)
+    }
   return out
 
 
@@ -39,8 +42,9 @@ def params_for_task(train_params: Mapping, task: str, lora_cfg) -> dict:
   p = dict(train_params["model"])
   if "lora" in train_params:
     k = mem_attn_key(task)
-    p[k] = lora.merge(p[k], train_params["lora"][task][k], float(lora_cfg.alpha),
-                      int(lora_cfg.rank))
+    p[k] = lora.merge(
+      p[k], train_params["lora"][task][k], float(lora_cfg.alpha), int(lora_cfg.rank)
+    )
   return p
 
 

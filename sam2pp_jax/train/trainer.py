@@ -27,7 +27,6 @@ from tensorboardX import SummaryWriter
 
 from sam2pp_jax.checkpoint import load_model, save_model
 from sam2pp_jax.io.atomic import atomic_write_text
-from sam2pp_jax.model.presets import TASKS
 from sam2pp_jax.model.sam2pp import build_model, init_params
 from sam2pp_jax.progress import Progress
 from sam2pp_jax.train import data as train_data
@@ -36,13 +35,12 @@ from sam2pp_jax.train.optimizer import make_optimizer
 from sam2pp_jax.train.params import export_inference_params, init_train_params, params_for_task
 
 
-
 @flax.struct.dataclass
 class TrainState:
-  step: jax.Array          # int32 scalar
-  params: Any              # {"model": ..., ["lora": ...]}
+  step: jax.Array  # int32 scalar
+  params: Any  # {"model": ..., ["lora": ...]}
   opt_state: Any
-  rng: jax.Array           # uint32 key data of the run's base key
+  rng: jax.Array  # uint32 key data of the run's base key
 
 
 # ------------------------------------------------------------------------------ setup
@@ -50,9 +48,11 @@ def maybe_initialize_distributed() -> None:
   """jax.distributed.initialize() when a multi-process launch is detected from the usual
   environment variables (explicit coordinator, SLURM with several tasks, multi-host TPU)."""
   env = os.environ
-  multi = ("JAX_COORDINATOR_ADDRESS" in env
-           or int(env.get("SLURM_NTASKS", "1")) > 1
-           or "," in env.get("TPU_WORKER_HOSTNAMES", ""))
+  multi = (
+    "JAX_COORDINATOR_ADDRESS" in env
+    or int(env.get("SLURM_NTASKS", "1")) > 1
+    or "," in env.get("TPU_WORKER_HOSTNAMES", "")
+  )
   if multi and not getattr(jax.distributed, "is_initialized", lambda: False)():
     jax.distributed.initialize()
 
@@ -66,7 +66,7 @@ def make_mesh(mesh_cfg) -> jax.sharding.Mesh:
   data = n // fsdp if int(mesh_cfg.data) == -1 else int(mesh_cfg.data)
   if data * fsdp != n:
     raise ValueError(f"config.mesh data={data} x fsdp={fsdp} != {n} devices")
-  auto = jax.sharding.AxisType.Auto          # GSPMD propagation inside the model code
+  auto = jax.sharding.AxisType.Auto  # GSPMD propagation inside the model code
   return jax.make_mesh((data, fsdp), ("data", "fsdp"), axis_types=(auto, auto))
 
 
@@ -97,16 +97,22 @@ def init_state(config, model, key) -> tuple:
   if config.init_from:
     loaded_cfg, params = load_model(config.init_from)
     if loaded_cfg.preset != config.model.preset:
-      raise ValueError(f"--config.init_from {config.init_from!r} holds preset "
-                       f"{loaded_cfg.preset!r} but config.model.preset is "
-                       f"{config.model.preset!r}")
+      raise ValueError(
+        f"--config.init_from {config.init_from!r} holds preset "
+        f"{loaded_cfg.preset!r} but config.model.preset is "
+        f"{config.model.preset!r}"
+      )
     params = jax.tree.map(jnp.asarray, params)
   else:
     params = init_params(model, k_init)
   train_params = init_train_params(params, k_lora, config.lora)
   tx, info = make_optimizer(config.optim, train_params)
-  state = TrainState(step=jnp.int32(0), params=train_params, opt_state=tx.init(train_params),
-                     rng=jax.random.key_data(key))
+  state = TrainState(
+    step=jnp.int32(0),
+    params=train_params,
+    opt_state=tx.init(train_params),
+    rng=jax.random.key_data(key),
+  )
   return state, tx, info
 
 
@@ -119,12 +125,17 @@ def make_loss_fn(model, config, task: str):
     params = params_for_task(train_params, task, config.lora)
     r = forward.clip_forward(model, params, batch, key, task=task, cfg=config.prompts)
     out = r["outputs"]
-    terms = losses.multistep_loss(out, r["targets"], loss_cfg, task=task, valid=r["valid"],
-                                  step_valid=out["step_valid"],
-                                  candidate_valid=out["candidate_valid"])
+    terms = losses.multistep_loss(
+      out,
+      r["targets"],
+      loss_cfg,
+      task=task,
+      valid=r["valid"],
+      step_valid=out["step_valid"],
+      candidate_valid=out["candidate_valid"],
+    )
     terms = dict(terms)
-    terms.update(monitor.tracking_quality(out, r["targets"], r["plan"]["branch"], r["valid"],
-                                          task))
+    terms.update(monitor.tracking_quality(out, r["targets"], r["plan"]["branch"], r["valid"], task))
     return terms[losses.CORE_LOSS_KEY], terms
 
   return loss_fn
@@ -145,8 +156,12 @@ def make_train_step(model, tx, config, task: str, mesh, state_sh) -> Callable:
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   repl = NamedSharding(mesh, P())
-  return jax.jit(step, in_shardings=(state_sh, batch_sharding(mesh)),
-                 out_shardings=(state_sh, repl), donate_argnums=(0,))
+  return jax.jit(
+    step,
+    in_shardings=(state_sh, batch_sharding(mesh)),
+    out_shardings=(state_sh, repl),
+    donate_argnums=(0,),
+  )
 
 
 def global_batch(local: Dict[str, np.ndarray], mesh) -> Dict[str, jax.Array]:
@@ -162,7 +177,7 @@ class Logger:
   def __init__(self, workdir: str, resume_step: int, quiet: bool = False):
     self.quiet = quiet
     self.jsonl = os.path.join(workdir, "metrics.jsonl")
-    if os.path.exists(self.jsonl):      # drop lines a killed run wrote after its checkpoint
+    if os.path.exists(self.jsonl):  # drop lines a killed run wrote after its checkpoint
       with open(self.jsonl) as f:
         keep = [ln for ln in f if ln.strip() and json.loads(ln)["step"] <= resume_step]
       atomic_write_text(self.jsonl, "".join(keep))
@@ -188,25 +203,37 @@ class Logger:
 # ------------------------------------------------------------------------------ checkpoints
 def checkpoint_manager(workdir: str, keep: int):
   import orbax.checkpoint as ocp
+
   opts = ocp.CheckpointManagerOptions(max_to_keep=int(keep), create=True)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
-                               options=opts, item_names=("state", "data"))
+  return ocp.CheckpointManager(
+    os.path.join(os.path.abspath(workdir), "checkpoints"),
+    options=opts,
+    item_names=("state", "data"),
+  )
 
 
 def save_checkpoint(mngr, state: TrainState, data_state: dict) -> None:
   import orbax.checkpoint as ocp
-  mngr.save(int(state.step), args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)))
+
+  mngr.save(
+    int(state.step),
+    args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)),
+  )
   mngr.wait_until_finished()
 
 
 def restore_checkpoint(mngr, abstract_state):
   import orbax.checkpoint as ocp
+
   step = mngr.latest_step()
   if step is None:
     return None, None
-  r = mngr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+  r = mngr.restore(
+    step,
+    args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()
+    ),
+  )
   return r["state"], r["data"]
 
 
@@ -223,22 +250,26 @@ def train(config, workdir: str, *, quiet: bool = False, on_step=None) -> dict:
   mesh = make_mesh(config.mesh)
   pc, pi = jax.process_count(), jax.process_index()
   if int(config.data.global_batch) % (mesh.size if pc == 1 else pc):
-    raise ValueError(f"config.data.global_batch={config.data.global_batch} must be divisible by "
-                     f"the {mesh.size} devices")
+    raise ValueError(
+      f"config.data.global_batch={config.data.global_batch} must be divisible by "
+      f"the {mesh.size} devices"
+    )
   model = build_model(config.model)
   key = jax.random.key(int(config.seed))
   state, tx, info = init_state(config, model, key)
   state_sh = state_shardings(state, mesh)
   state = jax.device_put(state, state_sh)
   mngr = checkpoint_manager(workdir, config.keep_checkpoints)
-  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                          state, state_sh)
+  abstract = jax.tree.map(
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_sh
+  )
   restored, data_state = restore_checkpoint(mngr, abstract)
   if restored is not None:
     state = restored
   start = int(state.step)
-  it = train_data.make_train_iterator(config.data, int(config.seed), process_index=pi,
-                                      process_count=pc, start_step=0)
+  it = train_data.make_train_iterator(
+    config.data, int(config.seed), process_index=pi, process_count=pc, start_step=0
+  )
   if data_state is not None:
     it.set_state(data_state)
   elif start:
@@ -283,5 +314,10 @@ def train(config, workdir: str, *, quiet: bool = False, on_step=None) -> dict:
   if pi == 0:
     params = jax.device_get(export_inference_params(state.params, config.lora))
     save_model(model_dir, params, config.model, overwrite=True)
-  return {"step": step, "train_seconds": train_seconds, "compile_seconds": compile_seconds,
-          "model_dir": model_dir, "last_metrics": last}
+  return {
+    "step": step,
+    "train_seconds": train_seconds,
+    "compile_seconds": compile_seconds,
+    "model_dir": model_dir,
+    "last_metrics": last,
+  }

@@ -4,7 +4,6 @@ import json
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -12,7 +11,7 @@ import sam2pp_jax
 from sam2pp_jax.checkpoint import CheckpointError, load_model, save_model
 from sam2pp_jax.model.presets import get_model_config
 from sam2pp_jax.model.random_params import random_params
-from sam2pp_jax.model.sam2pp import build_model, param_shapes
+from sam2pp_jax.model.sam2pp import build_model
 
 
 @pytest.fixture(scope="module")

@@ -1,12 +1,11 @@
 """Reference key names <-> Flax params: bit-exact round trips and clear errors."""
 
 import json
-import pathlib
 
 import numpy as np
 import pytest
-
 from conftest import get_fixture
+
 from sam2pp_jax.convert import key_map
 from sam2pp_jax.model.sam2pp import build_model, param_shapes
 from sam2pp_jax.parity.fixture import parity_dir
@@ -25,7 +24,7 @@ def test_round_trip_fixture_weights_bit_exact():
   sd = fx.state_dict()
   tree = key_map.torch_to_flax(sd, template=param_shapes(build_model("parity_small")))
   back = key_map.flax_to_torch(tree, fx.manifest)
-  assert list(back) == list(sd)                        # same keys, same order
+  assert list(back) == list(sd)  # same keys, same order
   for k in sd:
     assert back[k].dtype == sd[k].dtype and np.array_equal(back[k], sd[k]), k
 
@@ -39,20 +38,29 @@ def test_round_trip_bplus_manifest_and_template():
   assert list(back) == list(man)
   assert all(np.array_equal(back[k], sd[k]) for k in sd)
   # per-task copies are distinct subtrees
-  assert {"memory_attention_mask", "memory_attention_box", "memory_attention_point",
-          "memory_encoder_mask", "memory_encoder_box", "memory_encoder_point"} <= set(tree)
+  assert {
+    "memory_attention_mask",
+    "memory_attention_box",
+    "memory_attention_point",
+    "memory_encoder_mask",
+    "memory_encoder_box",
+    "memory_encoder_point",
+  } <= set(tree)
 
 
 def test_layout_transforms_are_explicit():
-  sd = {"a.fc.weight": np.arange(6, dtype=np.float32).reshape(2, 3),
-        "a.conv.weight": np.arange(24, dtype=np.float32).reshape(4, 3, 1, 2),
-        "sam_unified_decoder.output_upscaling_box.0.weight":
-            np.arange(16, dtype=np.float32).reshape(2, 4, 2, 1)}
+  sd = {
+    "a.fc.weight": np.arange(6, dtype=np.float32).reshape(2, 3),
+    "a.conv.weight": np.arange(24, dtype=np.float32).reshape(4, 3, 1, 2),
+    "sam_unified_decoder.output_upscaling_box.0.weight": np.arange(16, dtype=np.float32).reshape(
+      2, 4, 2, 1
+    ),
+  }
   t = key_map.torch_to_flax(sd)
   np.testing.assert_array_equal(t["a"]["fc"]["kernel"], sd["a.fc.weight"].T)
   np.testing.assert_array_equal(t["a"]["conv"]["kernel"], sd["a.conv.weight"].transpose(2, 3, 1, 0))
   k = t["sam_unified_decoder"]["output_upscaling_box_0"]["kernel"]
-  assert k.shape == (2, 1, 2, 4)   # [kh, kw, in, out]
+  assert k.shape == (2, 1, 2, 4)  # [kh, kw, in, out]
 
 
 def test_errors_name_the_offending_keys():

@@ -13,14 +13,15 @@ from sam2pp_jax.data.formats import writers as wr  # noqa: E402
 from sam2pp_jax.io.png import save_palette_png  # noqa: E402
 
 H, W = 32, 48
-JPEG_TOL = 8   # max abs error of a quality-100 JPEG of these smooth frames (measured: <= 5)
+JPEG_TOL = 8  # max abs error of a quality-100 JPEG of these smooth frames (measured: <= 5)
 
 
 def make_frames(t, seed=0):
   """Smooth frames: R ramps in x, G in y, B = 20 + 19*i tells frame i apart (order checks)."""
   y, x = np.mgrid[0:H, 0:W]
-  return np.stack([np.stack([(x * 5 + seed) % 256, y * 7, np.full_like(x, 20 + 19 * i)], -1)
-                   for i in range(t)]).astype(np.uint8)
+  return np.stack(
+    [np.stack([(x * 5 + seed) % 256, y * 7, np.full_like(x, 20 + 19 * i)], -1) for i in range(t)]
+  ).astype(np.uint8)
 
 
 def rect(y0, y1, x0, x1, value=1):
@@ -46,18 +47,20 @@ def point_seq(t, seed=0):
   rng = np.random.default_rng(seed)
   pts = np.stack([rng.uniform([0, 0], [W - 1, H - 1], (3, 2)) for _ in range(t)])
   vis = np.ones((t, 3), bool)
-  vis[:2, 1] = False    # track 1 first visible at frame 2
-  vis[-1, 0] = False    # track 0 occluded on the last frame
-  vis[:, 2] = False     # track 2 never visible
+  vis[:2, 1] = False  # track 1 first visible at frame 2
+  vis[-1, 0] = False  # track 0 occluded on the last frame
+  vis[:, 2] = False  # track 2 never visible
   return {"frames": make_frames(t, seed), "points_xy": pts, "point_visible": vis}
 
 
 # ------------------------------------------------------------------------------ VOS
 def test_davis2017(tmp_path):
   masks = [rect(2, 10, 3, 12) + rect(15, 25, 20, 30, 2) for _ in range(5)]
-  masks[3] = masks[3] + rect(0, 2, 40, 46, 3)   # object 3 appears late: not prompted in DAVIS
-  seqs = {"bike": {"frames": make_frames(5), "masks": np.stack(masks)},
-          "car": {"frames": make_frames(4, 9), "masks": {0: rect(5, 9, 5, 9, 1)}}}
+  masks[3] = masks[3] + rect(0, 2, 40, 46, 3)  # object 3 appears late: not prompted in DAVIS
+  seqs = {
+    "bike": {"frames": make_frames(5), "masks": np.stack(masks)},
+    "car": {"frames": make_frames(4, 9), "masks": {0: rect(5, 9, 5, 9, 1)}},
+  }
   wr.write_davis2017(str(tmp_path), seqs, quality=100)
   ds = open_dataset("davis2017", tmp_path)
   assert (ds.task, ds.split, ds.sequence_names()) == ("mask", "val", ["bike", "car"])
@@ -77,8 +80,9 @@ def test_davis2017(tmp_path):
 
 
 def test_davis2017_errors(tmp_path):
-  wr.write_davis2017(str(tmp_path), {"car": {"frames": make_frames(3),
-                                             "masks": {1: rect(5, 9, 5, 9)}}})
+  wr.write_davis2017(
+    str(tmp_path), {"car": {"frames": make_frames(3), "masks": {1: rect(5, 9, 5, 9)}}}
+  )
   ds = open_dataset("davis2017", tmp_path)
   with pytest.raises(DatasetError, match="first-frame annotation .*00000.png"):
     ds.sequence("car")
@@ -91,8 +95,10 @@ def _sparse_vos(tmp_path, writer, **kw):
   names = ["00000", "00005", "00010", "00015", "00020"]
   m0 = rect(2, 10, 3, 12, 1)
   m2 = m0 + rect(15, 25, 20, 30, 2)
-  seqs = {"a": {"frames": make_frames(5), "names": names, "masks": {0: m0, 2: m2}},
-          "b": {"frames": make_frames(3, 4), "masks": {0: rect(1, 4, 1, 4, 5)}}}
+  seqs = {
+    "a": {"frames": make_frames(5), "names": names, "masks": {0: m0, 2: m2}},
+    "b": {"frames": make_frames(3, 4), "masks": {0: rect(1, 4, 1, 4, 5)}},
+  }
   writer(str(tmp_path), seqs, quality=100, **kw)
   return seqs, m0, m2
 
@@ -125,7 +131,7 @@ def test_youtubevos_meta_mismatch(tmp_path):
 def test_mose_split_folder_and_errors(tmp_path):
   _, m0, _ = _sparse_vos(tmp_path, wr.write_mose)
   assert not (tmp_path / "valid" / "meta.json").exists()
-  ds = open_dataset("mose", tmp_path / "valid")   # the split folder itself works as root
+  ds = open_dataset("mose", tmp_path / "valid")  # the split folder itself works as root
   assert [g["frame"] for g in ds.sequence("a").prompts()] == [0, 2]
   with pytest.raises(DatasetError, match="does not exist"):
     open_dataset("mose", tmp_path / "nowhere")
@@ -135,8 +141,10 @@ def test_mose_split_folder_and_errors(tmp_path):
 
 # ------------------------------------------------------------------------------ SOT
 def test_got10k_absent_boxes(tmp_path):
-  seqs = {"GOT-10k_Val_000001": box_seq(6, absent=[3]),
-          "GOT-10k_Val_000002": box_seq(4, absent=[0], seed=3)}
+  seqs = {
+    "GOT-10k_Val_000001": box_seq(6, absent=[3]),
+    "GOT-10k_Val_000002": box_seq(4, absent=[0], seed=3),
+  }
   wr.write_got10k(str(tmp_path), seqs, quality=100)
   ds = open_dataset("got10k", tmp_path)
   assert ds.sequence_names() == list(seqs)
@@ -144,21 +152,20 @@ def test_got10k_absent_boxes(tmp_path):
   assert seq.frame_names[:2] == ["00000001", "00000002"] and seq.video_hw == (H, W)
   assert_frame(seq, 5, seqs["GOT-10k_Val_000001"]["frames"][5])
   want = seqs["GOT-10k_Val_000001"]["boxes_xywh"]
-  np.testing.assert_array_equal(seq.gt_boxes_xywh, want)   # NaN row 3 included
+  np.testing.assert_array_equal(seq.gt_boxes_xywh, want)  # NaN row 3 included
   np.testing.assert_array_equal(seq.gt_visible, [1, 1, 1, 0, 1, 1])
   np.testing.assert_array_equal(seq.raw_boxes_xywh[3], [0, 0, 0, 0])
   np.testing.assert_array_equal(seq.meta["cover"], [8, 8, 8, 0, 8, 8])
   p = seq.first_prompt("box")
   assert (p["frame"], p["obj_ids"]) == (0, [1])
   np.testing.assert_allclose(p["prompt"]["box_xyxy"], [[2.5, 3.25, 12.5, 11.75]])
-  p2 = ds.sequence("GOT-10k_Val_000002").first_prompt()   # absent on frame 0
+  p2 = ds.sequence("GOT-10k_Val_000002").first_prompt()  # absent on frame 0
   assert p2["frame"] == 1
   np.testing.assert_allclose(p2["prompt"]["box_xyxy"], [[3.5, 4.25, 14.5, 12.75]])
 
 
 def test_got10k_test_split_and_errors(tmp_path):
-  wr.write_got10k(str(tmp_path), {"GOT-10k_Test_000001": box_seq(5)}, split="test",
-                  first_only=True)
+  wr.write_got10k(str(tmp_path), {"GOT-10k_Test_000001": box_seq(5)}, split="test", first_only=True)
   seq = open_dataset("got10k", tmp_path, split="test").sequence("GOT-10k_Test_000001")
   assert seq.meta["box_rows"] == 1
   np.testing.assert_array_equal(seq.gt_visible, [1, 0, 0, 0, 0])
@@ -196,12 +203,13 @@ def test_trackingnet_first_box_only(tmp_path):
   ds = open_dataset("trackingnet", tmp_path)
   assert (ds.split, ds.sequence_names()) == ("TEST", ["vid_a", "vid_b"])
   seq = ds.sequence("vid_b")
-  assert seq.frame_names == [str(i) for i in range(12)]   # natural order: 9 < 10
+  assert seq.frame_names == [str(i) for i in range(12)]  # natural order: 9 < 10
   assert_frame(seq, 10, s["frames"][10])
   np.testing.assert_array_equal(seq.gt_visible, [1] + [0] * 11)
   np.testing.assert_array_equal(seq.gt_boxes_xywh[0], s["boxes_xywh"][0])
   assert seq.first_prompt()["frame"] == 0
   import shutil
+
   shutil.rmtree(tmp_path / "TEST" / "frames" / "vid_a")
   with pytest.raises(DatasetError, match="vid_a' does not exist"):
     ds.sequence("vid_a")
@@ -211,8 +219,8 @@ def test_trackingnet_first_box_only(tmp_path):
 def test_tapvid_davis_pickle_pixel_convention(tmp_path):
   t = 4
   pts = np.zeros((2, t, 2), np.float32)
-  pts[0] = [0.5, 0.25]          # -> (24, 8) with x*W, y*H; x*(W-1) would give 23.5
-  pts[1] = [1.0, 1.0]           # the far image corner -> (W, H)
+  pts[0] = [0.5, 0.25]  # -> (24, 8) with x*W, y*H; x*(W-1) would give 23.5
+  pts[1] = [1.0, 1.0]  # the far image corner -> (W, H)
   occ = np.zeros((2, t), bool)
   occ[1, :2] = True
   entry = {"video": make_frames(t), "points": pts, "occluded": occ}
@@ -255,7 +263,7 @@ def test_tapvid_kinetics_shards_jpeg_bytes(tmp_path):
   assert_frame(seq, 4, c["frames"][4])
   np.testing.assert_allclose(seq.gt_points_xy, c["points_xy"], atol=1e-4)
   np.testing.assert_array_equal(seq.gt_point_visible, c["point_visible"])
-  groups = ds.sequence("00000").prompts()   # track 2 is never visible: not prompted
+  groups = ds.sequence("00000").prompts()  # track 2 is never visible: not prompted
   assert [(g["frame"], g["obj_ids"]) for g in groups] == [(0, [0]), (2, [1])]
   bad = wr.tapvid_entry(a, jpeg=True)
   bad["video"][1] = b"\xff\xd8garbage"
@@ -274,8 +282,9 @@ def test_tapvid_npz_layout(tmp_path):
   np.testing.assert_array_equal(seq.gt_points_xy, s["points_xy"].astype(np.float32))
   np.testing.assert_array_equal(seq.gt_point_visible, s["point_visible"])
   assert seq.video_hw == (H, W)
-  wr.write_points_npz(str(tmp_path / "Points" / "horse.npz"), s["points_xy"], s["point_visible"],
-                      (W + 1, H))
+  wr.write_points_npz(
+    str(tmp_path / "Points" / "horse.npz"), s["points_xy"], s["point_visible"], (W + 1, H)
+  )
   with pytest.raises(DatasetError, match="00000.jpg' is 48x32 .* annotation says 49x32"):
     open_dataset("tapvid_davis", tmp_path).sequence("horse").frame(0)
 
@@ -284,14 +293,15 @@ def test_badja(tmp_path):
   bear = dict(point_seq(5), masks=np.stack([rect(4, 20, 4, 30, 1)] * 5))
   wr.write_badja(str(tmp_path), {"bear": bear, "extra_videos_rs_dog": point_seq(3)})
   ds = open_dataset("badja", tmp_path)
-  assert ds.sequence_names() == ["bear"]   # the reference's official list wins
+  assert ds.sequence_names() == ["bear"]  # the reference's official list wins
   seq = ds.sequence("bear")
-  assert_frame(seq, 3, bear["frames"][3], exact=True)   # PNG frames are lossless
+  assert_frame(seq, 3, bear["frames"][3], exact=True)  # PNG frames are lossless
   np.testing.assert_array_equal(seq.gt_masks(2), bear["masks"][2])
   assert seq.tasks == ["mask", "point"] and seq.task == "point"
   np.testing.assert_array_equal(seq.gt_point_visible, bear["point_visible"])
-  wr.write_points_npz(str(tmp_path / "Points" / "bear.npz"), bear["points_xy"][:4],
-                      bear["point_visible"][:4], (W, H))
+  wr.write_points_npz(
+    str(tmp_path / "Points" / "bear.npz"), bear["points_xy"][:4], bear["point_visible"][:4], (W, H)
+  )
   with pytest.raises(DatasetError, match="4 frames but the video has 5"):
     ds.sequence("bear")
 
@@ -317,7 +327,7 @@ def test_tag_three_tasks(tmp_path):
   np.testing.assert_array_equal(box.gt_visible, [1, 1, 0, 1, 1])
   np.testing.assert_array_equal(box.gt_boxes_xywh, s["boxes_xywh"])
   assert box.first_prompt("box")["obj_ids"] == [1]
-  pt = open_dataset("tag", tmp_path / "valid", task="point")   # split folder as root
+  pt = open_dataset("tag", tmp_path / "valid", task="point")  # split folder as root
   assert pt.split == "valid" and pt.sequence_names() == ["00025", "00076"]
   seq = pt.sequence("00025")
   np.testing.assert_allclose(seq.gt_points_xy, s["points_xy"], atol=1e-5)
@@ -337,9 +347,18 @@ def test_tag_errors(tmp_path):
 
 # ------------------------------------------------------------------------------ shared
 def test_registry_and_bad_frames(tmp_path):
-  assert set(known_datasets()) == {"davis2017", "youtubevos", "mose", "got10k", "lasot",
-                                   "trackingnet", "tapvid_davis", "tapvid_kinetics", "badja",
-                                   "tag"}
+  assert set(known_datasets()) == {
+    "davis2017",
+    "youtubevos",
+    "mose",
+    "got10k",
+    "lasot",
+    "trackingnet",
+    "tapvid_davis",
+    "tapvid_kinetics",
+    "badja",
+    "tag",
+  }
   with pytest.raises(DatasetError, match="unknown dataset 'davis'; known datasets: badja, davis"):
     open_dataset("davis", tmp_path)
   seqs = {"bike": {"frames": make_frames(4), "masks": {0: rect(2, 9, 2, 9)}}}
@@ -347,8 +366,9 @@ def test_registry_and_bad_frames(tmp_path):
   d = tmp_path / "JPEGImages" / "480p" / "bike"
   cv2.imwrite(str(d / "00002.jpg"), np.zeros((H + 2, W, 3), np.uint8))
   (d / "00003.jpg").write_bytes(b"garbage")
-  save_palette_png(str(tmp_path / "Annotations" / "480p" / "bike" / "00001.png"),
-                   np.zeros((H, W + 1), np.uint8))
+  save_palette_png(
+    str(tmp_path / "Annotations" / "480p" / "bike" / "00001.png"), np.zeros((H, W + 1), np.uint8)
+  )
   seq = open_dataset("davis2017", tmp_path).sequence("bike")
   seq.frame(1)
   with pytest.raises(DatasetError, match="00002.jpg' is 48x34 \\(WxH\\) but frame 0 is 48x32"):
@@ -363,6 +383,7 @@ def test_registry_and_bad_frames(tmp_path):
 
 def test_prompts_feed_prepare_prompt(tmp_path):
   from sam2pp_jax.tracking.propagate import prepare_prompt
+
   s = _tag(tmp_path)
   for task in ("mask", "box", "point"):
     seq = open_dataset("tag", tmp_path, task=task).sequence("00025")

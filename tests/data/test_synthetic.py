@@ -7,9 +7,18 @@ import pytest
 
 from sam2pp_jax.data import synthetic as S
 
-KEYS = {"frames": np.uint8, "masks": np.uint8, "amodal_masks": np.bool_, "occluder_mask": np.bool_,
-        "boxes_xywh": np.float32, "visible": np.bool_, "points_xy": np.float32, "point_visible": np.bool_,
-        "depth": np.int32, "distractor": np.int8}
+KEYS = {
+  "frames": np.uint8,
+  "masks": np.uint8,
+  "amodal_masks": np.bool_,
+  "occluder_mask": np.bool_,
+  "boxes_xywh": np.float32,
+  "visible": np.bool_,
+  "points_xy": np.float32,
+  "point_visible": np.bool_,
+  "depth": np.int32,
+  "distractor": np.int8,
+}
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +54,20 @@ def test_dataset_uses_spawned_seeds():
   assert list(S.generate_dataset(3, 0)) == []
 
 
-@pytest.mark.parametrize("kw,t,h,w,ks", [
+@pytest.mark.parametrize(
+  "kw,t,h,w,ks",
+  [
     ({}, 24, 128, 128, (1, 2, 3)),
-    ({"num_frames": 5, "height": 64, "width": 96, "num_objects": 2, "num_points": 3}, 5, 64, 96, (2,)),
+    (
+      {"num_frames": 5, "height": 64, "width": 96, "num_objects": 2, "num_points": 3},
+      5,
+      64,
+      96,
+      (2,),
+    ),
     ({"num_frames": 1, "height": 32, "width": 48, "num_objects": (1, 1)}, 1, 32, 48, (1,)),
-])
+  ],
+)
 def test_shapes_and_dtypes(kw, t, h, w, ks):
   v = S.generate_video(0, **kw)
   assert set(v) == set(KEYS)
@@ -102,7 +120,7 @@ def test_point_visibility_follows_masks(videos):
       x, y = px[i, j, q]
       if pv[i, j, q]:
         assert m[i, y, x] == j + 1
-      else:      # invisible inside the frame: hidden by another object or the occluder
+      else:  # invisible inside the frame: hidden by another object or the occluder
         assert am[i, j, y, x] and m[i, y, x] != j + 1
         occluded += 1
   assert occluded > 0
@@ -135,7 +153,7 @@ def test_first_frame_is_promptable(videos):
 
 def _reappears(vis):
   idx = np.flatnonzero(vis)
-  return idx.size > 0 and not vis[idx[0]:idx[-1] + 1].all()
+  return idx.size > 0 and not vis[idx[0] : idx[-1] + 1].all()
 
 
 def test_hard_cases_occur(videos):
@@ -149,7 +167,12 @@ def test_hard_cases_occur(videos):
       seen["reappear"] += _reappears(vis[:, j])
       seen["exit_return"] += _reappears(area[:, j] > 0)
       seen["obj_occludes_obj"] += bool((am[:, j] & (m > 0) & (m != j + 1)).any())
-      border = am[:, j, 0].any(-1) | am[:, j, -1].any(-1) | am[:, j, :, 0].any(-1) | am[:, j, :, -1].any(-1)
+      border = (
+        am[:, j, 0].any(-1)
+        | am[:, j, -1].any(-1)
+        | am[:, j, :, 0].any(-1)
+        | am[:, j, :, -1].any(-1)
+      )
       whole = area[:, j][(area[:, j] > 0) & ~border]
       seen["scale"] += whole.size > 1 and whole.max() / whole.min() > 1.5
       c = np.array([np.argwhere(am[i, j]).mean(0) for i in range(t) if area[i, j] > 0])
@@ -162,37 +185,58 @@ def test_hard_cases_occur(videos):
       seen["same"] += rel == S.SAME
       seen["similar"] += rel == S.SIMILAR
       (same_gap if rel == S.SAME else other_gap if rel == S.NOT_SIMILAR else []).append(
-          np.abs(mu[j] - mu[0]).max())
+        np.abs(mu[j] - mu[0]).max()
+      )
   assert all(n >= 2 for n in seen.values()), seen
   assert max(same_gap) < 45 and np.median(other_gap) > 2 * np.median(same_gap)
   assert np.median(speeds) > 1.0
 
 
 def test_difficulty_knobs():
-  always = dataclasses.replace(S.DIFFICULTIES["normal"], p_occluder=1.0, p_full_occlusion=1.0, p_same=1.0,
-                               p_exit=0.0)
+  always = dataclasses.replace(
+    S.DIFFICULTIES["normal"], p_occluder=1.0, p_full_occlusion=1.0, p_same=1.0, p_exit=0.0
+  )
   for seed in range(4):
     v = S.generate_video(seed, difficulty=always, num_objects=2)
     assert v["distractor"][1] == S.SAME
     am, occ = v["amodal_masks"][:, 0], v["occluder_mask"]
     hidden = [i for i in range(1, am.shape[0]) if am[i].sum() > 30 and not (am[i] & ~occ[i]).any()]
-    assert hidden and not v["visible"][hidden, 0].any() and v["visible"][hidden[-1] + 1:, 0].any()
-  calm = dataclasses.replace(S.DIFFICULTIES["easy"], p_occluder=0.0, p_cross=0.0, p_exit=0.0, p_same=0.0,
-                             p_similar=0.0)
+    assert hidden and not v["visible"][hidden, 0].any() and v["visible"][hidden[-1] + 1 :, 0].any()
+  calm = dataclasses.replace(
+    S.DIFFICULTIES["easy"], p_occluder=0.0, p_cross=0.0, p_exit=0.0, p_same=0.0, p_similar=0.0
+  )
   for seed in range(4):
     v = S.generate_video(seed, difficulty=calm, num_objects=3)
     assert not v["occluder_mask"].any() and (v["distractor"] == S.NOT_SIMILAR).all()
-  assert not np.array_equal(S.generate_video(1, difficulty="easy")["frames"],
-                            S.generate_video(1, difficulty="hard")["frames"])
+  assert not np.array_equal(
+    S.generate_video(1, difficulty="easy")["frames"],
+    S.generate_video(1, difficulty="hard")["frames"],
+  )
 
 
-@pytest.mark.parametrize("kw", [
-    dict(seed=-1), dict(seed=1.5), dict(num_frames=0), dict(height=0), dict(width=-5), dict(height=16),
-    dict(num_objects=0), dict(num_objects=(2, 1)), dict(num_objects=(1, 9)), dict(num_objects=(1, 2, 3)),
-    dict(num_objects=True), dict(difficulty="extreme"), dict(difficulty=3), dict(num_points=0),
-    dict(min_visible_pixels=0), dict(difficulty=S.Difficulty(p_occluder=1.5)),
-    dict(difficulty=S.Difficulty(speed=(3.0, 1.0))), dict(difficulty=S.Difficulty(noise=-1.0)),
-])
+@pytest.mark.parametrize(
+  "kw",
+  [
+    dict(seed=-1),
+    dict(seed=1.5),
+    dict(num_frames=0),
+    dict(height=0),
+    dict(width=-5),
+    dict(height=16),
+    dict(num_objects=0),
+    dict(num_objects=(2, 1)),
+    dict(num_objects=(1, 9)),
+    dict(num_objects=(1, 2, 3)),
+    dict(num_objects=True),
+    dict(difficulty="extreme"),
+    dict(difficulty=3),
+    dict(num_points=0),
+    dict(min_visible_pixels=0),
+    dict(difficulty=S.Difficulty(p_occluder=1.5)),
+    dict(difficulty=S.Difficulty(speed=(3.0, 1.0))),
+    dict(difficulty=S.Difficulty(noise=-1.0)),
+  ],
+)
 def test_bad_arguments(kw):
   kw = {"seed": 0, **kw}
   with pytest.raises(ValueError):

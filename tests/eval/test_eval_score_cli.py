@@ -6,23 +6,22 @@ import os
 import sys
 
 import pytest
-
 from conftest import REPO, SHARED
+
 sys.path.insert(0, str(REPO))
 import eval as eval_cli  # noqa: E402
 
-METRICS = os.environ.get("SAM2PP_METRICS_DIR",
-                         str(SHARED / "metrics"))
+METRICS = os.environ.get("SAM2PP_METRICS_DIR", str(SHARED / "metrics"))
 
 CASES = [  # (case, task, protocol, reference block)
-    ("vos_dev", "mask", "davis2017", "davis2017"),
-    ("vos_dev", "mask", "sav", "sam2plus_sav_benchmark"),
-    ("sot_dev", "box", "ope", "sam2plus_sot_benchmark"),
-    ("sot_dev", "box", "ope-visibility", "sam2plus_sot_benchmark_visibility"),
-    ("sot_dev", "box", "got10k", "got10k_toolkit"),
-    ("pt_dev", "point", "tapvid", "tapnet_tapvid"),
-    ("pt_dev", "point", "sam2plus", "sam2plus_tapvid"),
-    ("pt_dev", "point", "pck", "sam2plus_pck"),
+  ("vos_dev", "mask", "davis2017", "davis2017"),
+  ("vos_dev", "mask", "sav", "sam2plus_sav_benchmark"),
+  ("sot_dev", "box", "ope", "sam2plus_sot_benchmark"),
+  ("sot_dev", "box", "ope-visibility", "sam2plus_sot_benchmark_visibility"),
+  ("sot_dev", "box", "got10k", "got10k_toolkit"),
+  ("pt_dev", "point", "tapvid", "tapnet_tapvid"),
+  ("pt_dev", "point", "sam2plus", "sam2plus_tapvid"),
+  ("pt_dev", "point", "pck", "sam2plus_pck"),
 ]
 
 
@@ -55,17 +54,30 @@ def test_cli_json_matches_reference_block(tmp_path, case, task, protocol, block,
   if ref.get("status") != "ok":
     pytest.skip(f"{block}: reference refused this case")
   out = tmp_path / "r.json"
-  rc = eval_cli.main(["score", "--task", task, "--protocol", protocol, "--gt",
-                      os.path.join(METRICS, case, "gt"), "--pred", os.path.join(METRICS, case, "pred"),
-                      "--json", str(out)])
+  rc = eval_cli.main(
+    [
+      "score",
+      "--task",
+      task,
+      "--protocol",
+      protocol,
+      "--gt",
+      os.path.join(METRICS, case, "gt"),
+      "--pred",
+      os.path.join(METRICS, case, "pred"),
+      "--json",
+      str(out),
+    ]
+  )
   assert rc == 0
   assert "wrote" in capsys.readouterr().out
   got = json.loads(out.read_text())
   assert got["task"] == task and got["protocol"] == protocol
   tol = ref["comparison"]["abs_tol"]
   overall = ref.get("global", ref.get("overall"))
-  _compare(got["overall"], {k: v for k, v in overall.items() if not isinstance(v, list)}, tol,
-           "overall")
+  _compare(
+    got["overall"], {k: v for k, v in overall.items() if not isinstance(v, list)}, tol, "overall"
+  )
   if "per_sequence" in ref:
     _compare(got["per_sequence"], ref["per_sequence"], tol, "per_sequence")
   if block == "davis2017":
@@ -75,11 +87,23 @@ def test_cli_json_matches_reference_block(tmp_path, case, task, protocol, block,
 
 
 def test_cli_bad_input_exits_2(tmp_path, capsys):
-  rc = eval_cli.main(["score", "--task", "box", "--protocol", "davis2017", "--gt", str(tmp_path),
-                      "--pred", str(tmp_path)])
+  rc = eval_cli.main(
+    [
+      "score",
+      "--task",
+      "box",
+      "--protocol",
+      "davis2017",
+      "--gt",
+      str(tmp_path),
+      "--pred",
+      str(tmp_path),
+    ]
+  )
   assert rc == 2 and "protocol" in capsys.readouterr().err
-  rc = eval_cli.main(["score", "--task", "mask", "--gt", str(tmp_path / "nope"), "--pred",
-                      str(tmp_path)])
+  rc = eval_cli.main(
+    ["score", "--task", "mask", "--gt", str(tmp_path / "nope"), "--pred", str(tmp_path)]
+  )
   err = capsys.readouterr().err
   assert rc == 2 and "nope" in err and err.count("\n") == 1
 

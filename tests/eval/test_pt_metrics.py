@@ -1,21 +1,24 @@
 """Tests for sam2pp_jax.eval.pt_metrics: pt_dev reference numbers and hand-computed edge cases."""
 
 import json
-import re
 import math
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import SHARED
-from sam2pp_jax.io.png import save_palette_png
+
 from sam2pp_jax.eval import pt_metrics as pm
 from sam2pp_jax.eval.common import MetricInputError
+from sam2pp_jax.io.png import save_palette_png
 
-PROTOCOLS = {"sam2plus_tapvid": pm.score_sam2plus_tapvid, "tapnet_tapvid": pm.score_tapvid,
-             "sam2plus_pck": pm.score_pck}
+PROTOCOLS = {
+  "sam2plus_tapvid": pm.score_sam2plus_tapvid,
+  "tapnet_tapvid": pm.score_tapvid,
+  "sam2plus_pck": pm.score_pck,
+}
 
 
 def _metrics_dir() -> Path:
@@ -26,8 +29,9 @@ def _metrics_dir() -> Path:
 def _dev_case():
   case = _metrics_dir() / "pt_dev"
   if not (case / "expected.json").is_file():
-    pytest.skip(f"metric reference case {case} is absent: set $SAM2PP_METRICS_DIR or place "
-                "../shared/metrics")
+    pytest.skip(
+      f"metric reference case {case} is absent: set $SAM2PP_METRICS_DIR or place ../shared/metrics"
+    )
   with open(case / "expected.json") as f:
     return case, json.load(f)
 
@@ -35,7 +39,7 @@ def _dev_case():
 def _assert_block(got: dict, want: dict, tol: float, where: str):
   assert list(got) == list(want), f"{where}: metric names {list(got)} != {list(want)}"
   for k, w in want.items():
-    g, w = float(got[k]), float(w)   # float() reads the "nan"/"inf" strings too
+    g, w = float(got[k]), float(w)  # float() reads the "nan"/"inf" strings too
     if math.isnan(w):
       assert math.isnan(g), f"{where}/{k}: {g} != nan"
     else:
@@ -71,8 +75,12 @@ def test_dev_case_sequence_subset():
 # ----------------------------------------------------------------------------- builders
 def _write(folder: Path, seq: str, trajs, vis, size=(256, 256)):
   folder.mkdir(parents=True, exist_ok=True)
-  np.savez(folder / f"{seq}.npz", trajs_2d=np.asarray(trajs, np.float32),
-           visibs=np.asarray(vis, bool), size=np.asarray(size, np.int64))
+  np.savez(
+    folder / f"{seq}.npz",
+    trajs_2d=np.asarray(trajs, np.float32),
+    visibs=np.asarray(vis, bool),
+    size=np.asarray(size, np.int64),
+  )
 
 
 def _case(tmp_path, seq, gt, gvis, pred, pvis, size=(256, 256), masks=None):
@@ -95,13 +103,18 @@ def _still(T, N, x=100.0, y=100.0):
 def test_query_frame_and_earlier_frames_are_not_scored_and_thresholds_are_strict(tmp_path):
   gt = _still(4, 1)
   pred = gt.copy()
-  pred[0, 0] = pred[1, 0] = (200, 200)    # frame 0 (before the query) and 1 (the query) are far off
-  pred[2, 0, 0] += 1.0                     # exactly 1 px: not < 1, but < 2
+  pred[0, 0] = pred[1, 0] = (200, 200)  # frame 0 (before the query) and 1 (the query) are far off
+  pred[2, 0, 0] += 1.0  # exactly 1 px: not < 1, but < 2
   pred[3, 0, 1] += 0.5
   gvis = [[False], [True], [True], [True]]  # query frame 1
   d = _case(tmp_path, "v", gt, gvis, pred, np.ones((4, 1), bool))
-  want = {"occlusion_accuracy": 1.0, "pts_within_1": 0.5, "jaccard_1": 1 / 3,
-          "average_jaccard": (1 / 3 + 4) / 5, "average_pts_within_thresh": 4.5 / 5}
+  want = {
+    "occlusion_accuracy": 1.0,
+    "pts_within_1": 0.5,
+    "jaccard_1": 1 / 3,
+    "average_jaccard": (1 / 3 + 4) / 5,
+    "average_pts_within_thresh": 4.5 / 5,
+  }
   want.update({f"{k}_{t}": 1.0 for t in (2, 4, 8, 16) for k in ("pts_within", "jaccard")})
   tapnet = pm.score_tapvid(*d)["per_sequence"]["v"]
   sam2 = pm.score_sam2plus_tapvid(*d)["per_sequence"]["v"]
@@ -111,7 +124,7 @@ def test_query_frame_and_earlier_frames_are_not_scored_and_thresholds_are_strict
 
 
 def test_sam2plus_truncates_coordinates_toward_zero_tapnet_keeps_floats(tmp_path):
-  gt, pred = _still(2, 1, 10.7, 50.0), _still(2, 1, 11.2, 50.0)   # 0.5 px apart, trunc 10 vs 11
+  gt, pred = _still(2, 1, 10.7, 50.0), _still(2, 1, 11.2, 50.0)  # 0.5 px apart, trunc 10 vs 11
   gt_neg, pred_neg = _still(2, 1, -0.6, 50.0), _still(2, 1, 0.6, 50.0)  # 1.2 px, trunc 0 vs 0
   ones = np.ones((2, 1), bool)
   d = _case(tmp_path, "a", gt, ones, pred, ones)
@@ -125,7 +138,7 @@ def test_sam2plus_truncates_coordinates_toward_zero_tapnet_keeps_floats(tmp_path
 
 def test_coordinates_are_scaled_by_each_files_own_size(tmp_path):
   gt = _still(2, 1, 500.0, 100.0)
-  pred = _still(2, 1, 254.0, 50.0)        # half resolution; 2 px off in x at 256 scale
+  pred = _still(2, 1, 254.0, 50.0)  # half resolution; 2 px off in x at 256 scale
   ones = np.ones((2, 1), bool)
   _write(tmp_path / "gt", "v", gt, ones, (1024, 512))
   _write(tmp_path / "pred", "v", pred, ones, (512, 256))
@@ -136,7 +149,7 @@ def test_coordinates_are_scaled_by_each_files_own_size(tmp_path):
 def test_track_never_visible_is_scored_nowhere(tmp_path):
   gt = _still(3, 2)
   pred = gt.copy()
-  pred[:, 1] = (0, 0)                          # visible and far off: a false positive if scored
+  pred[:, 1] = (0, 0)  # visible and far off: a false positive if scored
   gvis = np.array([[True, False]] * 3)
   d = _case(tmp_path, "v", gt, gvis, pred, np.ones((3, 2), bool))
   tapnet = pm.score_tapvid(*d)["per_sequence"]["v"]
@@ -149,7 +162,7 @@ def test_video_without_visible_points_sam2plus_nan_oa_propagates_tapnet_refuses(
   gt = _still(3, 2)
   ones = np.ones((3, 2), bool)
   pred = gt.copy()
-  pred[1:, 0, 0] += 1.5                                  # good video: within 2, not within 1
+  pred[1:, 0, 0] += 1.5  # good video: within 2, not within 1
   d = _case(tmp_path, "good", gt, ones, pred, ones)
   _case(tmp_path, "empty", gt, np.zeros((3, 2), bool), gt, ones)
   r = pm.score_sam2plus_tapvid(*d)
@@ -171,13 +184,13 @@ def test_visible_only_at_query_frame_tapnet_nan_sam2plus_zero(tmp_path):
   sam2 = pm.score_sam2plus_tapvid(*d)["per_sequence"]["v"]
   assert tapnet["occlusion_accuracy"] == 0.5 and sam2["occlusion_accuracy"] == 50.0
   assert math.isnan(tapnet["pts_within_4"]) and math.isnan(tapnet["average_pts_within_thresh"])
-  assert tapnet["jaccard_4"] == 0.0 and tapnet["average_jaccard"] == 0.0   # 0 TP over 1 FP
+  assert tapnet["jaccard_4"] == 0.0 and tapnet["average_jaccard"] == 0.0  # 0 TP over 1 FP
   assert sam2["pts_within_4"] == 0 and sam2["average_pts_within_thresh"] == 0
 
 
 def test_nan_prediction_is_a_miss_and_nan_gt_at_occluded_frames_is_harmless(tmp_path):
   gt = _still(3, 2)
-  gt[2, 1] = np.nan                            # occluded there: never compared
+  gt[2, 1] = np.nan  # occluded there: never compared
   pred = gt.copy()
   pred[2, 1] = (100, 100)
   pred[1, 0] = np.nan
@@ -186,7 +199,7 @@ def test_nan_prediction_is_a_miss_and_nan_gt_at_occluded_frames_is_harmless(tmp_
   for fn, scale in ((pm.score_tapvid, 1.0), (pm.score_sam2plus_tapvid, 100.0)):
     r = fn(*d)["per_sequence"]["v"]
     assert r["pts_within_16"] == pytest.approx(2 / 3 * scale)
-    assert r["jaccard_16"] == pytest.approx(2 / 4 * scale)    # TP 2 over 3 visible + 1 FP
+    assert r["jaccard_16"] == pytest.approx(2 / 4 * scale)  # TP 2 over 3 visible + 1 FP
 
 
 # ----------------------------------------------------------------------------- PCK rules
@@ -199,10 +212,10 @@ def _square(h, w, side, value=1):
 def test_pck_strict_threshold_empty_mask_and_frame0_excluded(tmp_path):
   gt = _still(3, 2)
   pred = gt.copy()
-  pred[0] = (400, 300)                         # frame 0 is never scored
-  pred[1, 0, 0] += 2.0                         # dist 2 vs threshold 0.2*sqrt(100) = 2: wrong
-  pred[1, 1] += (1.2, 1.5)                     # dist 1.92: correct
-  pred[2, 1] = (0, 0)                          # GT-occluded: not counted
+  pred[0] = (400, 300)  # frame 0 is never scored
+  pred[1, 0, 0] += 2.0  # dist 2 vs threshold 0.2*sqrt(100) = 2: wrong
+  pred[1, 1] += (1.2, 1.5)  # dist 1.92: correct
+  pred[2, 1] = (0, 0)  # GT-occluded: not counted
   gvis = np.array([[True, True], [True, True], [True, False]])
   masks = [_square(320, 512, 10, 2), _square(320, 512, 10, 1), np.zeros((320, 512))]
   d = _case(tmp_path, "v", gt, gvis, pred, np.zeros((3, 2), bool), (512, 320), masks)
@@ -214,12 +227,13 @@ def test_pck_strict_threshold_empty_mask_and_frame0_excluded(tmp_path):
 
 def test_pck_rescales_points_and_masks_to_512x320(tmp_path):
   gt = _still(2, 1, 50.0, 40.0)
-  pred = gt + np.float32(0.7)                  # 1.4 px per axis at 512x320: dist 1.98 < 2
-  masks = [np.zeros((160, 256))] + [_square(160, 256, 5)]   # 5x5 -> 10x10 after the resize
-  d = _case(tmp_path, "v", gt, np.ones((2, 1), bool), pred, np.ones((2, 1), bool), (256, 160),
-            masks)
+  pred = gt + np.float32(0.7)  # 1.4 px per axis at 512x320: dist 1.98 < 2
+  masks = [np.zeros((160, 256))] + [_square(160, 256, 5)]  # 5x5 -> 10x10 after the resize
+  d = _case(
+    tmp_path, "v", gt, np.ones((2, 1), bool), pred, np.ones((2, 1), bool), (256, 160), masks
+  )
   assert pm.score_pck(*d)["per_sequence"]["v"]["pck"] == 100.0
-  masks[1] = _square(160, 256, 4)              # 8x8: threshold 1.6
+  masks[1] = _square(160, 256, 4)  # 8x8: threshold 1.6
   _case(tmp_path, "v", gt, np.ones((2, 1), bool), pred, np.ones((2, 1), bool), (256, 160), masks)
   assert pm.score_pck(*d)["per_sequence"]["v"]["pck"] == 0.0
 
@@ -274,8 +288,7 @@ def test_refuses_missing_prediction(tmp_path, fn):
 @pytest.mark.parametrize("shape", [(2, 2, 2), (3, 3, 2)])
 def test_refuses_prediction_with_other_t_or_n(tmp_path, fn, shape):
   gt_dir, pred_dir = _good(tmp_path)
-  path = _replace(pred_dir, trajs_2d=np.zeros(shape, np.float32),
-                  visibs=np.ones(shape[:2], bool))
+  path = _replace(pred_dir, trajs_2d=np.zeros(shape, np.float32), visibs=np.ones(shape[:2], bool))
   with pytest.raises(MetricInputError, match=re.escape(path) + ".*shape"):
     fn(gt_dir, pred_dir)
 
@@ -358,6 +371,6 @@ def test_pck_reads_sam2plus_points_annotations_layout(tmp_path):
   folder = tmp_path / "Annotations" / "v"
   folder.mkdir(parents=True)
   for t in range(2):
-    save_palette_png(str(folder / f"{t:05d}.png"), _square(256, 256, 10))   # -> 13x20 px
+    save_palette_png(str(folder / f"{t:05d}.png"), _square(256, 256, 10))  # -> 13x20 px
   r = pm.score_pck(str(tmp_path / "Points"), str(tmp_path / "pred"))
-  assert r["per_sequence"]["v"]["pck"] == 100.0   # dist |(2, 1.25)| = 2.36 < 0.2*sqrt(260) = 3.22
+  assert r["per_sequence"]["v"]["pck"] == 100.0  # dist |(2, 1.25)| = 2.36 < 0.2*sqrt(260) = 3.22

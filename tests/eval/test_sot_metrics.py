@@ -7,11 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import REPO
+
 from sam2pp_jax.eval.common import MetricInputError
 from sam2pp_jax.eval.sot_metrics import OPE_METRICS, score_got10k, score_ope
-
 
 
 def _metrics_dir() -> Path:
@@ -22,7 +21,9 @@ def _metrics_dir() -> Path:
 def sot_dev():
   case = _metrics_dir() / "sot_dev"
   if not (case / "expected.json").is_file():
-    pytest.skip(f"metric reference case not found at {case}: set $SAM2PP_METRICS_DIR or place ../shared/metrics")
+    pytest.skip(
+      f"metric reference case not found at {case}: set $SAM2PP_METRICS_DIR or place ../shared/metrics"
+    )
   with open(case / "expected.json") as f:
     return case, json.load(f)["references"]
 
@@ -52,9 +53,9 @@ def _assert_matches(got, ref, tol, where):
 
 
 BLOCKS = {
-    "sam2plus_sot_benchmark": lambda c: score_ope(c / "gt", c / "pred"),
-    "sam2plus_sot_benchmark_visibility": lambda c: score_ope(c / "gt", c / "pred", visibility=True),
-    "got10k_toolkit": lambda c: score_got10k(c / "gt", c / "pred"),
+  "sam2plus_sot_benchmark": lambda c: score_ope(c / "gt", c / "pred"),
+  "sam2plus_sot_benchmark_visibility": lambda c: score_ope(c / "gt", c / "pred", visibility=True),
+  "got10k_toolkit": lambda c: score_got10k(c / "gt", c / "pred"),
 }
 
 
@@ -81,8 +82,17 @@ def test_dev_ope_overall_names(sot_dev):
 
 
 # ----------------------------------------------------------------------------- synthetic cases
-def _write_seq(root: Path, name: str, gt_rows, pred_rows=None, *, absence=None, cover=None,
-               size=(640, 480), pred_text=None):
+def _write_seq(
+  root: Path,
+  name: str,
+  gt_rows,
+  pred_rows=None,
+  *,
+  absence=None,
+  cover=None,
+  size=(640, 480),
+  pred_text=None,
+):
   """A GOT-10k-layout sequence (gt/<name>/...) and its prediction pred/<name>.txt."""
   d = root / "gt" / name
   d.mkdir(parents=True, exist_ok=True)
@@ -93,7 +103,9 @@ def _write_seq(root: Path, name: str, gt_rows, pred_rows=None, *, absence=None, 
   (d / "absence.label").write_text("".join(f"{a}\n" for a in absence))
   (d / "cover.label").write_text("".join(f"{c}\n" for c in cover))
   (d / "cut_by_image.label").write_text("0\n" * n)
-  (d / "meta_info.ini").write_text(f"[METAINFO]\nobject_class: test\nresolution: ({size[0]}, {size[1]})\n")
+  (d / "meta_info.ini").write_text(
+    f"[METAINFO]\nobject_class: test\nresolution: ({size[0]}, {size[1]})\n"
+  )
   (root / "pred").mkdir(exist_ok=True)
   if pred_text is None:
     pred_text = "".join(" ".join(str(int(v)) for v in r) + "\n" for r in pred_rows)
@@ -105,7 +117,9 @@ BOX = (10, 10, 20, 20)
 
 
 def test_zero_area_prediction_takes_previous_row(tmp_path):
-  gt, pred = _write_seq(tmp_path, "s", [BOX] * 4, [BOX, (12, 10, 20, 20), (0, 0, 0, 0), (5, 5, 20, 0)])
+  gt, pred = _write_seq(
+    tmp_path, "s", [BOX] * 4, [BOX, (12, 10, 20, 20), (0, 0, 0, 0), (5, 5, 20, 0)]
+  )
   frames = score_ope(gt, pred)["per_frame"]["s"]
   # (12,10,20,20) vs (10,10,20,20): intersection 18*20 = 360, union 800 - 360 = 440
   assert frames["iou"] == pytest.approx([1.0, 9 / 11, 9 / 11, 9 / 11], abs=1e-12)
@@ -155,7 +169,9 @@ def test_frame0_truncates_toward_zero(tmp_path):
 
 def test_invalid_gt_frames_count_as_norm_precision_successes(tmp_path):
   far = (500, 400, 10, 10)
-  gt, pred = _write_seq(tmp_path, "s", [BOX, BOX, (0, 0, 0, 0), (-1, -1, -1, -1)], [BOX, far, far, far])
+  gt, pred = _write_seq(
+    tmp_path, "s", [BOX, BOX, (0, 0, 0, 0), (-1, -1, -1, -1)], [BOX, far, far, far]
+  )
   report = score_ope(gt, pred)
   frames = report["per_frame"]["s"]
   assert frames["valid"] == [True, True, False, False]
@@ -232,7 +248,9 @@ def test_got10k_absent_gt_conventions(tmp_path):
 
 
 def test_got10k_reads_comma_or_space_separated_predictions(tmp_path):
-  gt, pred = _write_seq(tmp_path, "s", [BOX] * 3, pred_text="10,10,20,20\n12.0,10,20,20\n10,10,20,20\n")
+  gt, pred = _write_seq(
+    tmp_path, "s", [BOX] * 3, pred_text="10,10,20,20\n12.0,10,20,20\n10,10,20,20\n"
+  )
   assert score_got10k(gt, pred)["per_frame"]["s"]["iou"][1] == pytest.approx(360 / 440, abs=1e-12)
 
 
@@ -244,7 +262,9 @@ def _refused(fn, fragment):
   return str(e.value)
 
 
-@pytest.mark.parametrize("text,why", [
+@pytest.mark.parametrize(
+  "text,why",
+  [
     ("10,10,20,20\n10,10,20,20\n", "np.loadtxt(dtype=int)"),
     ("10 10 20 20\n10.5 10 20 20\n", "np.loadtxt(dtype=int)"),
     ("10 10 20 20\n10 10 -1 20\n", "negative width/height"),
@@ -252,7 +272,8 @@ def _refused(fn, fragment):
     ("", "is empty"),
     ("10 10 20\n10 10 20\n", "3 values per line"),
     ("10 10 20 20\n10 10 20 20\n0 0 0 0\n", "past the 2 GT frames"),
-])
+  ],
+)
 def test_ope_refuses_bad_prediction_files(tmp_path, text, why):
   gt, pred = _write_seq(tmp_path, "seqx", [BOX] * 2, pred_text=text)
   msg = _refused(lambda: score_ope(gt, pred), why)
@@ -271,14 +292,19 @@ def test_ope_refuses_nan_gt_and_missing_prediction(tmp_path):
 def test_ope_visibility_refuses_wrong_length(tmp_path):
   gt, pred = _write_seq(tmp_path, "seqx", [BOX] * 3, [BOX] * 3)
   (gt / "seqx" / "absence.label").write_text("0\n0\n")
-  assert "absence.label" in _refused(lambda: score_ope(gt, pred, visibility=True), "2 visibility values")
+  assert "absence.label" in _refused(
+    lambda: score_ope(gt, pred, visibility=True), "2 visibility values"
+  )
 
 
-@pytest.mark.parametrize("text,why", [
+@pytest.mark.parametrize(
+  "text,why",
+  [
     ("10,10,20,20\n10,10,20,20\n", "differs from the GT"),
     ("10,10,20,20\n10,10,20,20\n10,10,20,20\n10,10,20,20\n", "differs from the GT"),
     ("10;10;20;20\n10;10;20;20\n10;10;20;20\n", "not 4 numbers per line"),
-])
+  ],
+)
 def test_got10k_refuses_bad_prediction_files(tmp_path, text, why):
   gt, pred = _write_seq(tmp_path, "seqx", [BOX] * 3, pred_text=text)
   assert "seqx.txt" in _refused(lambda: score_got10k(gt, pred), why)
@@ -302,6 +328,7 @@ def test_got10k_refuses_single_frame_gt(tmp_path):
 
 def test_scoring_is_vectorised_and_fast(tmp_path):
   import time
+
   rng = np.random.default_rng(0)
   n = 3000
   gt_rows = np.column_stack([rng.uniform(0, 500, (n, 2)), rng.uniform(5, 100, (n, 2))]).round(4)

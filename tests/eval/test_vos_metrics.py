@@ -6,14 +6,13 @@ import os
 
 import numpy as np
 import pytest
-
 from conftest import SHARED
-from sam2pp_jax.io.png import save_palette_png
+
 from sam2pp_jax.eval import vos_metrics as vm
 from sam2pp_jax.eval.common import MetricInputError
+from sam2pp_jax.io.png import save_palette_png
 
-METRICS = os.environ.get("SAM2PP_METRICS_DIR",
-                         str(SHARED / "metrics"))
+METRICS = os.environ.get("SAM2PP_METRICS_DIR", str(SHARED / "metrics"))
 VOS = os.path.join(METRICS, "vos_dev")
 
 
@@ -70,6 +69,7 @@ def test_sav_reproduces_reference():
 def _full_frame_f(pred, gt, radius):
   """Boundary F on the whole frame (no crop), the toolkits' procedure step by step."""
   import cv2
+
   bp, bg = vm.boundary_map(pred), vm.boundary_map(gt)
   k = vm.disk(radius)
   dp = cv2.dilate(bp.astype(np.uint8), k)
@@ -96,10 +96,10 @@ def test_cropped_boundary_f_equals_full_frame():
       if rng.random() < 0.1:
         masks.append(np.zeros((h, w), bool))
         continue
-      cy, cx = rng.uniform(-5, h + 5), rng.uniform(-5, w + 5)   # may touch or cross the border
+      cy, cx = rng.uniform(-5, h + 5), rng.uniform(-5, w + 5)  # may touch or cross the border
       ry, rx = rng.uniform(1, 25, 2)
       m = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
-      m ^= rng.random((h, w)) < 0.02                             # ragged boundaries
+      m ^= rng.random((h, w)) < 0.02  # ragged boundaries
       masks.append(m)
     got = vm._boundary_f(masks[0], masks[1], kernel)
     want = _full_frame_f(masks[0], masks[1], radius)
@@ -120,15 +120,15 @@ def test_boundary_map_edge_rules():
   seg = np.zeros((3, 4), bool)
   seg[2, 1] = True
   want = np.zeros((3, 4), bool)
-  want[2, 0] = want[2, 1] = True        # last-row rule
-  want[1, 0] = want[1, 1] = True        # row above sees it below / below-right
+  want[2, 0] = want[2, 1] = True  # last-row rule
+  want[1, 0] = want[1, 1] = True  # row above sees it below / below-right
   np.testing.assert_array_equal(vm.boundary_map(seg), want)
   seg = np.zeros((3, 4), bool)
-  seg[2, 3] = True                      # bottom-right pixel: never a boundary itself
+  seg[2, 3] = True  # bottom-right pixel: never a boundary itself
   want = np.zeros((3, 4), bool)
-  want[2, 2] = True                     # last row, right neighbour differs
-  want[1, 3] = True                     # last column, pixel below differs
-  want[1, 2] = True                     # interior, below-right differs
+  want[2, 2] = True  # last row, right neighbour differs
+  want[1, 3] = True  # last column, pixel below differs
+  want[1, 2] = True  # interior, below-right differs
   np.testing.assert_array_equal(vm.boundary_map(seg), want)
 
 
@@ -163,7 +163,7 @@ def _toy(tmp_path, pred_override=None, n=4):
   gt = []
   for t in range(n):
     m = np.zeros((h, w), np.uint8)
-    m[2 + t:10 + t, 3:12] = 1
+    m[2 + t : 10 + t, 3:12] = 1
     m[12:18, 14:20] = 2
     gt.append(m)
   pred = [g.copy() for g in gt] if pred_override is None else pred_override(gt)
@@ -183,9 +183,11 @@ def test_perfect_prediction_scores_one(tmp_path):
 def test_void_label_is_background_in_gt(tmp_path):
   def pred(gt):
     return [g.copy() for g in gt]
+
   g, p = _toy(tmp_path, pred)
   # put void (255) on the background of a scored GT frame: davis2017 ignores it
   from sam2pp_jax.io.png import read_palette_png
+
   path = os.path.join(g, "Annotations", "s", "00001.png")
   ids, _ = read_palette_png(path)
   ids = ids.copy()
@@ -215,6 +217,7 @@ def test_prediction_id_above_k_is_refused_by_davis(tmp_path):
     out = [x.copy() for x in gt]
     out[1][0, 0] = 3
     return out
+
   g, p = _toy(tmp_path, pred)
   with pytest.raises(MetricInputError, match="id 3"):
     vm.score_davis2017(g, p)
@@ -226,9 +229,11 @@ def test_sav_object_set_grows_and_davis_scores_absent_ids(tmp_path):
   # object 2 only appears from GT frame 2 on; the prediction never shows it
   def pred(gt):
     return [np.where(x == 2, 0, x).astype(np.uint8) for x in gt]
+
   g, p = _toy(tmp_path, pred, n=5)
   gt_dir = os.path.join(g, "Annotations", "s")
   from sam2pp_jax.io.png import read_palette_png
+
   for i in (0, 1):
     ids = read_palette_png(os.path.join(gt_dir, f"{i:05d}.png"))[0].copy()
     ids[ids == 2] = 0

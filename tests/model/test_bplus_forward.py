@@ -30,11 +30,21 @@ def test_bplus_frame_at_1024():
     f = model.apply({"params": p}, x, task="box", method="encode_image")
     v = model.apply({"params": p}, f["vision"], method="no_memory_features")
     pts = jnp.array([[[100.0, 200.0], [600.0, 700.0]]])
-    return f, model.apply({"params": p}, v, f["s0"], f["s1"], pts, jnp.array([[2, 3]]),
-                          task="box", multimask_output=True, method="sam_heads")
+    return f, model.apply(
+      {"params": p},
+      v,
+      f["s0"],
+      f["s1"],
+      pts,
+      jnp.array([[2, 3]]),
+      task="box",
+      multimask_output=True,
+      method="sam_heads",
+    )
+
   f, o = frame(params, x)
   assert f["vision"].shape == (1, 64, 64, 256) and f["s0"].shape == (1, 256, 256, 32)
   assert o["low_res_masks"].shape == (1, 256, 256) and o["boxes"].shape == (1, 4)
   assert np.all(np.isfinite(np.asarray(o["low_res_masks"])))
-  b = np.asarray(o["boxes"])   # soft-argmax corners lie in [0, 1-4/S] (0 when gated off)
+  b = np.asarray(o["boxes"])  # soft-argmax corners lie in [0, 1-4/S] (0 when gated off)
   assert np.all(np.isfinite(b)) and np.all((b >= 0) & (b <= 1 - 4 / 1024 + 1e-6))

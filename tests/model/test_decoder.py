@@ -12,14 +12,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import assert_close, get_fixture
+
 from sam2pp_jax.convert import key_map
 from sam2pp_jax.model.corner_head import soft_argmax_xy
 from sam2pp_jax.model.prompt_encoder import PromptEncoder
 from sam2pp_jax.model.random_params import random_params
-from sam2pp_jax.model.unified_decoder import (TASKS, UnifiedDecoder, argmax_point,
-                                              soft_argmax_point)
+from sam2pp_jax.model.unified_decoder import TASKS, UnifiedDecoder, argmax_point, soft_argmax_point
 from sam2pp_jax.parity.fixture import parity_dir
 
 TASK_PARAMS = ("sam_prompt_encoder", "sam_unified_decoder")
@@ -31,15 +30,20 @@ def nhwc(a):
 
 def make_models(image_size: int):
   h = image_size // 16
-  return (PromptEncoder(image_embedding_size=(h, h), input_image_size=(image_size, image_size)),
-          UnifiedDecoder(image_size=image_size))
+  return (
+    PromptEncoder(image_embedding_size=(h, h), input_image_size=(image_size, image_size)),
+    UnifiedDecoder(image_size=image_size),
+  )
 
 
 @functools.lru_cache(maxsize=None)
 def _fixture_params(task):
   fx = get_fixture(task)
-  sd = {k: v for k, v in fx.state_dict().items()
-        if k.startswith(tuple(p + "." for p in TASK_PARAMS)) or k == "no_mem_embed"}
+  sd = {
+    k: v
+    for k, v in fx.state_dict().items()
+    if k.startswith(tuple(p + "." for p in TASK_PARAMS)) or k == "no_mem_embed"
+  }
   return fx, key_map.torch_to_flax(sd)
 
 
@@ -49,8 +53,11 @@ def _fixture_params(task):
 
 
 def _check_trees(manifest: dict, image_size: int):
-  sd = {k: np.broadcast_to(np.float32(0), s) for k, s in manifest.items()
-        if k.startswith(tuple(p + "." for p in TASK_PARAMS))}
+  sd = {
+    k: np.broadcast_to(np.float32(0), s)
+    for k, s in manifest.items()
+    if k.startswith(tuple(p + "." for p in TASK_PARAMS))
+  }
   tree = key_map.torch_to_flax(sd)
   pe, dec = make_models(image_size)
   rng = jax.random.key(0)
@@ -60,7 +67,7 @@ def _check_trees(manifest: dict, image_size: int):
   key_map.check_against_template(tree["sam_unified_decoder"], dec_shape)
   # And the way back: every reference key is produced from the Flax trees.
   for prefix, shp in zip(TASK_PARAMS, (pe_shape, dec_shape)):
-    keys = {k[len(prefix) + 1:]: s for k, s in sd.items() if k.startswith(prefix + ".")}
+    keys = {k[len(prefix) + 1 :]: s for k, s in sd.items() if k.startswith(prefix + ".")}
     zeros = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), shp)
     key_map.flax_to_torch(zeros, {k: tuple(v.shape) for k, v in keys.items()})
 
@@ -93,34 +100,47 @@ def _frame0_run(task):
 
   @jax.jit
   def run(p_pe, p_dec, no_mem_embed, x):
-    sparse, dense = pe.apply({"params": p_pe}, x["coords"], x["labels"],
-                             masks=x["masks"] if has_mask else None)
+    sparse, dense = pe.apply(
+      {"params": p_pe}, x["coords"], x["labels"], masks=x["masks"] if has_mask else None
+    )
     image_pe = pe.apply({"params": p_pe}, method=PromptEncoder.get_dense_pe)
     image = x["fpn2"]
     if task == "box":  # directly_add_no_mem_embed on the box-prompted frame
       image = image + no_mem_embed.reshape(1, 1, 1, -1)
     dec_dense = x["dense_ref"] if has_mask else dense
-    out = dec.apply({"params": p_dec}, image, image_pe, x["sparse_ref"], dec_dense,
-                    (x["s0"], x["s1"]), task=task, multimask_output=multimask)
-    proj = dec.apply({"params": p_dec}, x["fpn0_spot"], x["fpn1_spot"], task,
-                     method=UnifiedDecoder.project_high_res_features)
+    out = dec.apply(
+      {"params": p_dec},
+      image,
+      image_pe,
+      x["sparse_ref"],
+      dec_dense,
+      (x["s0"], x["s1"]),
+      task=task,
+      multimask_output=multimask,
+    )
+    proj = dec.apply(
+      {"params": p_dec},
+      x["fpn0_spot"],
+      x["fpn1_spot"],
+      task,
+      method=UnifiedDecoder.project_high_res_features,
+    )
     return {"sparse": sparse, "dense": dense, "proj_s0": proj[0], "proj_s1": proj[1], **out}
 
   f0 = "frame0/"
   x = {
-      "coords": fx[f0 + "prompt_encoder/in_point_coords"],
-      "labels": fx[f0 + "prompt_encoder/in_point_labels"],
-      "masks": nhwc(fx[f0 + "prompt_encoder/in_masks"]) if has_mask else None,
-      "dense_ref": nhwc(fx[f0 + "prompt_encoder/dense"]) if has_mask else None,
-      "sparse_ref": fx[f0 + "prompt_encoder/sparse"],
-      "fpn2": nhwc(fx[f0 + "image_encoder/backbone_fpn_2"]),
-      "s0": nhwc(fx[f0 + "forward_image/conv_s0_out"]),
-      "s1": nhwc(fx[f0 + "forward_image/conv_s1_out"]),
-      "fpn0_spot": nhwc(fx[f0 + "image_encoder/backbone_fpn_0[...,::8,::8]"]),
-      "fpn1_spot": nhwc(fx[f0 + "image_encoder/backbone_fpn_1[...,::4,::4]"]),
+    "coords": fx[f0 + "prompt_encoder/in_point_coords"],
+    "labels": fx[f0 + "prompt_encoder/in_point_labels"],
+    "masks": nhwc(fx[f0 + "prompt_encoder/in_masks"]) if has_mask else None,
+    "dense_ref": nhwc(fx[f0 + "prompt_encoder/dense"]) if has_mask else None,
+    "sparse_ref": fx[f0 + "prompt_encoder/sparse"],
+    "fpn2": nhwc(fx[f0 + "image_encoder/backbone_fpn_2"]),
+    "s0": nhwc(fx[f0 + "forward_image/conv_s0_out"]),
+    "s1": nhwc(fx[f0 + "forward_image/conv_s1_out"]),
+    "fpn0_spot": nhwc(fx[f0 + "image_encoder/backbone_fpn_0[...,::8,::8]"]),
+    "fpn1_spot": nhwc(fx[f0 + "image_encoder/backbone_fpn_1[...,::4,::4]"]),
   }
-  out = run(params["sam_prompt_encoder"], params["sam_unified_decoder"],
-            params["no_mem_embed"], x)
+  out = run(params["sam_prompt_encoder"], params["sam_unified_decoder"], params["no_mem_embed"], x)
   return fx, jax.tree_util.tree_map(np.asarray, out)
 
 
@@ -143,8 +163,10 @@ def test_high_res_projection_parity(task):
 def test_unified_decoder_parity(task):
   fx, out = _frame0_run(task)
   ref = lambda n: fx["frame0/unified_decoder/" + n]
-  errs = {n: assert_close(n, out[n], ref(n))
-          for n in ("masks", "iou_pred", "object_score_logits", "sam_tokens_out")}
+  errs = {
+    n: assert_close(n, out[n], ref(n))
+    for n in ("masks", "iou_pred", "object_score_logits", "sam_tokens_out")
+  }
   if task == "box":
     errs["boxes"] = assert_close("boxes", out["boxes"], ref("boxes_xyxy_norm"))
   else:
@@ -175,9 +197,18 @@ def test_tiny_shapes_all_tasks():
   s, d, b = 64, 32, 2
   h = s // 16
   pe = PromptEncoder(embed_dim=d, image_embedding_size=(h, h), input_image_size=(s, s))
-  dec = UnifiedDecoder(transformer_dim=d, image_size=s, iou_head_hidden_dim=16,
-                       transformer_num_heads=2, transformer_mlp_dim=16, box_head_inner_dim=d)
-  p_pe, p_dec = _random_params(pe, PromptEncoder.init_all), _random_params(dec, UnifiedDecoder.init_all)
+  dec = UnifiedDecoder(
+    transformer_dim=d,
+    image_size=s,
+    iou_head_hidden_dim=16,
+    transformer_num_heads=2,
+    transformer_mlp_dim=16,
+    box_head_inner_dim=d,
+  )
+  p_pe, p_dec = (
+    _random_params(pe, PromptEncoder.init_all),
+    _random_params(dec, UnifiedDecoder.init_all),
+  )
   ks = jax.random.split(jax.random.key(1), 4)
   fpn0 = jax.random.normal(ks[0], (b, s // 4, s // 4, d))
   fpn1 = jax.random.normal(ks[1], (b, s // 8, s // 8, d))
@@ -192,18 +223,33 @@ def test_tiny_shapes_all_tasks():
     _, dense0 = pe.apply({"params": p_pe}, coords, labels)
     box_sparse, _ = pe.apply({"params": p_pe}, None, None, boxes=coords.reshape(b, 4))
     image_pe = pe.apply({"params": p_pe}, method=PromptEncoder.get_dense_pe)
-    outs = {"sparse": sparse, "dense": dense, "dense0": dense0, "box_sparse": box_sparse,
-            "image_pe": image_pe}
+    outs = {
+      "sparse": sparse,
+      "dense": dense,
+      "dense0": dense0,
+      "box_sparse": box_sparse,
+      "image_pe": image_pe,
+    }
     for task in TASKS:
-      feats = dec.apply({"params": p_dec}, fpn0, fpn1, task,
-                        method=UnifiedDecoder.project_high_res_features)
+      feats = dec.apply(
+        {"params": p_dec}, fpn0, fpn1, task, method=UnifiedDecoder.project_high_res_features
+      )
       for mm in MM_CASES[task]:
-        outs[f"{task}/{mm}"] = dec.apply({"params": p_dec}, fpn2, image_pe, sparse, dense, feats,
-                                     task=task, multimask_output=mm)
+        outs[f"{task}/{mm}"] = dec.apply(
+          {"params": p_dec}, fpn2, image_pe, sparse, dense, feats, task=task, multimask_output=mm
+        )
     # repeat_image: one image, a batch of prompts.
-    outs["repeat"] = dec.apply({"params": p_dec}, fpn2[:1], image_pe, sparse, dense0,
-                               (feats[0][:1], feats[1][:1]), task="point",
-                               multimask_output=True, repeat_image=True)
+    outs["repeat"] = dec.apply(
+      {"params": p_dec},
+      fpn2[:1],
+      image_pe,
+      sparse,
+      dense0,
+      (feats[0][:1], feats[1][:1]),
+      task="point",
+      multimask_output=True,
+      repeat_image=True,
+    )
     return outs
 
   outs = run_all(p_pe, p_dec)
@@ -235,8 +281,13 @@ def test_point_readouts():
   @jax.jit
   def readouts(z):
     grad = jax.grad(lambda z: soft_argmax_point(z).sum())(z)
-    return (argmax_point(z), soft_argmax_point(z * 100.0, normalize=False),
-            soft_argmax_point(z[1:] * 100.0), grad, soft_argmax_xy(jnp.zeros((3, 4)), 4.0))
+    return (
+      argmax_point(z),
+      soft_argmax_point(z * 100.0, normalize=False),
+      soft_argmax_point(z[1:] * 100.0),
+      grad,
+      soft_argmax_xy(jnp.zeros((3, 4)), 4.0),
+    )
 
   hard, sharp, norm, grad, uniform = readouts(logits)
   np.testing.assert_array_equal(hard, [[6, 1], [0, 4]])  # first maximum in row-major order

@@ -7,8 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import assert_close, get_fixture
+
 from sam2pp_jax.convert import key_map
 from sam2pp_jax.model.fpn_neck import upsample2x
 from sam2pp_jax.model.hiera import Hiera, bicubic_resize
@@ -17,10 +17,22 @@ from sam2pp_jax.model.random_params import random_params
 from sam2pp_jax.parity.fixture import parity_dir
 
 # The dev fixtures' small model: Hiera-T trunk/neck settings at S=256 (see the fixture README).
-SMALL = dict(embed_dim=96, num_heads=1, stages=(1, 2, 7, 2), global_att_blocks=(5, 7, 9),
-             window_pos_embed_bkg_spatial_size=(7, 7), backbone_channel_list=(768, 384, 192, 96))
-LARGE = dict(embed_dim=144, num_heads=2, stages=(2, 6, 36, 4), global_att_blocks=(23, 33, 43),
-             window_pos_embed_bkg_spatial_size=(7, 7), window_spec=(8, 4, 16, 8))
+SMALL = dict(
+  embed_dim=96,
+  num_heads=1,
+  stages=(1, 2, 7, 2),
+  global_att_blocks=(5, 7, 9),
+  window_pos_embed_bkg_spatial_size=(7, 7),
+  backbone_channel_list=(768, 384, 192, 96),
+)
+LARGE = dict(
+  embed_dim=144,
+  num_heads=2,
+  stages=(2, 6, 36, 4),
+  global_att_blocks=(23, 33, 43),
+  window_pos_embed_bkg_spatial_size=(7, 7),
+  window_spec=(8, 4, 16, 8),
+)
 
 
 def _encoder_params(fx):
@@ -55,12 +67,15 @@ def test_parity_box_frames_0_and_1(box_run):
   fpn, pos = out["backbone_fpn"], out["vision_pos_enc"]
   assert len(fpn) == len(pos) == 3
   for t in (0, 1):
-    assert_close(f"frame{t} backbone_fpn_2", _nchw(fpn[2][t:t + 1]),
-                 fx[f"frame{t}/image_encoder/backbone_fpn_2"])
+    assert_close(
+      f"frame{t} backbone_fpn_2",
+      _nchw(fpn[2][t : t + 1]),
+      fx[f"frame{t}/image_encoder/backbone_fpn_2"],
+    )
   checks = {
-      "backbone_fpn_0[...,::8,::8]": _nchw(fpn[0][:1])[..., ::8, ::8],
-      "backbone_fpn_1[...,::4,::4]": _nchw(fpn[1][:1])[..., ::4, ::4],
-      "vision_pos_enc_2[...,::2,::2]": _nchw(pos[2][:1])[..., ::2, ::2],
+    "backbone_fpn_0[...,::8,::8]": _nchw(fpn[0][:1])[..., ::8, ::8],
+    "backbone_fpn_1[...,::4,::4]": _nchw(fpn[1][:1])[..., ::4, ::4],
+    "vision_pos_enc_2[...,::2,::2]": _nchw(pos[2][:1])[..., ::2, ::2],
   }
   for name, got in checks.items():
     assert_close(f"frame0 {name}", got, fx[f"frame0/image_encoder/{name}"])
@@ -74,8 +89,11 @@ def test_parity_other_tasks_frame0(box_run, task):
   fx = get_fixture(task)
   if not np.array_equal(fx.frames()[:1], fx_box.frames()[:1]):
     pytest.skip(f"{task} fixture uses another video than box")
-  assert_close(f"{task} frame0 backbone_fpn_2", _nchw(out["backbone_fpn"][2][:1]),
-               fx["frame0/image_encoder/backbone_fpn_2"])
+  assert_close(
+    f"{task} frame0 backbone_fpn_2",
+    _nchw(out["backbone_fpn"][2][:1]),
+    fx["frame0/image_encoder/backbone_fpn_2"],
+  )
 
 
 def test_bicubic_and_upsample_match_torch():
@@ -101,9 +119,16 @@ def _numpy_init(model, x, seed=0):
 
 def test_tiny_shapes_and_modes():
   """Tiny trunk: output shapes, channel order, bilinear/avg neck and drop path all run."""
-  cfg = dict(embed_dim=16, num_heads=1, stages=(1, 1, 1, 1), global_att_blocks=(2,),
-             window_pos_embed_bkg_spatial_size=(4, 4), window_spec=(8, 4, 2, 2),
-             d_model=32, drop_path_rate=0.5)
+  cfg = dict(
+    embed_dim=16,
+    num_heads=1,
+    stages=(1, 1, 1, 1),
+    global_att_blocks=(2,),
+    window_pos_embed_bkg_spatial_size=(4, 4),
+    window_spec=(8, 4, 2, 2),
+    d_model=32,
+    drop_path_rate=0.5,
+  )
   x = jnp.asarray(np.random.default_rng(1).standard_normal((2, 64, 64, 3)), jnp.float32)
   model = ImageEncoder(**cfg)
   variables = _numpy_init(model, x)
@@ -113,17 +138,24 @@ def test_tiny_shapes_and_modes():
   assert [f.shape for f in out["backbone_fpn"]] == [(2, 16, 16, 32), (2, 8, 8, 32), (2, 4, 4, 32)]
   assert [p.shape for p in out["vision_pos_enc"]] == [f.shape for f in out["backbone_fpn"]]
   train = jax.jit(functools.partial(model.apply, deterministic=False))(
-      variables, x, rngs={"dropout": jax.random.key(2)})
+    variables, x, rngs={"dropout": jax.random.key(2)}
+  )
   assert all(bool(jnp.all(jnp.isfinite(f))) for f in train["backbone_fpn"])
   # Drop path only acts in training: some sample paths differ from the inference output.
   # (block 0 has rate 0 by the linear decay rule, so its level may coincide).
   assert not np.allclose(train["backbone_fpn"][2], out["backbone_fpn"][2])
-  for extra in (dict(fpn_interp_model="bilinear", fuse_type="avg", fpn_top_down_levels=None),
-                dict(scalp=0)):
+  for extra in (
+    dict(fpn_interp_model="bilinear", fuse_type="avg", fpn_top_down_levels=None),
+    dict(scalp=0),
+  ):
     out2 = ImageEncoder(**cfg, **extra).apply(variables, x)
     assert len(out2["backbone_fpn"]) == 3 + (extra.get("scalp", 1) == 0)
   assert Hiera(**{k: cfg[k] for k in ("embed_dim", "stages", "window_spec")}).channel_list == [
-      128, 64, 32, 16]
+    128,
+    64,
+    32,
+    16,
+  ]
 
 
 def _bplus_manifest_params():
@@ -132,19 +164,25 @@ def _bplus_manifest_params():
   if path is None or not path.exists():
     pytest.skip("manifest_bplus.json not found")
   keys = json.loads(path.read_text())["keys"]
-  sd = {k["key"]: np.zeros(k["shape"], np.float32) for k in keys
-        if k["key"].startswith("image_encoder.")}
+  sd = {
+    k["key"]: np.zeros(k["shape"], np.float32)
+    for k in keys
+    if k["key"].startswith("image_encoder.")
+  }
   return key_map.torch_to_flax(sd)["image_encoder"]
 
 
 def test_bplus_template_matches_release_manifest():
-  model = ImageEncoder()   # defaults are the released B+ config
+  model = ImageEncoder()  # defaults are the released B+ config
   x = jax.ShapeDtypeStruct((1, 1024, 1024, 3), jnp.float32)
   variables = jax.eval_shape(model.init, jax.random.key(0), x)
   key_map.check_against_template(_bplus_manifest_params(), variables["params"])
   out = jax.eval_shape(model.apply, variables, x)
   assert [f.shape for f in out["backbone_fpn"]] == [
-      (1, 256, 256, 256), (1, 128, 128, 256), (1, 64, 64, 256)]
+    (1, 256, 256, 256),
+    (1, 128, 128, 256),
+    (1, 64, 64, 256),
+  ]
 
 
 def test_large_preset_shapes():
@@ -157,4 +195,7 @@ def test_large_preset_shapes():
   assert variables["params"]["neck"]["convs_0"]["conv"]["kernel"].shape == (1, 1, 1152, 256)
   out = jax.eval_shape(model.apply, variables, x)
   assert [f.shape for f in out["backbone_fpn"]] == [
-      (1, 256, 256, 256), (1, 128, 128, 256), (1, 64, 64, 256)]
+    (1, 256, 256, 256),
+    (1, 128, 128, 256),
+    (1, 64, 64, 256),
+  ]

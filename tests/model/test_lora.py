@@ -22,11 +22,13 @@ def _rand(rng, shape, scale=1.0):
 
 def _fill(tpl, rng):
   """Numpy-filled params/factors of a template (non-trivial norms and biases)."""
+
   def f(path, s):
     name = path[-1].key
     if name in ("kernel", "lora_a", "lora_b"):
       return _rand(rng, s.shape, 1.0 / np.sqrt(s.shape[-2]))
     return (1.0 if name == "scale" else 0.0) + _rand(rng, s.shape, 0.1)
+
   return jax.tree_util.tree_map_with_path(f, tpl)
 
 
@@ -34,13 +36,17 @@ def _fill(tpl, rng):
 def setup():
   rng = np.random.default_rng(0)
   hw, m = H * W, FRAMES * H * W + N_PTR
-  x = [_rand(rng, (2, hw, D)), _rand(rng, (2, hw, D)), _rand(rng, (2, m, MEM_DIM)),
-       _rand(rng, (2, m, MEM_DIM))]
+  x = [
+    _rand(rng, (2, hw, D)),
+    _rand(rng, (2, hw, D)),
+    _rand(rng, (2, m, MEM_DIM)),
+    _rand(rng, (2, m, MEM_DIM)),
+  ]
   model = MemoryAttention(**CFG)
   tpl = jax.eval_shape(lambda k: model.init(k, *x, N_PTR, feat_hw=(H, W)), jax.random.key(0))
   base = _fill(tpl["params"], rng)
   factors = lora.init_lora(jax.random.key(1), base, RANK)
-  factors_nz = _fill(jax.eval_shape(lambda: factors), rng)   # nonzero B too
+  factors_nz = _fill(jax.eval_shape(lambda: factors), rng)  # nonzero B too
   return model, base, factors, factors_nz, x
 
 
@@ -55,7 +61,7 @@ def test_init_structure(setup):
   assert f["lora_a"].shape == (MEM_DIM, RANK) and f["lora_b"].shape == (RANK, D)
   assert factors["layers_0"]["linear1"]["lora_a"].shape == (D, RANK)
   assert not np.any(np.asarray(f["lora_b"]))
-  a = np.asarray(factors["layers_0"]["linear2"]["lora_a"])   # fan_in = 24
+  a = np.asarray(factors["layers_0"]["linear2"]["lora_a"])  # fan_in = 24
   assert np.abs(a).max() <= 1 / np.sqrt(24) and np.abs(a).std() > 0.05
   # Zero B: merging gives exactly the base params.
   merged = lora.merge(base, factors, ALPHA, RANK)
@@ -77,6 +83,7 @@ def test_merge_dense():
 
 def _manual_forward(base, fac, curr, curr_pos, mem, mem_pos):
   """Memory attention written out by hand, every targeted Dense with its low-rank branch."""
+
   def dense(p, f, x):
     return x @ p["kernel"] + p["bias"] + SCALE * (x @ f["lora_a"]) @ f["lora_b"]
 
@@ -120,7 +127,7 @@ def test_merged_apply_equals_low_rank_forward(setup):
   want = jax.jit(_manual_forward)(base, fac, *x)
   np.testing.assert_allclose(got, want, rtol=0, atol=2e-5)
   plain = apply(base, *x)
-  assert float(jnp.max(jnp.abs(plain - want))) > 1e-2   # the factors do matter
+  assert float(jnp.max(jnp.abs(plain - want))) > 1e-2  # the factors do matter
 
 
 def test_grads_reach_factors_not_frozen_base(setup):
@@ -130,9 +137,9 @@ def test_grads_reach_factors_not_frozen_base(setup):
     p = lora.merge(jax.lax.stop_gradient(base_p), f, ALPHA, RANK)
     return jnp.sum(model.apply({"params": p}, *x, N_PTR, feat_hw=(H, W)) ** 2)
 
-  grad = jax.jit(jax.grad(loss, argnums=(0, 1)))   # one compile serves both factor sets
+  grad = jax.jit(jax.grad(loss, argnums=(0, 1)))  # one compile serves both factor sets
   g_base, g_fac = grad(base, fac)
-  for leaf in jax.tree_util.tree_leaves(g_fac):   # both A and B, B nonzero
+  for leaf in jax.tree_util.tree_leaves(g_fac):  # both A and B, B nonzero
     assert float(jnp.max(jnp.abs(leaf))) > 0
   assert all(not np.any(np.asarray(l)) for l in jax.tree_util.tree_leaves(g_base))
   # At init (B = 0) only B receives gradient.

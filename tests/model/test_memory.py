@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import assert_close, get_fixture
+
 from sam2pp_jax.convert import key_map
 from sam2pp_jax.model.memory_attention import MemoryAttention
 from sam2pp_jax.model.memory_encoder import MemoryEncoder
@@ -44,8 +44,9 @@ def test_memory_encoder_parity(task):
     logits = jnp.asarray(fx["outputs/low_res_mask_logits"][t])[None, :, :, None]
     mask = jax.nn.sigmoid(jax.image.resize(logits, (1, s, s, 1), "linear")) * 20.0 - 10.0
     p = params[f"memory_encoder_{task}"]
-    key_map.check_against_template(p, jax.eval_shape(model.init, jax.random.key(0), pix,
-                                                     mask)["params"])
+    key_map.check_against_template(
+      p, jax.eval_shape(model.init, jax.random.key(0), pix, mask)["params"]
+    )
     feat, pos = model.apply({"params": p}, pix, mask)
     is_obj = float(fx["outputs/object_score_logits"][t] > 0)
     feat_f32 = feat + (1.0 - is_obj) * params["no_obj_embed_spatial"][0]
@@ -61,8 +62,9 @@ def test_memory_attention_parity(task):
   params = key_map.torch_to_flax(fx.state_dict())[f"memory_attention_{task}"]
   curr, curr_pos, mem, mem_pos, n_ptr, hw = _mem_attn_inputs(fx)
   model = MemoryAttention()
-  tpl = jax.eval_shape(lambda: model.init(jax.random.key(0), curr, curr_pos, mem, mem_pos, n_ptr,
-                                          feat_hw=hw))["params"]
+  tpl = jax.eval_shape(
+    lambda: model.init(jax.random.key(0), curr, curr_pos, mem, mem_pos, n_ptr, feat_hw=hw)
+  )["params"]
   key_map.check_against_template(params, tpl)
   out = model.apply({"params": params}, curr, curr_pos, mem, mem_pos, n_ptr, feat_hw=hw)
   out = np.asarray(out).reshape(1, hw[0], hw[1], -1).transpose(0, 3, 1, 2)
@@ -75,16 +77,25 @@ def test_bplus_manifest_layout():
   if d is None or not (d / "manifest_bplus.json").exists():
     pytest.skip("manifest_bplus.json not found")
   keys = json.loads((d / "manifest_bplus.json").read_text())["keys"]
-  sd = {k["key"]: np.zeros(k["shape"], np.float32) for k in keys
-        if k["key"].startswith(("memory_attention_", "memory_encoder_"))}
+  sd = {
+    k["key"]: np.zeros(k["shape"], np.float32)
+    for k in keys
+    if k["key"].startswith(("memory_attention_", "memory_encoder_"))
+  }
   tree = key_map.torch_to_flax(sd)
   sds = jax.ShapeDtypeStruct
   hw = 64 * 64
-  enc_tpl = jax.eval_shape(MemoryEncoder().init, jax.random.key(0), sds((1, 64, 64, 256),
-                           jnp.float32), sds((1, 1024, 1024, 1), jnp.float32))["params"]
+  enc_tpl = jax.eval_shape(
+    MemoryEncoder().init,
+    jax.random.key(0),
+    sds((1, 64, 64, 256), jnp.float32),
+    sds((1, 1024, 1024, 1), jnp.float32),
+  )["params"]
   attn_tpl = jax.eval_shape(
-      lambda c, m: MemoryAttention().init(jax.random.key(0), c, c, m, m, 16, feat_hw=(64, 64)),
-      sds((1, hw, 256), jnp.float32), sds((1, 2 * hw + 16, 64), jnp.float32))["params"]
+    lambda c, m: MemoryAttention().init(jax.random.key(0), c, c, m, m, 16, feat_hw=(64, 64)),
+    sds((1, hw, 256), jnp.float32),
+    sds((1, 2 * hw + 16, 64), jnp.float32),
+  )["params"]
   for task in TASKS:
     key_map.check_against_template(tree[f"memory_encoder_{task}"], enc_tpl)
     key_map.check_against_template(tree[f"memory_attention_{task}"], attn_tpl)
@@ -106,13 +117,12 @@ def _shapes(init_fn, *args, **kwargs):
 def _tiny_attention_setup(batch=2, h=3, w=4, frames=3, n_ptr=6, mem_dim=8, seed=0):
   rng = np.random.default_rng(seed)
   m = frames * h * w + n_ptr
-  curr, curr_pos = (jnp.asarray(rng.normal(size=(batch, h * w, 32)), jnp.float32)
-                    for _ in range(2))
-  mem, mem_pos = (jnp.asarray(rng.normal(size=(batch, m, mem_dim)), jnp.float32)
-                  for _ in range(2))
+  curr, curr_pos = (jnp.asarray(rng.normal(size=(batch, h * w, 32)), jnp.float32) for _ in range(2))
+  mem, mem_pos = (jnp.asarray(rng.normal(size=(batch, m, mem_dim)), jnp.float32) for _ in range(2))
   model = MemoryAttention(**TINY)
-  params = random_params(_shapes(model.init, curr, curr_pos, mem, mem_pos, n_ptr, feat_hw=(h, w)),
-                         seed)
+  params = random_params(
+    _shapes(model.init, curr, curr_pos, mem, mem_pos, n_ptr, feat_hw=(h, w)), seed
+  )
   return model, params, curr, curr_pos, mem, mem_pos
 
 
@@ -123,8 +133,13 @@ def test_memory_encoder_shapes_tiny():
   p = random_params(_shapes(model.init, pix, mask), 0)
   feat, pos = jax.jit(model.apply)({"params": p}, pix, mask)
   assert feat.shape == pos.shape == (2, 3, 5, 8)
-  assert sorted(p["mask_downsampler"]) == ["encoder_0", "encoder_1", "encoder_3", "encoder_4",
-                                           "encoder_6"]
+  assert sorted(p["mask_downsampler"]) == [
+    "encoder_0",
+    "encoder_1",
+    "encoder_3",
+    "encoder_4",
+    "encoder_6",
+  ]
   assert p["mask_downsampler"]["encoder_3"]["kernel"].shape == (3, 3, 4, 16)
   assert p["fuser"]["layers_1"]["dwconv"]["kernel"].shape == (7, 7, 1, 16)
   np.testing.assert_allclose(pos[1], sine_position_encoding(3, 5, 8), atol=0)
@@ -137,13 +152,22 @@ def test_memory_attention_shapes_and_jit():
   assert out.shape == curr.shape
   assert params["layers_1"]["cross_attn_image"]["k_proj"]["kernel"].shape == (8, 32)
   # An all-True mask changes nothing.
-  out2 = fn({"params": params}, curr, curr_pos, mem, mem_pos, num_obj_ptr_tokens=6,
-            feat_hw=(3, 4), memory_mask=jnp.ones(mem.shape[:2], bool))
+  out2 = fn(
+    {"params": params},
+    curr,
+    curr_pos,
+    mem,
+    mem_pos,
+    num_obj_ptr_tokens=6,
+    feat_hw=(3, 4),
+    memory_mask=jnp.ones(mem.shape[:2], bool),
+  )
   np.testing.assert_array_equal(np.asarray(out), np.asarray(out2))
   # Spatial keys must be whole frames.
   with pytest.raises(ValueError, match="whole number"):
-    model.apply({"params": params}, curr, curr_pos, mem, mem_pos, num_obj_ptr_tokens=5,
-                feat_hw=(3, 4))
+    model.apply(
+      {"params": params}, curr, curr_pos, mem, mem_pos, num_obj_ptr_tokens=5, feat_hw=(3, 4)
+    )
 
 
 def test_memory_mask_equals_removal():
@@ -160,13 +184,29 @@ def test_memory_mask_equals_removal():
     mask[b, idx[-1]] = True
   # Garbage in the masked slots must not leak into the result.
   garbage = jnp.where(jnp.asarray(mask)[..., None], 0.0, 1e3)
-  out = apply({"params": params}, curr, curr_pos, mem + garbage, mem_pos - garbage, n_ptr,
-              memory_mask=jnp.asarray(mask), feat_hw=(3, 4))
+  out = apply(
+    {"params": params},
+    curr,
+    curr_pos,
+    mem + garbage,
+    mem_pos - garbage,
+    n_ptr,
+    memory_mask=jnp.asarray(mask),
+    feat_hw=(3, 4),
+  )
   idx = np.stack(idx)
   take = lambda x: jnp.take_along_axis(x, jnp.asarray(idx)[..., None], axis=1)
   ref = apply({"params": params}, curr, curr_pos, take(mem), take(mem_pos), 3, feat_hw=(3, 4))
   np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=0, atol=2e-6)
   # Sanity: the masking does change the output.
-  full = apply({"params": params}, curr, curr_pos, mem, mem_pos, n_ptr,
-               memory_mask=jnp.ones(mask.shape, bool), feat_hw=(3, 4))
+  full = apply(
+    {"params": params},
+    curr,
+    curr_pos,
+    mem,
+    mem_pos,
+    n_ptr,
+    memory_mask=jnp.ones(mask.shape, bool),
+    feat_hw=(3, 4),
+  )
   assert float(jnp.max(jnp.abs(full - out))) > 1e-3

@@ -29,13 +29,30 @@ def test_frame_roundtrip(tiny, task):
     if task == "box":
       pts = jnp.array([[[4.0, 4.0], [40.0, 30.0]]] * 2)
       lab = jnp.array([[2, 3]] * 2, jnp.int32)
-      o = ap(ap(f["vision"], method="no_memory_features"), f["s0"], f["s1"], pts, lab,
-             task=task, multimask_output=True, method="sam_heads")
+      o = ap(
+        ap(f["vision"], method="no_memory_features"),
+        f["s0"],
+        f["s1"],
+        pts,
+        lab,
+        task=task,
+        multimask_output=True,
+        method="sam_heads",
+      )
     else:
-      o = ap(f["vision"], f["s0"], f["s1"], mask, jnp.array([[[8.0, 8.0]]] * 2),
-             jnp.ones((2, 1), jnp.int32), task=task, method="prompt_as_output")
-    mem, pos = ap(f["vision"], o["high_res_masks"], o["object_score_logits"], task=task,
-                  method="encode_memory")
+      o = ap(
+        f["vision"],
+        f["s0"],
+        f["s1"],
+        mask,
+        jnp.array([[[8.0, 8.0]]] * 2),
+        jnp.ones((2, 1), jnp.int32),
+        task=task,
+        method="prompt_as_output",
+      )
+    mem, pos = ap(
+      f["vision"], o["high_res_masks"], o["object_score_logits"], task=task, method="encode_memory"
+    )
     return f, o, mem, pos
 
   f, o, mem, pos = step(params, x)
@@ -54,13 +71,29 @@ def test_only_active_task_is_traced(tiny):
   pruned = {k: v for k, v in params.items() if not k.endswith(("_mask", "_point"))}
   dec = dict(pruned["sam_unified_decoder"])
   for k in list(dec):
-    if k.startswith(("conv_s0_mask", "conv_s1_mask", "output_upscaling_mask",
-                     "output_hypernetworks_mlps_mask", "conv_s0_point", "conv_s1_point",
-                     "output_upscaling_point", "output_hypernetworks_mlps_point")):
+    if k.startswith(
+      (
+        "conv_s0_mask",
+        "conv_s1_mask",
+        "output_upscaling_mask",
+        "output_hypernetworks_mlps_mask",
+        "conv_s0_point",
+        "conv_s1_point",
+        "output_upscaling_point",
+        "output_hypernetworks_mlps_point",
+      )
+    ):
       del dec[k]
   pruned["sam_unified_decoder"] = dec
   x = jnp.zeros((1, s, s, 3))
   f = model.apply({"params": pruned}, x, task="box", method="encode_image")
-  o = model.apply({"params": pruned}, f["vision"], f["s0"], f["s1"], task="box",
-                  multimask_output=True, method="sam_heads")
+  o = model.apply(
+    {"params": pruned},
+    f["vision"],
+    f["s0"],
+    f["s1"],
+    task="box",
+    multimask_output=True,
+    method="sam_heads",
+  )
   assert o["boxes"].shape == (1, 4)

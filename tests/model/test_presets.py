@@ -19,12 +19,29 @@ def test_preset_traces_every_task(preset):
   s = model.image_size
   img = jax.ShapeDtypeStruct((1, s, s, 3), jnp.float32)
   for task in ("mask", "box", "point"):
-    f = jax.eval_shape(jax.jit(lambda p, x, task=task: model.apply(
-        {"params": p}, x, task=task, method="encode_image")), shapes, img)
+    f = jax.eval_shape(
+      jax.jit(
+        lambda p, x, task=task: model.apply({"params": p}, x, task=task, method="encode_image")
+      ),
+      shapes,
+      img,
+    )
     assert f["vision"].shape == (1, s // 16, s // 16, model.config.hidden_dim)
-    out = jax.eval_shape(jax.jit(lambda p, f, task=task: model.apply(
-        {"params": p}, f["vision"], f["s0"], f["s1"], task=task, multimask_output=True,
-        method="sam_heads")), shapes, f)
+    out = jax.eval_shape(
+      jax.jit(
+        lambda p, f, task=task: model.apply(
+          {"params": p},
+          f["vision"],
+          f["s0"],
+          f["s1"],
+          task=task,
+          multimask_output=True,
+          method="sam_heads",
+        )
+      ),
+      shapes,
+      f,
+    )
     assert out["low_res_masks"].shape == (1, s // 4, s // 4)
     assert (out["boxes"] is not None) == (task == "box")
 
@@ -56,6 +73,7 @@ def test_one_channel_mask_prompt_layernorm_is_rejected():
 def test_mask_prompt_reaches_the_dense_embedding(preset):
   """Two different mask prompts give different dense embeddings (at random init)."""
   from sam2pp_jax.model.sam2pp import init_params
+
   model = build_model(preset)
   params = init_params(model, jax.random.key(0))
   n = model.config.image_size // 4
@@ -64,9 +82,15 @@ def test_mask_prompt_reaches_the_dense_embedding(preset):
   b = jnp.where((yy >= n // 2) & (xx >= n // 2), 10.0, -10.0)[None, ..., None]
 
   def dense(m):
-    return model.apply({"params": params}, jnp.zeros((1, 1, 2)), -jnp.ones((1, 1), jnp.int32),
-                       None, m, method=lambda mdl, *x: mdl.sam_prompt_encoder(*x))[1]
+    return model.apply(
+      {"params": params},
+      jnp.zeros((1, 1, 2)),
+      -jnp.ones((1, 1), jnp.int32),
+      None,
+      m,
+      method=lambda mdl, *x: mdl.sam_prompt_encoder(*x),
+    )[1]
 
   da, db = dense(a), dense(b)
-  assert float(jnp.std(da, axis=(1, 2)).mean()) > 1e-2      # spatially varying
-  assert float(jnp.abs(da - db).mean()) > 1e-2              # depends on the prompt
+  assert float(jnp.std(da, axis=(1, 2)).mean()) > 1e-2  # spatially varying
+  assert float(jnp.abs(da - db).mean()) > 1e-2  # depends on the prompt

@@ -1,8 +1,8 @@
 """Block-by-block parity against the PyTorch fixtures (every frame0/frame1 dump)."""
 
 import pytest
-
 from conftest import get_fixture
+
 from sam2pp_jax.parity.components import NEEDS_TRACKER, ComponentChecker
 
 
@@ -17,8 +17,14 @@ def test_components_match_reference(task):
   bad = [r.line() for r in rows if r.status != "ok"]
   assert not bad, "\n".join(bad)
   comps = {r.name.split("/")[1] for r in rows}
-  assert {"image_encoder", "forward_image", "unified_decoder", "memory_encoder",
-          "memory_attention", "prompt_encoder"} <= comps
+  assert {
+    "image_encoder",
+    "forward_image",
+    "unified_decoder",
+    "memory_encoder",
+    "memory_attention",
+    "prompt_encoder",
+  } <= comps
 
 
 def test_checker_detects_a_wrong_weight():

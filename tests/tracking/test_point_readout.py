@@ -1,15 +1,19 @@
 """Point readouts: the reference's grid-bound argmax and the sub-pixel training soft-argmax."""
 
-import numpy as np
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from sam2pp_jax.model.resize import resize_bilinear
 from sam2pp_jax.tracking import propagate
-from sam2pp_jax.tracking.point_readout import (argmax_point, check_readout, read_points,
-                                               soft_argmax_point)
+from sam2pp_jax.tracking.point_readout import (
+  argmax_point,
+  check_readout,
+  read_points,
+  soft_argmax_point,
+)
 
-S, VH, VW = 64, 72, 96          # model input, video (non-square: x and y scale differently)
+S, VH, VW = 64, 72, 96  # model input, video (non-square: x and y scale differently)
 L = S // 4
 
 
@@ -23,7 +27,7 @@ def _peak(x_model, y_model, sharp=4.0):
 def test_argmax_takes_the_first_maximum_in_row_major_order():
   m = np.zeros((2, 5, 7), np.float32)
   m[0, 3, 4] = 2.0
-  m[1, 1, 6] = m[1, 2, 0] = 5.0          # tie: row 1 comes first
+  m[1, 1, 6] = m[1, 2, 0] = 5.0  # tie: row 1 comes first
   assert argmax_point(jnp.asarray(m)).tolist() == [[4, 3], [6, 1]]
 
 
@@ -43,25 +47,34 @@ def test_soft_argmax_is_sub_pixel_where_argmax_snaps_to_the_low_res_grid():
   """Peaks at random sub-cell positions: argmax errs by up to half a grid step (6x4.5 video
   px here), soft-argmax by a fraction of a pixel."""
   rng = np.random.default_rng(1)
-  pts = rng.uniform(12, 52, size=(32, 2))                      # model px, away from borders
+  pts = rng.uniform(12, 52, size=(32, 2))  # model px, away from borders
   low = jnp.stack([_peak(x, y) for x, y in pts])
   video = resize_bilinear(low[..., None], (VH, VW))[..., 0]
   truth = pts * np.array([VW / S, VH / S])
-  err_soft = np.linalg.norm(np.asarray(read_points("soft_argmax", low, video, S, (VH, VW)))
-                            - truth, axis=-1)
-  err_arg = np.linalg.norm(np.asarray(read_points("argmax", low, video, S, (VH, VW)), np.float64)
-                           - truth, axis=-1)
+  err_soft = np.linalg.norm(
+    np.asarray(read_points("soft_argmax", low, video, S, (VH, VW))) - truth, axis=-1
+  )
+  err_arg = np.linalg.norm(
+    np.asarray(read_points("argmax", low, video, S, (VH, VW)), np.float64) - truth, axis=-1
+  )
   assert err_soft.max() < 0.5, err_soft.max()
-  assert err_arg.mean() > 1.5, err_arg.mean()     # the grid step of the reference readout
+  assert err_arg.mean() > 1.5, err_arg.mean()  # the grid step of the reference readout
 
 
 def test_unknown_readout_is_refused_with_the_choices():
   with pytest.raises(ValueError, match="argmax, soft_argmax"):
     check_readout("centroid")
   with pytest.raises(ValueError, match="point_readout='centroid'"):
-    propagate.track_video(None, None, np.zeros((2, S, S, 3), np.float32), (VH, VW), "point",
-                          {"points_xy": np.zeros((1, 1, 2)), "point_labels": np.ones((1, 1))},
-                          point_readout="centroid")
+    propagate.track_video(
+      None,
+      None,
+      np.zeros((2, S, S, 3), np.float32),
+      (VH, VW),
+      "point",
+      {"points_xy": np.zeros((1, 1, 2)), "point_labels": np.ones((1, 1))},
+      point_readout="centroid",
+    )
   from sam2pp_jax.tracking.predictor import VideoPredictor
+
   with pytest.raises(ValueError, match="point_readout='centroid'"):
     VideoPredictor(None, None, "point", point_readout="centroid")

@@ -1,16 +1,15 @@
 """Interactive VideoPredictor: end-to-end parity, equality with the scan tracker, objects as a
 batch, reverse tracking, corrections and the user-facing errors."""
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import assert_rows_ok, e2e_rows
+
 from sam2pp_jax.model.random_params import random_params
 from sam2pp_jax.model.sam2pp import build_model
 from sam2pp_jax.tracking.predictor import VideoPredictor
 from sam2pp_jax.tracking.propagate import track_video
+
 
 @pytest.mark.parametrize("task", ["mask", "box", "point"])
 def test_predictor_parity(task):
@@ -36,8 +35,11 @@ def tiny():
   # absent-object constant whatever the prompt
   head = params["sam_unified_decoder"]["pred_obj_score_head"]["layers_2"]
   head["bias"] = head["bias"] + 3.0
-  frames = np.random.default_rng(3).standard_normal(
-      (T, model.config.image_size, model.config.image_size, 3)).astype(np.float32)
+  frames = (
+    np.random.default_rng(3)
+    .standard_normal((T, model.config.image_size, model.config.image_size, 3))
+    .astype(np.float32)
+  )
   return model, params, frames
 
 
@@ -68,16 +70,18 @@ def _prompt(pred, state, task, frame, obj_id, k):
     return pred.add_new_mask(state, frame, obj_id, _masks()[k])
   if task == "box":
     return pred.add_new_points_or_box(state, frame, obj_id, box=BOXES[k])
-  return pred.add_new_points_and_generate_gaussian_mask(state, frame, obj_id, POINTS[k:k + 1],
-                                                        [1])
+  return pred.add_new_points_and_generate_gaussian_mask(
+    state, frame, obj_id, POINTS[k : k + 1], [1]
+  )
 
 
 def _run(pred, frames, task, objs=(0,), frame=0, reverse=False):
   state = pred.init_state(frames, video_hw=HW)
   for k in objs:
     _prompt(pred, state, task, frame, 10 + k, k)
-  got = {f: (m, i) for f, _, m, i in pred.propagate_in_video(state, reverse=reverse,
-                                                             with_info=True)}
+  got = {
+    f: (m, i) for f, _, m, i in pred.propagate_in_video(state, reverse=reverse, with_info=True)
+  }
   return state, got
 
 
@@ -88,11 +92,12 @@ def _close(a, b, tol=2e-4):
   assert err <= tol * max(1.0, float(np.max(np.abs(b)))), err
 
 
-_SLOW = pytest.mark.slow   # each task compiles its own scan tracker (~20 s on 2 CPU cores)
+_SLOW = pytest.mark.slow  # each task compiles its own scan tracker (~20 s on 2 CPU cores)
 
 
-@pytest.mark.parametrize("task", ["mask", pytest.param("box", marks=_SLOW),
-                                  pytest.param("point", marks=_SLOW)])
+@pytest.mark.parametrize(
+  "task", ["mask", pytest.param("box", marks=_SLOW), pytest.param("point", marks=_SLOW)]
+)
 def test_predictor_equals_scan(tiny, task):
   """Two objects prompted on frame 0: the predictor's outputs == the lax.scan tracker's (tiny
   config: 3 memories and 4 pointers, fewer than the 6 frames, so the rings wrap)."""
@@ -100,8 +105,11 @@ def test_predictor_equals_scan(tiny, task):
   pred = _pred(tiny, task)
   state, got = _run(pred, frames, task, objs=(0, 1))
   assert sorted(got) == list(range(T))
-  prompt = {"mask": {"mask": _masks()}, "box": {"box_xyxy": BOXES},
-            "point": {"points_xy": POINTS[:, None], "point_labels": np.ones((2, 1))}}[task]
+  prompt = {
+    "mask": {"mask": _masks()},
+    "box": {"box_xyxy": BOXES},
+    "point": {"points_xy": POINTS[:, None], "point_labels": np.ones((2, 1))},
+  }[task]
   ref = track_video(model, params, frames, HW, task, prompt, chunk=2)
   masks = np.stack([got[f][0] for f in range(T)])
   _close(masks, ref["video_res_mask_logits"])
@@ -112,7 +120,7 @@ def test_predictor_equals_scan(tiny, task):
     _close(ptr, ref["obj_ptr"][:, k])
     mem = np.stack([pred.frame_output(state, f, 10 + k)["maskmem"] for f in range(T)])
     d = np.abs(mem - ref["maskmem_features_bf16"][:, k])
-    assert np.count_nonzero(d) <= 1e-3 * d.size     # rare one-ulp bf16 flips only
+    assert np.count_nonzero(d) <= 1e-3 * d.size  # rare one-ulp bf16 flips only
   if task == "box":
     boxes = np.stack([got[f][1]["boxes_xyxy"] for f in range(T)])
     assert np.all(np.isfinite(boxes))
@@ -128,9 +136,16 @@ def test_soft_point_readout_predictor_equals_scan(tiny):
   model, params, frames = tiny
   pred = VideoPredictor(model, params, "point", encode_chunk=2, point_readout="soft_argmax")
   _, got = _run(pred, frames, "point", objs=(0, 1))
-  ref = track_video(model, params, frames, HW, "point",
-                    {"points_xy": POINTS[:, None], "point_labels": np.ones((2, 1))}, chunk=2,
-                    point_readout="soft_argmax")
+  ref = track_video(
+    model,
+    params,
+    frames,
+    HW,
+    "point",
+    {"points_xy": POINTS[:, None], "point_labels": np.ones((2, 1))},
+    chunk=2,
+    point_readout="soft_argmax",
+  )
   pts = np.stack([got[f][1]["points_xy"] for f in range(T)])
   assert pts.dtype == np.float32 and not np.array_equal(pts, np.round(pts))
   _close(pts, ref["point_xy"], 1e-4)
@@ -170,8 +185,9 @@ def test_reverse_equals_forward_on_reversed_prefix(tiny):
   min(T, max_obj_ptrs) is the same for both lengths here)."""
   model, params, frames = tiny
   k = 4
-  assert min(T, model.config.max_obj_ptrs_in_encoder) == min(k + 1,
-                                                              model.config.max_obj_ptrs_in_encoder)
+  assert min(T, model.config.max_obj_ptrs_in_encoder) == min(
+    k + 1, model.config.max_obj_ptrs_in_encoder
+  )
   pred = _pred(tiny, "mask")
   state, rev = _run(pred, frames, "mask", frame=k, reverse=True)
   assert sorted(rev) == list(range(k + 1))
@@ -195,12 +211,12 @@ def test_correction_click_changes_frame(tiny):
   assert np.max(np.abs(after[0] - before)) > 1e-3
   assert pred.frame_output(state, 3, 10)["is_cond"] is False
   # a second click on the same frame builds on the first (previous logits as mask input)
-  _, _, again = pred.add_new_points_or_box(state, 3, 10, points=[[10.0, 10.0]], labels=[1],
-                                           clear_old_points=False)
+  _, _, again = pred.add_new_points_or_box(
+    state, 3, 10, points=[[10.0, 10.0]], labels=[1], clear_old_points=False
+  )
   assert np.max(np.abs(again[0] - after[0])) > 1e-3
   # propagation from the corrected frame uses its memory and runs
-  out = [f for f, *_ in pred.propagate_in_video(state, start_frame_idx=3,
-                                                 max_frame_num_to_track=2)]
+  out = [f for f, *_ in pred.propagate_in_video(state, start_frame_idx=3, max_frame_num_to_track=2)]
   assert out == [3, 4, 5]
 
 
@@ -209,8 +225,9 @@ def test_box_plus_click_on_init_frame(tiny):
   pred = _pred(tiny, "box")
   state = pred.init_state(frames, video_hw=HW)
   _, _, m_box = pred.add_new_points_or_box(state, 1, 10, box=BOXES[0])
-  _, _, m_both = pred.add_new_points_or_box(state, 1, 10, points=[[30, 20]], labels=[1],
-                                            clear_old_points=False)
+  _, _, m_both = pred.add_new_points_or_box(
+    state, 1, 10, points=[[30, 20]], labels=[1], clear_old_points=False
+  )
   assert np.max(np.abs(m_box - m_both)) > 1e-3
   coords, labels = state.objects[0].point_inputs[1]
   assert labels.tolist() == [2, 3, 1] and coords.shape == (3, 2)
@@ -225,8 +242,10 @@ def test_remove_and_reset(tiny):
   assert ids == [1, 2] and masks.shape == (2,) + HW
   ids, updated = pred.remove_object(state, 1)
   assert ids == [2] and [f for f, _ in updated] == [0] and updated[0][1].shape == (1,) + HW
-  assert [ids for _, ids, _ in pred.propagate_in_video(state, max_frame_num_to_track=1)] == \
-      [[2], [2]]
+  assert [ids for _, ids, _ in pred.propagate_in_video(state, max_frame_num_to_track=1)] == [
+    [2],
+    [2],
+  ]
   assert pred.remove_object(state, 99, strict=False) == ([2], [])
   pred.reset_state(state)
   assert state.obj_ids == []

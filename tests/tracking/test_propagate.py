@@ -4,8 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import assert_rows_ok, e2e_rows
+
 from sam2pp_jax.model.random_params import random_params
 from sam2pp_jax.model.sam2pp import build_model
 from sam2pp_jax.tracking.memory_bank import MemoryBank
@@ -48,8 +48,9 @@ def test_bank_masking_equals_concatenation(tiny, t):
   pos = rnd(1, h, h, m)
   feats = {f: rnd(b, h, h, m) for f in range(t)}
   ptrs = {f: rnd(b, d) for f in range(t)}
-  bank = MemoryBank.empty(b, h * h, m, d, num_maskmem=nm,
-                          max_obj_ptrs=int(c.max_obj_ptrs_in_encoder), cond_capacity=2)
+  bank = MemoryBank.empty(
+    b, h * h, m, d, num_maskmem=nm, max_obj_ptrs=int(c.max_obj_ptrs_in_encoder), cond_capacity=2
+  )
   bank = bank.write_cond(0, 0, feats[0], pos, ptrs[0])
   for f in range(1, t):
     bank = bank.write(f, feats[f], pos, ptrs[f])
@@ -83,10 +84,30 @@ def test_bank_masking_equals_concatenation(tiny, t):
 
   vis, vpos = rnd(b, h, h, d), rnd(b, h, h, d)
   for task in ("mask", "box"):
-    got = _apply(model, params, "condition_on_memory", vis, vpos, mem, mpos, mask, task=task,
-                 num_obj_ptr_tokens=bank.num_ptr_tokens)
-    want = _apply(model, params, "condition_on_memory", vis, vpos, ref_mem, ref_pos, None,
-                  task=task, num_obj_ptr_tokens=ptok.shape[1])
+    got = _apply(
+      model,
+      params,
+      "condition_on_memory",
+      vis,
+      vpos,
+      mem,
+      mpos,
+      mask,
+      task=task,
+      num_obj_ptr_tokens=bank.num_ptr_tokens,
+    )
+    want = _apply(
+      model,
+      params,
+      "condition_on_memory",
+      vis,
+      vpos,
+      ref_mem,
+      ref_pos,
+      None,
+      task=task,
+      num_obj_ptr_tokens=ptok.shape[1],
+    )
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
 
 
@@ -102,8 +123,7 @@ def test_carry_shapes_independent_of_length(tiny):
   shapes = []
   for T in (3, 5):
     frames = rng.standard_normal((T, s, s, 3)).astype(np.float32)
-    r = track_video(model, params, frames, hw, "mask", {"mask": mask}, chunk=2,
-                    return_bank=True)
+    r = track_video(model, params, frames, hw, "mask", {"mask": mask}, chunk=2, return_bank=True)
     assert r["video_res_mask_logits"].shape == (T, 2) + hw
     assert r["low_res_mask_logits"].shape == (T, 2, s // 4, s // 4)
     assert np.all(np.isfinite(r["video_res_mask_logits"]))

@@ -4,11 +4,10 @@ import os
 import sys
 
 import cv2
-import jax
 import numpy as np
 import pytest
-
 from conftest import REPO
+
 from sam2pp_jax.checkpoint import save_model
 from sam2pp_jax.io.png import read_palette_png, save_palette_png
 from sam2pp_jax.model.random_params import random_params
@@ -30,7 +29,7 @@ def setup(tmp_path_factory):
   vid.mkdir()
   for t in range(T):
     img = np.full((H, W, 3), 40, np.uint8)
-    img[10 + t:30 + t, 15 + 2 * t:35 + 2 * t] = (200, 80, 30)
+    img[10 + t : 30 + t, 15 + 2 * t : 35 + 2 * t] = (200, 80, 30)
     cv2.imwrite(str(vid / f"{t:05d}.png"), img)
   ids = np.zeros((H, W), np.uint8)
   ids[10:30, 15:35] = 1
@@ -41,14 +40,27 @@ def setup(tmp_path_factory):
 
 def _run(setup, *extra, out="out"):
   root, ckpt, vid = setup
-  return track.main(["--checkpoint", ckpt, "--video", vid, "--out", str(root / out), "--quiet",
-                     *extra])
+  return track.main(
+    ["--checkpoint", ckpt, "--video", vid, "--out", str(root / out), "--quiet", *extra]
+  )
 
 
 def test_mask(setup):
   root = setup[0]
-  assert _run(setup, "--task", "mask", "--prompt", str(root / "prompt.png"), "--viz",
-              "--chunk", "2", out="out_mask") == 0
+  assert (
+    _run(
+      setup,
+      "--task",
+      "mask",
+      "--prompt",
+      str(root / "prompt.png"),
+      "--viz",
+      "--chunk",
+      "2",
+      out="out_mask",
+    )
+    == 0
+  )
   d = root / "out_mask" / "clip"
   assert sorted(os.listdir(d)) == [f"{t:05d}.png" for t in range(T)]
   ids, pal = read_palette_png(d / "00000.png")
@@ -62,9 +74,11 @@ def test_box(setup):
   root = setup[0]
   gt = root / "groundtruth.txt"
   gt.write_text("17,12,20,20\n16,11,20,20\n")
-  assert _run(setup, "--task", "box", "--prompt", str(gt), "--frame", "2", "--reverse",
-              out="out_box") == 0
-  b = np.loadtxt(root / "out_box" / "clip.txt", dtype=int)     # the reference's reader
+  assert (
+    _run(setup, "--task", "box", "--prompt", str(gt), "--frame", "2", "--reverse", out="out_box")
+    == 0
+  )
+  b = np.loadtxt(root / "out_box" / "clip.txt", dtype=int)  # the reference's reader
   assert b.shape == (T, 4) and not b[3:].any()
   # the float boxes next to it; the txt is the reference's rule applied to them by hand
   z = np.load(root / "out_box" / "clip_xyxy.npz")
@@ -72,7 +86,7 @@ def test_box(setup):
   xyxy = z["boxes_xyxy"]
   assert xyxy.dtype == np.float32 and np.isfinite(xyxy[:3]).all() and np.isnan(xyxy[3:]).all()
   lines = []
-  for x0, y0, x1, y1 in xyxy[:3]:                   # float32 xywh, clip at 0, '%d' (truncation)
+  for x0, y0, x1, y1 in xyxy[:3]:  # float32 xywh, clip at 0, '%d' (truncation)
     lines.append(" ".join("%d" % max(v, 0) for v in (x0, y0, x1 - x0, y1 - y0)))
   want = "\n".join(lines + ["0 0 0 0"] * 2) + "\n"
   assert (root / "out_box" / "clip.txt").read_text() == want
@@ -93,7 +107,7 @@ def test_point(setup):
   assert z["visibs"].shape == (T, 2) and z["visibs"].dtype == bool
   assert z["size"].tolist() == [W, H]
   assert not z["visibs"][0, 1]
-  assert z["trajs_2d"][0, 1].tolist() == [40, 30]       # untracked frame keeps the query
+  assert z["trajs_2d"][0, 1].tolist() == [40, 30]  # untracked frame keeps the query
 
 
 def test_prompt_parsing():
@@ -104,19 +118,23 @@ def test_prompt_parsing():
 
 
 BAD = [
-    ("missing checkpoint", ["--task", "box", "--prompt", "1,1,9,9"], "ckpt", "does not exist"),
-    ("missing video", ["--task", "box", "--prompt", "1,1,9,9"], "novideo", "does not exist"),
-    ("empty video", ["--task", "box", "--prompt", "1,1,9,9"], "emptyvid", "no frames found"),
-    ("mixed sizes", ["--task", "box", "--prompt", "1,1,9,9"], "mixed", "same size"),
-    ("frame range", ["--task", "box", "--prompt", "1,1,9,9", "--frame", "9"], None,
-     "frame_idx=9 is out of range"),
-    ("point outside", ["--task", "point", "--prompt", "70,5"], None, "outside the 64x48 frame"),
-    ("box outside", ["--task", "box", "--prompt", "1,1,90,9"], None, "outside the 64x48"),
-    ("box inverted", ["--task", "box", "--prompt", "20,1,10,9"], None, "need x1 > x0"),
-    ("box malformed", ["--task", "box", "--prompt", "1,2,3"], None, "needs 4 numbers"),
-    ("empty mask", ["--task", "mask", "--prompt", "EMPTY"], None, "mask is empty"),
-    ("mask size", ["--task", "mask", "--prompt", "SMALL"], None, "but the video is 64x48"),
-    ("missing mask", ["--task", "mask", "--prompt", "nope.png"], None, "does not exist"),
+  ("missing checkpoint", ["--task", "box", "--prompt", "1,1,9,9"], "ckpt", "does not exist"),
+  ("missing video", ["--task", "box", "--prompt", "1,1,9,9"], "novideo", "does not exist"),
+  ("empty video", ["--task", "box", "--prompt", "1,1,9,9"], "emptyvid", "no frames found"),
+  ("mixed sizes", ["--task", "box", "--prompt", "1,1,9,9"], "mixed", "same size"),
+  (
+    "frame range",
+    ["--task", "box", "--prompt", "1,1,9,9", "--frame", "9"],
+    None,
+    "frame_idx=9 is out of range",
+  ),
+  ("point outside", ["--task", "point", "--prompt", "70,5"], None, "outside the 64x48 frame"),
+  ("box outside", ["--task", "box", "--prompt", "1,1,90,9"], None, "outside the 64x48"),
+  ("box inverted", ["--task", "box", "--prompt", "20,1,10,9"], None, "need x1 > x0"),
+  ("box malformed", ["--task", "box", "--prompt", "1,2,3"], None, "needs 4 numbers"),
+  ("empty mask", ["--task", "mask", "--prompt", "EMPTY"], None, "mask is empty"),
+  ("mask size", ["--task", "mask", "--prompt", "SMALL"], None, "but the video is 64x48"),
+  ("missing mask", ["--task", "mask", "--prompt", "nope.png"], None, "does not exist"),
 ]
 
 
@@ -147,7 +165,7 @@ def test_bad_inputs(setup, capsys, name, args, special, msg):
   assert rc == 2
   assert msg in err and "Traceback" not in err
   assert len(err.strip().splitlines()) == 1
-  assert not out.exists()                        # nothing written
+  assert not out.exists()  # nothing written
 
 
 def test_chunked_in_scan_encoding_matches_preencoded(setup):
@@ -160,17 +178,17 @@ def test_chunked_in_scan_encoding_matches_preencoded(setup):
   mask[0, 10:30, 20:40] = True
   mask[1, 5:15, 5:60] = True
   feats = propagate.encode_frames(model, params, frames, "mask", chunk=1)
-  ref = propagate.track_video(model, params, frames, (H, W), "mask", {"mask": mask},
-                              features=feats, chunk=1)
+  ref = propagate.track_video(
+    model, params, frames, (H, W), "mask", {"mask": mask}, features=feats, chunk=1
+  )
   for chunk in (1, 3, 8):
-    got = propagate.track_video(model, params, frames, (H, W), "mask", {"mask": mask},
-                                chunk=chunk)
-    for k in ("low_res_mask_logits", "video_res_mask_logits", "object_score_logits",
-              "obj_ptr"):
+    got = propagate.track_video(model, params, frames, (H, W), "mask", {"mask": mask}, chunk=chunk)
+    for k in ("low_res_mask_logits", "video_res_mask_logits", "object_score_logits", "obj_ptr"):
       np.testing.assert_allclose(got[k], ref[k], rtol=1e-4, atol=1e-4, err_msg=f"{k} {chunk}")
     # stored memory is bf16-rounded: float noise may flip one bf16 ulp (2^-8 relative)
-    np.testing.assert_allclose(got["maskmem_features_bf16"], ref["maskmem_features_bf16"],
-                               rtol=8e-3, atol=1e-3)
+    np.testing.assert_allclose(
+      got["maskmem_features_bf16"], ref["maskmem_features_bf16"], rtol=8e-3, atol=1e-3
+    )
     np.testing.assert_array_equal(got["visible"], ref["visible"])
     np.testing.assert_array_equal(got["maskmem_pos_enc"], ref["maskmem_pos_enc"])
 
@@ -182,10 +200,10 @@ def test_reverse_equals_forward_on_reversed_frames(setup):
   s = int(model.config.image_size)
   frames = np.random.default_rng(4).standard_normal((6, s, s, 3)).astype(np.float32)
   box = {"box_xyxy": np.array([[10, 5, 40, 30]], np.float32)}
-  a = propagate.track_video(model, params, frames, (H, W), "box", box, prompt_frame=3,
-                            reverse=True, chunk=2)
-  b = propagate.track_video(model, params, frames[3::-1], (H, W), "box", box, num_frames=6,
-                            chunk=2)
+  a = propagate.track_video(
+    model, params, frames, (H, W), "box", box, prompt_frame=3, reverse=True, chunk=2
+  )
+  b = propagate.track_video(model, params, frames[3::-1], (H, W), "box", box, num_frames=6, chunk=2)
   assert a["frame_idx"].tolist() == [3, 2, 1, 0]
   for k in ("low_res_mask_logits", "pred_box_xyxy", "object_score_logits"):
     np.testing.assert_array_equal(a[k], b[k])
@@ -198,8 +216,19 @@ def test_point_soft_argmax_readout(setup):
   trajs = np.tile(np.asarray([[25.0, 20.0]], np.float32), (T, 1, 1))
   np.savez(root / "q1.npz", trajs_2d=trajs, visibs=np.ones((T, 1), bool), size=np.array([W, H]))
   assert _run(setup, "--task", "point", "--prompt", str(root / "q1.npz"), out="out_arg") == 0
-  assert _run(setup, "--task", "point", "--prompt", str(root / "q1.npz"), "--point-readout",
-              "soft_argmax", out="out_soft") == 0
+  assert (
+    _run(
+      setup,
+      "--task",
+      "point",
+      "--prompt",
+      str(root / "q1.npz"),
+      "--point-readout",
+      "soft_argmax",
+      out="out_soft",
+    )
+    == 0
+  )
   arg = np.load(root / "out_arg" / "clip.npz")["trajs_2d"][1:]
   soft = np.load(root / "out_soft" / "clip.npz")["trajs_2d"][1:]
   np.testing.assert_array_equal(arg, np.round(arg))

@@ -49,6 +49,7 @@ def _step(tx, params, grads, state=None):
 @pytest.fixture(scope="module")
 def tiny_shapes():
   from sam2pp_jax.model.sam2pp import build_model, param_shapes
+
   return param_shapes(build_model("tiny"))
 
 
@@ -62,7 +63,7 @@ def test_layer_decay_of_tiny_trunk_matches_reference_formula(tiny_shapes):
   for path, mult in info.lr_mult.items():
     if path.startswith("image_encoder/trunk/blocks_"):
       assert mult == pytest.approx(want[path.split("/")[2]]), path
-  assert info.lr_mult["image_encoder/trunk/patch_embed/proj/kernel"] == pytest.approx(0.9 ** 6)
+  assert info.lr_mult["image_encoder/trunk/patch_embed/proj/kernel"] == pytest.approx(0.9**6)
   assert info.lr_mult["image_encoder/trunk/pos_embed"] == 1.0
   assert info.lr_mult["image_encoder/trunk/pos_embed_window"] == 1.0
   assert info.lr_mult["image_encoder/neck/convs_0/conv/kernel"] == 1.0
@@ -71,7 +72,8 @@ def test_layer_decay_of_tiny_trunk_matches_reference_formula(tiny_shapes):
   assert info.base_lr["image_encoder/neck/convs_0/conv/kernel"] == 5e-6
   assert info.base_lr["sam_unified_decoder/iou_token/embedding"] == 5e-5
   assert info.peak_lr("image_encoder/trunk/blocks_2/attn/qkv/kernel") == pytest.approx(
-      5e-6 * 0.9 ** 3)
+    5e-6 * 0.9**3
+  )
 
 
 def test_buffers_and_frozen_bn_of_the_real_tree_are_frozen(tiny_shapes):
@@ -82,27 +84,28 @@ def test_buffers_and_frozen_bn_of_the_real_tree_are_frozen(tiny_shapes):
   assert n_bn > 0
   # FrozenBatchNorm2d = {scale, bias, running_mean, running_var}; its conv keeps training.
   assert {p for p in box_head if p in frozen} == {
-      p for p in box_head
-      if p.rsplit("/", 1)[0] + "/running_mean" in info.frozen}
+    p for p in box_head if p.rsplit("/", 1)[0] + "/running_mean" in info.frozen
+  }
   assert sum(p in frozen for p in box_head) == 4 * n_bn
   assert not any(p.endswith("/kernel") for p in frozen)
   assert frozen - set(box_head) == {
-      "sam_prompt_encoder/pe_layer/positional_encoding_gaussian_matrix"}
+    "sam_prompt_encoder/pe_layer/positional_encoding_gaussian_matrix"
+  }
 
 
 def test_frozen_params_do_not_change_and_hold_no_state():
   names = (
-      "sam_unified_decoder/box_head/conv1_tl_0/kernel",
-      "sam_unified_decoder/box_head/conv1_tl_0/bias",
-      "sam_unified_decoder/box_head/conv1_tl_1/scale",
-      "sam_unified_decoder/box_head/conv1_tl_1/bias",
-      "sam_unified_decoder/box_head/conv1_tl_1/running_mean",
-      "sam_unified_decoder/box_head/conv1_tl_1/running_var",
-      "sam_prompt_encoder/pe_layer/positional_encoding_gaussian_matrix",
-      "sam_prompt_encoder/no_mask_embed/embedding",
-      "sam_unified_decoder/transformer/layers_0/norm1/scale",
-      "sam_unified_decoder/transformer/layers_0/mlp/layers_0/kernel",
-      "image_encoder/trunk/blocks_0/attn/qkv/kernel",
+    "sam_unified_decoder/box_head/conv1_tl_0/kernel",
+    "sam_unified_decoder/box_head/conv1_tl_0/bias",
+    "sam_unified_decoder/box_head/conv1_tl_1/scale",
+    "sam_unified_decoder/box_head/conv1_tl_1/bias",
+    "sam_unified_decoder/box_head/conv1_tl_1/running_mean",
+    "sam_unified_decoder/box_head/conv1_tl_1/running_var",
+    "sam_prompt_encoder/pe_layer/positional_encoding_gaussian_matrix",
+    "sam_prompt_encoder/no_mask_embed/embedding",
+    "sam_unified_decoder/transformer/layers_0/norm1/scale",
+    "sam_unified_decoder/transformer/layers_0/mlp/layers_0/kernel",
+    "image_encoder/trunk/blocks_0/attn/qkv/kernel",
   )
   params = _nest({n: [1.0] for n in names})
   grads = _nest({n: [0.5] for n in names})
@@ -112,10 +115,10 @@ def test_frozen_params_do_not_change_and_hold_no_state():
   before, after = _flat(params), _flat(new)
   changed = {p for p in names if not np.array_equal(before[p], after[p])}
   assert changed == {
-      "sam_unified_decoder/box_head/conv1_tl_0/kernel",
-      "sam_unified_decoder/box_head/conv1_tl_0/bias",
-      "sam_prompt_encoder/no_mask_embed/embedding",
-      "image_encoder/trunk/blocks_0/attn/qkv/kernel",  # no LoRA in the tree: base trains
+    "sam_unified_decoder/box_head/conv1_tl_0/kernel",
+    "sam_unified_decoder/box_head/conv1_tl_0/bias",
+    "sam_prompt_encoder/no_mask_embed/embedding",
+    "image_encoder/trunk/blocks_0/attn/qkv/kernel",  # no LoRA in the tree: base trains
   }
   assert {p for p, f in info.frozen.items() if not f} == changed
   mu = optax.tree_utils.tree_get(state, "mu")
@@ -125,13 +128,13 @@ def test_frozen_params_do_not_change_and_hold_no_state():
 def test_weight_decay_exclusions_by_hand():
   p0, g = 2.0, 0.01
   names = {
-      "sam_unified_decoder/transformer/layers_0/norm1/scale": 0.0,  # torch.nn.LayerNorm
-      "sam_unified_decoder/transformer/layers_0/norm1/bias": 0.0,  # '*bias*'
-      "sam_unified_decoder/transformer/norm_final_attn/scale": 0.0,
-      "memory_attention_mask/norm/scale": 0.0,  # MemoryAttention's final nn.LayerNorm
-      "sam_unified_decoder/transformer/layers_0/mlp/layers_0/kernel": 0.1,
-      "memory_encoder_mask/fuser/layers_0/norm/scale": 0.1,  # LayerNorm2d: not excluded
-      "sam_prompt_encoder/no_mask_embed/embedding": 0.1,  # embeddings keep the decay
+    "sam_unified_decoder/transformer/layers_0/norm1/scale": 0.0,  # torch.nn.LayerNorm
+    "sam_unified_decoder/transformer/layers_0/norm1/bias": 0.0,  # '*bias*'
+    "sam_unified_decoder/transformer/norm_final_attn/scale": 0.0,
+    "memory_attention_mask/norm/scale": 0.0,  # MemoryAttention's final nn.LayerNorm
+    "sam_unified_decoder/transformer/layers_0/mlp/layers_0/kernel": 0.1,
+    "memory_encoder_mask/fuser/layers_0/norm/scale": 0.1,  # LayerNorm2d: not excluded
+    "sam_prompt_encoder/no_mask_embed/embedding": 0.1,  # embeddings keep the decay
   }
   params = _nest({n: [p0] for n in names})
   grads = _nest({n: [g] for n in names})
@@ -145,11 +148,17 @@ def test_weight_decay_exclusions_by_hand():
 
 
 def test_warmup_and_cosine_values():
-  sched = make_optimizer(_config(warmup_steps=10, total_steps=110),
-                         {"w": jnp.zeros(1)})[1].schedule
+  sched = make_optimizer(_config(warmup_steps=10, total_steps=110), {"w": jnp.zeros(1)})[1].schedule
   cosine = lambda t: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t / 100))  # noqa: E731
-  for step, want in [(0, 0.0), (5, 0.5), (10, 1.0), (35, cosine(25)), (60, 0.55), (110, 0.1),
-                     (500, 0.1)]:
+  for step, want in [
+    (0, 0.0),
+    (5, 0.5),
+    (10, 1.0),
+    (35, cosine(25)),
+    (60, 0.55),
+    (110, 0.1),
+    (500, 0.1),
+  ]:
     assert float(sched(step)) == pytest.approx(want, abs=1e-6), step
   # The yaml's own schedule: fvcore cosine from base_lr to base_lr / 10 over `where` in [0, 1].
   _, info = make_optimizer(_config(total_steps=200), {"x/bias": jnp.zeros(1)})
@@ -166,8 +175,9 @@ def test_updates_follow_the_schedule():
   for step in range(8):
     updates, state = update(grads, state, params)
     want = -5e-5 * float(info.schedule(step)) * 0.01 / (0.01 + 1e-8)
-    np.testing.assert_allclose(np.asarray(updates["x"]["bias"]), [want], rtol=1e-4,
-                               atol=1e-12, err_msg=str(step))
+    np.testing.assert_allclose(
+      np.asarray(updates["x"]["bias"]), [want], rtol=1e-4, atol=1e-12, err_msg=str(step)
+    )
 
 
 def test_grad_clipping_at_0p1_over_trainable_leaves():
@@ -185,11 +195,11 @@ def test_grad_clipping_at_0p1_over_trainable_leaves():
 
   # Norm 5 -> scaled by 0.1 / 5 to (0.06, 0.08); the frozen leaf's huge grad is not counted.
   np.testing.assert_allclose(update(3.0, 4.0), [-lr * 0.06 / 1.06, -lr * 0.08 / 1.08], rtol=1e-5)
-  np.testing.assert_allclose(update(3.0, 4.0, grad_clip_norm=None),
-                             [-lr * 3 / 4, -lr * 4 / 5], rtol=1e-5)
+  np.testing.assert_allclose(
+    update(3.0, 4.0, grad_clip_norm=None), [-lr * 3 / 4, -lr * 4 / 5], rtol=1e-5
+  )
   # Norm 0.05 is under the threshold: untouched.
-  np.testing.assert_allclose(update(0.03, 0.04), [-lr * 0.03 / 1.03, -lr * 0.04 / 1.04],
-                             rtol=1e-5)
+  np.testing.assert_allclose(update(0.03, 0.04), [-lr * 0.03 / 1.03, -lr * 0.04 / 1.04], rtol=1e-5)
 
 
 def test_apply_if_finite_skips_nan_step():
@@ -215,20 +225,24 @@ def test_apply_if_finite_skips_nan_step():
 
 
 def _lora_tree():
-  base = _nest({
+  base = _nest(
+    {
       "memory_attention_mask/layers_0/self_attn/q_proj/kernel": [[1.0]],
       "memory_attention_mask/layers_0/norm1/scale": [1.0],
       "memory_attention_box/layers_0/self_attn/q_proj/kernel": [[1.0]],
       "image_encoder/trunk/blocks_0/attn/qkv/kernel": [[1.0]],
       "image_encoder/trunk/blocks_1/attn/qkv/kernel": [[1.0]],
       "sam_unified_decoder/iou_token/embedding": [[1.0]],
-  })
-  lora = _nest({
+    }
+  )
+  lora = _nest(
+    {
       "memory_attention_mask/layers_0/self_attn/q_proj/lora_a": [[1.0]],
       "memory_attention_mask/layers_0/self_attn/q_proj/lora_b": [[1.0]],
       "image_encoder/trunk/blocks_0/attn/qkv/lora_a": [[1.0]],
       "image_encoder/trunk/blocks_0/attn/qkv/lora_b": [[1.0]],
-  })
+    }
+  )
   return {"params": base, "lora": lora}
 
 
@@ -254,10 +268,10 @@ def test_lora_freezes_base_of_wrapped_modules_like_peft():
   tx, info = make_optimizer(_config(), params)
   frozen = {p for p, f in info.frozen.items() if f}
   assert frozen == {
-      "params/memory_attention_mask/layers_0/self_attn/q_proj/kernel",
-      "params/memory_attention_mask/layers_0/norm1/scale",
-      "params/image_encoder/trunk/blocks_0/attn/qkv/kernel",
-      "params/image_encoder/trunk/blocks_1/attn/qkv/kernel",
+    "params/memory_attention_mask/layers_0/self_attn/q_proj/kernel",
+    "params/memory_attention_mask/layers_0/norm1/scale",
+    "params/image_encoder/trunk/blocks_0/attn/qkv/kernel",
+    "params/image_encoder/trunk/blocks_1/attn/qkv/kernel",
   }  # memory_attention_box has no factors here, so peft never wrapped it
   assert _changed(tx, params) == set(info.frozen) - frozen
   # Image-encoder factors: vision lr, and no layer decay (the reference's modifier misses the
@@ -266,7 +280,7 @@ def test_lora_freezes_base_of_wrapped_modules_like_peft():
   assert info.base_lr[a] == 5e-6 and info.lr_mult[a] == 1.0
   assert info.weight_decay[a] == 0.1
   _, info = make_optimizer(_config(layer_decay_on_lora=True), params)
-  assert info.lr_mult[a] == pytest.approx(0.9 ** 2)  # 2 blocks in the tree: 0.9 ** (3 - 1)
+  assert info.lr_mult[a] == pytest.approx(0.9**2)  # 2 blocks in the tree: 0.9 ** (3 - 1)
 
 
 def test_lr_mults_scale_updates():
@@ -276,6 +290,7 @@ def test_lr_mults_scale_updates():
   tx, info = make_optimizer(cfg, params)
   assert info.lr_mult["sam_unified_decoder/x/bias"] == 0.5  # first match wins
   u = _flat(_step(tx, params, grads)[1])
-  np.testing.assert_allclose(u["sam_unified_decoder/x/bias"], 0.5 * u["memory_encoder_mask/y/bias"],
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    u["sam_unified_decoder/x/bias"], 0.5 * u["memory_encoder_mask/y/bias"], rtol=1e-6
+  )
   assert float(u["memory_encoder_mask/y/bias"][0]) == pytest.approx(-5e-5, rel=1e-5)

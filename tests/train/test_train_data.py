@@ -21,8 +21,18 @@ def small_cfg(**kw):
   cfg.image_size = S
   cfg.num_frames = 4
   cfg.global_batch = 4
-  cfg.sources = [dict(kind="synthetic", seed_offset=0, weight=1.0, difficulty="normal",
-                      video_hw=(64, 64), video_frames=None, num_objects=(1, 3), num_points=4)]
+  cfg.sources = [
+    dict(
+      kind="synthetic",
+      seed_offset=0,
+      weight=1.0,
+      difficulty="normal",
+      video_hw=(64, 64),
+      video_frames=None,
+      num_objects=(1, 3),
+      num_points=4,
+    )
+  ]
   for k, v in kw.items():
     setattr(cfg, k, v)
   return cfg
@@ -36,8 +46,7 @@ def no_color(cfg):
   return cfg
 
 
-def square_video(t=4, hw=(64, 64), objects=((8, 8, 20), (36, 30, 16), (10, 40, 12)),
-                 absent=None):
+def square_video(t=4, hw=(64, 64), objects=((8, 8, 20), (36, 30, 16), (10, 40, 12)), absent=None):
   """A hand-made video in the synthetic layout: square objects (x, y, side), each with a 2 x 2
   grid of keypoints; absent: {object index: frames where it is hidden}."""
   h, w = hw
@@ -50,7 +59,7 @@ def square_video(t=4, hw=(64, 64), objects=((8, 8, 20), (36, 30, 16), (10, 40, 1
     for f in range(t):
       if absent and f in absent.get(j, ()):
         continue
-      masks[f, y:y + side, x + f:x + f + side] = j + 1
+      masks[f, y : y + side, x + f : x + f + side] = j + 1
     offs = np.array([[0.25, 0.25], [0.75, 0.25], [0.25, 0.75], [0.75, 0.75]]) * side
     points[:, j] = np.array([x, y]) + offs + np.arange(t)[:, None, None] * np.array([1, 0])
   counts = np.stack([[(m == j + 1).sum() for j in range(k)] for m in masks])
@@ -63,8 +72,14 @@ def square_video(t=4, hw=(64, 64), objects=((8, 8, 20), (36, 30, 16), (10, 40, 1
       ys, xs = np.nonzero(masks[f] == j + 1)
       if xs.size:
         boxes[f, j] = [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
-  return {"frames": frames, "masks": masks, "visible": counts >= 16, "boxes_xywh": boxes,
-          "points_xy": points, "point_visible": pv}
+  return {
+    "frames": frames,
+    "masks": masks,
+    "visible": counts >= 16,
+    "boxes_xywh": boxes,
+    "points_xy": points,
+    "point_visible": pv,
+  }
 
 
 def tight_boxes(masks):
@@ -82,14 +97,19 @@ def test_batch_shapes_and_dtypes(task):
   cfg = small_cfg()
   b = D.make_batch(0, 1, task, cfg)
   o = 1 if task == "box" else 3
-  want = {"frames": ((4, 4, S, S, 3), np.float32), "masks": ((4, 4, o, S, S), np.bool_),
-          "boxes": ((4, 4, o, 4), np.float32), "points": ((4, 4, o, 2), np.float32),
-          "visible": ((4, 4, o), np.bool_), "obj_valid": ((4, o), np.bool_)}
+  want = {
+    "frames": ((4, 4, S, S, 3), np.float32),
+    "masks": ((4, 4, o, S, S), np.bool_),
+    "boxes": ((4, 4, o, 4), np.float32),
+    "points": ((4, 4, o, 2), np.float32),
+    "visible": ((4, 4, o), np.bool_),
+    "obj_valid": ((4, o), np.bool_),
+  }
   assert set(b) == set(want)
   for k, (shape, dtype) in want.items():
     assert b[k].shape == shape and b[k].dtype == dtype, k
   assert b["obj_valid"][:, 0].all()
-  assert (b["visible"][:, 0] == b["obj_valid"]).all()     # valid <=> visible in frame 0
+  assert (b["visible"][:, 0] == b["obj_valid"]).all()  # valid <=> visible in frame 0
   assert not (b["visible"] & ~b["obj_valid"][:, None]).any()
   # frames are normalised: their unnormalised values lie in [0, 1]
   raw = b["frames"] * np.array(IMG_STD, np.float32) + np.array(IMG_MEAN, np.float32)
@@ -105,7 +125,7 @@ def test_padded_objects_are_zero():
   pad = ~b["obj_valid"]
   assert pad.any(), "expected some clip with fewer than 3 objects"
   for k in ("masks", "boxes", "points", "visible"):
-    x = np.moveaxis(b[k], 2, 1)       # [B,O,T,...]
+    x = np.moveaxis(b[k], 2, 1)  # [B,O,T,...]
     assert not x[pad].any(), k
 
 
@@ -118,7 +138,7 @@ def test_same_step_same_batch_and_steps_differ():
   for k in D.CLIP_KEYS:
     np.testing.assert_array_equal(a[k], b[k])
   assert not np.array_equal(a["frames"], c["frames"])
-  assert not np.array_equal(a["frames"][0], a["frames"][1])   # clips of a step differ too
+  assert not np.array_equal(a["frames"][0], a["frames"][1])  # clips of a step differ too
 
 
 def test_process_halves_concatenate_to_global_batch():
@@ -210,7 +230,7 @@ def test_geometry_keeps_masks_and_points_on_their_objects(task):
     m = clip["masks"][0, 0]
     ys, xs = np.nonzero(m)
     fill.append(m.sum() / ((np.ptp(xs) + 1) * (np.ptp(ys) + 1)))
-  if task == "mask":   # the affine was applied: some masks are no longer axis-aligned squares
+  if task == "mask":  # the affine was applied: some masks are no longer axis-aligned squares
     assert min(fill) < 0.9, fill
 
 
@@ -218,11 +238,20 @@ def test_box_task_from_box_only_sequence():
   """SOT sequences (no masks): the box is rasterised, augmented and read back."""
   t, h, w = 4, 48, 96
   boxes = np.array([[10, 6, 30, 20], [12, 8, 30, 20], [0, 0, 0, 0], [16, 10, 30, 20]], float)
-  seq = Sequence("sot", "box", ArrayFrames(np.zeros((t, h, w, 3), np.uint8), "mem"),
-                 [str(i) for i in range(t)], boxes_xywh=boxes)
+  seq = Sequence(
+    "sot",
+    "box",
+    ArrayFrames(np.zeros((t, h, w, 3), np.uint8), "mem"),
+    [str(i) for i in range(t)],
+    boxes_xywh=boxes,
+  )
   video = D.sequence_to_video(seq, range(t))
   assert video["boxes_xywh"].shape == (t, 1, 4) and video["visible"][:, 0].tolist() == [
-      True, True, False, True]
+    True,
+    True,
+    False,
+    True,
+  ]
   cfg = no_color(small_cfg())
   cfg.augment.hflip_p = 0.0
   clip = D.make_clip(video, "box", np.random.default_rng(0), cfg)
@@ -252,8 +281,8 @@ def test_objects_valid_only_when_visible_in_first_frame():
   for seed in range(6):
     clip = D.make_clip(video, "mask", np.random.default_rng(seed), cfg)
     assert clip["obj_valid"].tolist() == [True, False, False]
-    assert clip["visible"][0, 0] and clip["masks"][0, 0].sum() > 40     # object 1: 20 x 20 px
-  for seed in range(6):   # the point task: tracks of hidden objects are not visible in frame 0
+    assert clip["visible"][0, 0] and clip["masks"][0, 0].sum() > 40  # object 1: 20 x 20 px
+  for seed in range(6):  # the point task: tracks of hidden objects are not visible in frame 0
     clip = D.make_clip(video, "point", np.random.default_rng(seed), cfg)
     assert clip["obj_valid"].all() and clip["visible"][0].all()
   b = D.make_batch(5, 0, "mask", small_cfg(global_batch=8))
@@ -272,15 +301,23 @@ def test_dataset_source_davis_layout(tmp_path):
       img = np.full((40, 56, 3), 60 + 20 * i, np.uint8)
       cv2.imwrite(str(img_dir / f"{i:05d}.jpg"), img)
       ids = np.zeros((40, 56), np.uint8)
-      ids[5:20, 4 + i:20 + i] = 3          # palette ids 3 and 7 -> objects 1, 2
+      ids[5:20, 4 + i : 20 + i] = 3  # palette ids 3 and 7 -> objects 1, 2
       ids[22:36, 30:50] = 7
       save_palette_png(str(ann_dir / f"{i:05d}.png"), ids)
   sets = root / "ImageSets" / "2017"
   sets.mkdir(parents=True)
   (sets / "train.txt").write_text("a\nb\n")
   cfg = small_cfg(global_batch=2)
-  cfg.sources = [dict(kind="dataset", name="davis2017", root=str(root), split="train", weight=1.0,
-                      tasks=("mask", "box"))]
+  cfg.sources = [
+    dict(
+      kind="dataset",
+      name="davis2017",
+      root=str(root),
+      split="train",
+      weight=1.0,
+      tasks=("mask", "box"),
+    )
+  ]
   cfg.task_probs = (0.5, 0.5, 0.0)
   b = D.make_batch(0, 0, "mask", cfg)
   assert b["masks"].shape == (2, 4, 3, S, S)
@@ -294,7 +331,9 @@ def test_dataset_source_davis_layout(tmp_path):
 
 
 # ------------------------------------------------------------------------------ config errors
-@pytest.mark.parametrize("field, value, match", [
+@pytest.mark.parametrize(
+  "field, value, match",
+  [
     ("sources", [dict(kind="webdataset")], r"sources\[0\]\.kind"),
     ("sources", [dict(kind="synthetic", wieght=1)], r"sources\[0\].*unknown fields"),
     ("sources", [dict(kind="dataset", name="davis2017")], r"sources\[0\]\.root"),
@@ -303,7 +342,8 @@ def test_dataset_source_davis_layout(tmp_path):
     ("num_frames", 0, "num_frames"),
     ("image_size", -1, "image_size"),
     ("global_batch", 0, "global_batch"),
-])
+  ],
+)
 def test_bad_config_names_the_field(field, value, match):
   cfg = small_cfg()
   setattr(cfg, field, value)

@@ -35,9 +35,14 @@ def tiny():
       masks[t, o] = (xx - cx) ** 2 + (yy - cy) ** 2 <= r * r
       boxes[t, o] = [cx - r, cy - r, cx + r + 1, cy + r + 1]
       points[t, o] = [cx + 0.25, cy + 0.5]
-  batch = {"frames": frames[None], "masks": masks[None], "boxes": boxes[None],
-           "points": points[None], "visible": np.ones((1, T, O), bool),
-           "obj_valid": np.ones((1, O), bool)}
+  batch = {
+    "frames": frames[None],
+    "masks": masks[None],
+    "boxes": boxes[None],
+    "points": points[None],
+    "visible": np.ones((1, T, O), bool),
+    "obj_valid": np.ones((1, O), bool),
+  }
   return model, params, batch
 
 
@@ -58,32 +63,38 @@ def test_training_forward_equals_track_video(tiny, task):
   run = jax.jit(lambda p, b, k: forward.clip_forward(model, p, b, k, task=task, cfg=cfg))
   r = run(params, batch, jax.random.key(0))
   plan = {k: np.asarray(v) for k, v in r["plan"].items() if k != "frame_keys"}
-  np.testing.assert_array_equal(plan["order"], np.arange(T))           # the fixed plan
+  np.testing.assert_array_equal(plan["order"], np.arange(T))  # the fixed plan
   assert plan["write_cond"].tolist() == [True] + [False] * (T - 1)
-  prompt = {"mask": {"mask": batch["masks"][0, 0]},
-            "box": {"box_xyxy": batch["boxes"][0, 0]},
-            "point": {"points_xy": batch["points"][0, 0][:, None, :]}}[task]
-  ref = track_video(model, params, batch["frames"][0], (s, s), task, prompt, chunk=2,
-                    video_res=False)
+  prompt = {
+    "mask": {"mask": batch["masks"][0, 0]},
+    "box": {"box_xyxy": batch["boxes"][0, 0]},
+    "point": {"points_xy": batch["points"][0, 0][:, None, :]},
+  }[task]
+  ref = track_video(
+    model, params, batch["frames"][0], (s, s), task, prompt, chunk=2, video_res=False
+  )
   got = jax.tree.map(np.asarray, r["frame_outputs"])
   # frames 1.. are tracked from memory: every difference in the step would show there
   assert np.all(ref["object_score_logits"] > 0)
-  for name, key in (("low_res", "low_res_mask_logits"), ("score", "object_score_logits"),
-                    ("obj_ptr", "obj_ptr")):
+  for name, key in (
+    ("low_res", "low_res_mask_logits"),
+    ("score", "object_score_logits"),
+    ("obj_ptr", "obj_ptr"),
+  ):
     a, b = got[name], ref[key]
     assert a.shape == b.shape, (name, a.shape, b.shape)
     tol = 1e-4 * max(1.0, float(np.abs(b).max()))
     err = float(np.abs(a - b).max())
     assert err <= tol, f"{task} {name}: max abs diff {err:.3g} > {tol:.3g}"
   # the loss inputs are the same step's candidates: the chosen mask is one of them
-  hi = np.asarray(r["outputs"]["multistep_pred_multimasks_high_res"])[1:, 0]   # [T-1,N,M,S,S]
+  hi = np.asarray(r["outputs"]["multistep_pred_multimasks_high_res"])[1:, 0]  # [T-1,N,M,S,S]
   assert np.isfinite(hi).all()
 
 
 def test_training_box_prompt_is_sams_inclusive_box():
   """The mask task's box prompt is SAM 2's: corners at the first and last pixel index."""
   m = np.zeros((3, 10, 12), bool)
-  m[0, 2:5, 3:9] = True        # rows 2..4, cols 3..8
-  m[1, 7, 11] = True           # one pixel
+  m[0, 2:5, 3:9] = True  # rows 2..4, cols 3..8
+  m[1, 7, 11] = True  # one pixel
   box = np.asarray(forward._inclusive_box(jnp.asarray(m)))
   np.testing.assert_array_equal(box, [[3, 2, 8, 4], [11, 7, 11, 7], [0, 0, 0, 0]])

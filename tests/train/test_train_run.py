@@ -10,8 +10,8 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import REPO
+
 ROOT = str(REPO)
 LOSS_KEYS = ("core_loss", "loss_mask", "loss_dice", "loss_iou", "loss_class", "loss_l1")
 
@@ -19,15 +19,25 @@ pytestmark = pytest.mark.slow
 
 
 def _cmd(workdir, *extra):
-  return [sys.executable, os.path.join(ROOT, "train.py"), "--config",
-          os.path.join(ROOT, "configs", "train.py") + ":test", "--workdir", str(workdir),
-          "--quiet", *extra]
+  return [
+    sys.executable,
+    os.path.join(ROOT, "train.py"),
+    "--config",
+    os.path.join(ROOT, "configs", "train.py") + ":test",
+    "--workdir",
+    str(workdir),
+    "--quiet",
+    *extra,
+  ]
 
 
 def _env(devices=None):
   env = dict(os.environ)
-  flags = [f for f in env.get("XLA_FLAGS", "").split()
-           if not f.startswith("--xla_force_host_platform_device_count")]
+  flags = [
+    f
+    for f in env.get("XLA_FLAGS", "").split()
+    if not f.startswith("--xla_force_host_platform_device_count")
+  ]
   if devices:
     flags.append(f"--xla_force_host_platform_device_count={devices}")
   env["XLA_FLAGS"] = " ".join(flags)
@@ -42,8 +52,9 @@ def _losses(workdir):
 
 
 def _run(workdir, *extra, devices=None, timeout=1500):
-  p = subprocess.run(_cmd(workdir, *extra), env=_env(devices), capture_output=True, text=True,
-                     timeout=timeout)
+  p = subprocess.run(
+    _cmd(workdir, *extra), env=_env(devices), capture_output=True, text=True, timeout=timeout
+  )
   assert p.returncode == 0, p.stderr[-3000:]
   return _losses(workdir)
 
@@ -52,8 +63,12 @@ def test_eight_devices_match_one_device(tmp_path):
   # A small lr keeps both runs in the regime where float reduction-order differences (1e-7 at
   # step 1) are not amplified by training dynamics and discrete choices (at lr 1e-3 they grow
   # to ~1e-2 by step 14); the data-parallel program itself is what is compared.
-  extra = ("--config.data.global_batch=8", "--config.total_steps=20",
-           "--config.optim.base_lr=1e-5", "--config.optim.vision_lr=1e-5")
+  extra = (
+    "--config.data.global_batch=8",
+    "--config.total_steps=20",
+    "--config.optim.base_lr=1e-5",
+    "--config.optim.vision_lr=1e-5",
+  )
   one = _run(tmp_path / "d1", *extra, devices=1)
   eight = _run(tmp_path / "d8", *extra, devices=8)
   assert [s for s, _, _ in one] == list(range(1, 21)) == [s for s, _, _ in eight]
@@ -67,8 +82,9 @@ def test_sigkill_then_resume_gives_the_same_losses(tmp_path):
   extra = ("--config.total_steps=12",)
   ref = _run(tmp_path / "ref", *extra)
   work = tmp_path / "killed"
-  p = subprocess.Popen(_cmd(work, *extra), env=_env(), stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL)
+  p = subprocess.Popen(
+    _cmd(work, *extra), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+  )
   jsonl = work / "metrics.jsonl"
   deadline = time.time() + 1500
   try:
@@ -86,4 +102,4 @@ def test_sigkill_then_resume_gives_the_same_losses(tmp_path):
   assert 6 <= killed_at < 12
   resumed = _run(work, *extra)
   assert [s for s, _, _ in resumed] == list(range(1, 13))
-  assert resumed == ref      # exact: same data, same PRNG, restored state bit for bit
+  assert resumed == ref  # exact: same data, same PRNG, restored state bit for bit

@@ -18,13 +18,15 @@ Conventions (all readers):
 from __future__ import annotations
 
 import os
-from typing import Callable, Dict, List, Optional, Sequence as SequenceT
+from typing import Callable, Dict, List, Optional
+from typing import Sequence as SequenceT
 
 import numpy as np
 
 from sam2pp_jax.io.png import read_palette_png
 from sam2pp_jax.io.video import VideoError, natural_sort_key, read_rgb_image
 from sam2pp_jax.model.presets import TASKS
+
 JPEG_EXTS = (".jpg", ".jpeg")
 PNG_EXTS = (".png",)
 
@@ -48,7 +50,7 @@ class DiskFrames:
     if not os.path.isfile(path):
       raise DatasetError(f"frame file {path!r} is missing")
     try:
-      return read_rgb_image(path)             # the decoder of load_video
+      return read_rgb_image(path)  # the decoder of load_video
     except VideoError as e:
       raise DatasetError(f"frame file {path!r} is unreadable: {e}") from None
 
@@ -85,6 +87,7 @@ class EncodedFrames(ArrayFrames):
 def decode_rgb(data: bytes, what: str) -> np.ndarray:
   """Encoded image bytes -> uint8 RGB [H,W,3] (OpenCV, EXIF orientation ignored like load_video)."""
   import cv2
+
   flags = cv2.IMREAD_COLOR | getattr(cv2, "IMREAD_IGNORE_ORIENTATION", 0)
   buf = np.frombuffer(bytes(data), np.uint8)
   img = cv2.imdecode(buf, flags) if buf.size else None
@@ -102,13 +105,26 @@ class Sequence:
   first annotated frame it appears in: YouTube-VOS, MOSE).
   """
 
-  def __init__(self, name: str, task: str, frames, frame_names: List[str], *,
-               mask_paths: Optional[Dict[int, str]] = None, mask_prompt: str = "first",
-               boxes_xywh=None, box_visible=None, points_xy=None, point_visible=None,
-               expected_hw=None, meta: Optional[dict] = None):
+  def __init__(
+    self,
+    name: str,
+    task: str,
+    frames,
+    frame_names: List[str],
+    *,
+    mask_paths: Optional[Dict[int, str]] = None,
+    mask_prompt: str = "first",
+    boxes_xywh=None,
+    box_visible=None,
+    points_xy=None,
+    point_visible=None,
+    expected_hw=None,
+    meta: Optional[dict] = None,
+  ):
     if len(frame_names) != len(frames):
-      raise DatasetError(f"sequence {name!r}: {len(frame_names)} frame names for "
-                         f"{len(frames)} frames")
+      raise DatasetError(
+        f"sequence {name!r}: {len(frame_names)} frame names for {len(frames)} frames"
+      )
     if len(frames) == 0:
       raise DatasetError(f"sequence {name!r} has no frames")
     self.name, self.task, self._frames = name, task, frames
@@ -133,9 +149,11 @@ class Sequence:
       img = self._frames.read(0)
       hw = (int(img.shape[0]), int(img.shape[1]))
       if self._expected_hw is not None and hw != self._expected_hw:
-        raise DatasetError(f"sequence {self.name!r}: {self._frames.where(0)} is "
-                           f"{hw[1]}x{hw[0]} (WxH) but its annotation says "
-                           f"{self._expected_hw[1]}x{self._expected_hw[0]}")
+        raise DatasetError(
+          f"sequence {self.name!r}: {self._frames.where(0)} is "
+          f"{hw[1]}x{hw[0]} (WxH) but its annotation says "
+          f"{self._expected_hw[1]}x{self._expected_hw[0]}"
+        )
       self._hw = hw
     return self._hw
 
@@ -145,9 +163,11 @@ class Sequence:
     hw = self.video_hw
     img = self._frames.read(i)
     if img.shape[:2] != hw:
-      raise DatasetError(f"sequence {self.name!r}: {self._frames.where(i)} is "
-                         f"{img.shape[1]}x{img.shape[0]} (WxH) but frame 0 is {hw[1]}x{hw[0]}; "
-                         "all frames of a video must have one size")
+      raise DatasetError(
+        f"sequence {self.name!r}: {self._frames.where(i)} is "
+        f"{img.shape[1]}x{img.shape[0]} (WxH) but frame 0 is {hw[1]}x{hw[0]}; "
+        "all frames of a video must have one size"
+      )
     return img
 
   def __len__(self):
@@ -181,8 +201,10 @@ class Sequence:
     except VideoError as e:
       raise DatasetError(f"annotation {path!r} is unreadable: {e}") from None
     if ids.shape != self.video_hw:
-      raise DatasetError(f"annotation {path!r} is {ids.shape[1]}x{ids.shape[0]} (WxH) but the "
-                         f"frames of {self.name!r} are {self.video_hw[1]}x{self.video_hw[0]}")
+      raise DatasetError(
+        f"annotation {path!r} is {ids.shape[1]}x{ids.shape[0]} (WxH) but the "
+        f"frames of {self.name!r} are {self.video_hw[1]}x{self.video_hw[0]}"
+      )
     return ids.astype(np.int32)
 
   # ---- boxes
@@ -193,14 +215,17 @@ class Sequence:
     t = self.num_frames
     raw = np.asarray(boxes, np.float64).reshape(-1, 4)
     if raw.shape[0] not in (1, t):
-      raise DatasetError(f"sequence {self.name!r}: {raw.shape[0]} box rows for {t} frames "
-                         f"({self.meta.get('box_file', 'box annotation')}); expected {t} "
-                         "(or 1 for first-frame-only test splits)")
+      raise DatasetError(
+        f"sequence {self.name!r}: {raw.shape[0]} box rows for {t} frames "
+        f"({self.meta.get('box_file', 'box annotation')}); expected {t} "
+        "(or 1 for first-frame-only test splits)"
+      )
     n = raw.shape[0]
     flags = np.ones(n, bool) if visible is None else np.asarray(visible, bool).reshape(-1)
     if flags.shape[0] != n:
-      raise DatasetError(f"sequence {self.name!r}: {flags.shape[0]} visibility flags for {n} "
-                         "box rows")
+      raise DatasetError(
+        f"sequence {self.name!r}: {flags.shape[0]} visibility flags for {n} box rows"
+      )
     full = np.full((t, 4), np.nan)
     full[:n] = raw
     vis = np.zeros(t, bool)
@@ -220,19 +245,25 @@ class Sequence:
     vis = np.asarray(visible, bool)
     t = self.num_frames
     if pts.ndim != 3 or pts.shape[-1] != 2 or vis.shape != pts.shape[:2]:
-      raise DatasetError(f"sequence {self.name!r}: points {pts.shape} / visibility {vis.shape} "
-                         "must be [T,N,2] / [T,N]")
+      raise DatasetError(
+        f"sequence {self.name!r}: points {pts.shape} / visibility {vis.shape} "
+        "must be [T,N,2] / [T,N]"
+      )
     if pts.shape[0] != t:
-      raise DatasetError(f"sequence {self.name!r}: point tracks have {pts.shape[0]} frames but "
-                         f"the video has {t}")
+      raise DatasetError(
+        f"sequence {self.name!r}: point tracks have {pts.shape[0]} frames but the video has {t}"
+      )
     self.gt_points_xy, self.gt_point_visible = pts, vis
 
   # ---- prompts
   @property
   def tasks(self) -> List[str]:
     """Tasks this sequence has ground truth for."""
-    have = {"mask": bool(self._mask_paths), "box": self.gt_visible is not None,
-            "point": self.gt_points_xy is not None}
+    have = {
+      "mask": bool(self._mask_paths),
+      "box": self.gt_visible is not None,
+      "point": self.gt_points_xy is not None,
+    }
     return [t for t in TASKS if have[t]]
 
   def prompts(self, task: Optional[str] = None) -> List[dict]:
@@ -243,10 +274,12 @@ class Sequence:
     """
     task = task or self.task
     if task not in self.tasks:
-      raise DatasetError(f"sequence {self.name!r} has no {task!r} ground truth "
-                         f"(it has: {self.tasks or 'none'})")
-    return {"mask": self._mask_prompts, "box": self._box_prompts,
-            "point": self._point_prompts}[task]()
+      raise DatasetError(
+        f"sequence {self.name!r} has no {task!r} ground truth (it has: {self.tasks or 'none'})"
+      )
+    return {"mask": self._mask_prompts, "box": self._box_prompts, "point": self._point_prompts}[
+      task
+    ]()
 
   def first_prompt(self, task: Optional[str] = None) -> dict:
     """The earliest prompt group (`prompts(task)[0]`); objects that first appear later are only
@@ -257,8 +290,10 @@ class Sequence:
     frames = self.annotated_mask_frames
     if self.mask_prompt == "first":
       if 0 not in self._mask_paths:
-        raise DatasetError(f"sequence {self.name!r}: no annotation for the first frame "
-                           f"{self.frame_names[0]!r}; this benchmark prompts with frame 0's mask")
+        raise DatasetError(
+          f"sequence {self.name!r}: no annotation for the first frame "
+          f"{self.frame_names[0]!r}; this benchmark prompts with frame 0's mask"
+        )
       frames = [0]
     groups, seen = [], set()
     for f in frames:
@@ -266,8 +301,9 @@ class Sequence:
       new = [int(v) for v in np.unique(ids) if v != 0 and int(v) not in seen]
       if new:
         seen.update(new)
-        groups.append({"frame": f, "obj_ids": new,
-                       "prompt": {"mask": np.stack([ids == v for v in new])}})
+        groups.append(
+          {"frame": f, "obj_ids": new, "prompt": {"mask": np.stack([ids == v for v in new])}}
+        )
     if not groups:
       where = self._mask_paths.get(frames[0]) if frames else "its annotation folder"
       raise DatasetError(f"sequence {self.name!r}: no object in the prompt annotation {where!r}")
@@ -276,8 +312,10 @@ class Sequence:
   def _box_prompts(self) -> List[dict]:
     idx = np.flatnonzero(self.gt_visible)
     if idx.size == 0:
-      raise DatasetError(f"sequence {self.name!r}: the target is absent in every annotated "
-                         "frame, so there is no box to prompt with")
+      raise DatasetError(
+        f"sequence {self.name!r}: the target is absent in every annotated "
+        "frame, so there is no box to prompt with"
+      )
     f = int(idx[0])
     x, y, w, h = self.gt_boxes_xywh[f]
     box = np.array([[x, y, x + w, y + h]], np.float32)
@@ -285,13 +323,18 @@ class Sequence:
 
   def _point_prompts(self) -> List[dict]:
     vis = self.gt_point_visible
-    first = np.where(vis.any(0), vis.argmax(0), -1)   # first visible frame of each track
+    first = np.where(vis.any(0), vis.argmax(0), -1)  # first visible frame of each track
     groups = []
     for f in sorted(set(int(v) for v in first if v >= 0)):
       ids = [int(n) for n in np.flatnonzero(first == f)]
       xy = self.gt_points_xy[f, ids].astype(np.float32)[:, None, :]
-      groups.append({"frame": f, "obj_ids": ids,
-                     "prompt": {"points_xy": xy, "point_labels": np.ones((len(ids), 1), np.int32)}})
+      groups.append(
+        {
+          "frame": f,
+          "obj_ids": ids,
+          "prompt": {"points_xy": xy, "point_labels": np.ones((len(ids), 1), np.int32)},
+        }
+      )
     if not groups:
       raise DatasetError(f"sequence {self.name!r}: no point track is visible in any frame")
     return groups
@@ -304,8 +347,15 @@ class Sequence:
 class Dataset:
   """A benchmark split: ordered sequence names and a builder that reads one sequence on demand."""
 
-  def __init__(self, name: str, task: str, root: str, split: Optional[str], names: List[str],
-               build: Callable[[str], Sequence]):
+  def __init__(
+    self,
+    name: str,
+    task: str,
+    root: str,
+    split: Optional[str],
+    names: List[str],
+    build: Callable[[str], Sequence],
+  ):
     self.name, self.task, self.root, self.split = name, task, root, split
     self._names, self._build = list(names), build
 
@@ -314,8 +364,10 @@ class Dataset:
 
   def sequence(self, name: str) -> Sequence:
     if name not in self._names:
-      raise DatasetError(f"{self.name}: no sequence {name!r} in split {self.split!r} of "
-                         f"{self.root!r} (it has {len(self._names)}, e.g. {self._names[:3]})")
+      raise DatasetError(
+        f"{self.name}: no sequence {name!r} in split {self.split!r} of "
+        f"{self.root!r} (it has {len(self._names)}, e.g. {self._names[:3]})"
+      )
     return self._build(name)
 
   def __len__(self):
@@ -325,22 +377,25 @@ class Dataset:
     return (self.sequence(n) for n in self._names)
 
   def __repr__(self):
-    return (f"Dataset({self.name!r}, task={self.task!r}, split={self.split!r}, "
-            f"{len(self)} sequences)")
+    return (
+      f"Dataset({self.name!r}, task={self.task!r}, split={self.split!r}, {len(self)} sequences)"
+    )
 
 
 # ------------------------------------------------------------------------------ registry
 _OPENERS: Dict[str, Callable] = {}
-_FILE_ROOTS = set()   # datasets whose root may also be a single file (TAP-Vid pickles)
+_FILE_ROOTS = set()  # datasets whose root may also be a single file (TAP-Vid pickles)
 
 
 def register(name: str, file_root: bool = False):
   """Decorator: `fn(root, split, task, **kw) -> Dataset` becomes `open_dataset(name, ...)`."""
+
   def deco(fn):
     _OPENERS[name] = fn
     if file_root:
       _FILE_ROOTS.add(name)
     return fn
+
   return deco
 
 
@@ -348,8 +403,9 @@ def known_datasets() -> List[str]:
   return sorted(_OPENERS)
 
 
-def open_dataset(name: str, root, split: Optional[str] = None, task: Optional[str] = None,
-                 **kwargs) -> Dataset:
+def open_dataset(
+  name: str, root, split: Optional[str] = None, task: Optional[str] = None, **kwargs
+) -> Dataset:
   """Open benchmark `name` stored under `root`; `split` None = the benchmark's evaluation split.
 
   `task` is needed only for "tag" (mask, box or point); other benchmarks have one task and
@@ -392,8 +448,11 @@ def existing_file(path, what: str) -> str:
 def list_images(folder: str, exts=JPEG_EXTS) -> List[str]:
   """Image file names in `folder` with one of `exts` (any case), in natural order."""
   existing_dir(folder, "frame folder")
-  names = [n for n in os.listdir(folder)
-           if os.path.splitext(n)[1].lower() in exts and os.path.isfile(os.path.join(folder, n))]
+  names = [
+    n
+    for n in os.listdir(folder)
+    if os.path.splitext(n)[1].lower() in exts and os.path.isfile(os.path.join(folder, n))
+  ]
   if not names:
     raise DatasetError(f"frame folder {folder!r} has no {'/'.join(exts)} images")
   return sorted(names, key=natural_sort_key)
@@ -471,8 +530,9 @@ def load_points_npz(path: str):
       vis = np.asarray(z["visibs"]).astype(bool)
       size = tuple(int(v) for v in np.asarray(z["size"]).reshape(-1)[:2]) if "size" in z else None
   except KeyError as e:
-    raise DatasetError(f"point annotation {path!r} lacks {e}; expected trajs_2d [T,N,2], "
-                       "visibs [T,N] and size (W,H)") from None
+    raise DatasetError(
+      f"point annotation {path!r} lacks {e}; expected trajs_2d [T,N,2], visibs [T,N] and size (W,H)"
+    ) from None
   except (OSError, ValueError) as e:
     raise DatasetError(f"point annotation {path!r} is unreadable: {e}") from None
   return trajs, vis, size

@@ -18,14 +18,25 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from sam2pp_jax.data.formats.base import (PNG_EXTS, JPEG_EXTS, ArrayFrames, Dataset,
-                                          DatasetError, EncodedFrames, Sequence, disk_frames,
-                                          existing_dir, fixed_task, load_points_npz,
-                                          mask_paths_by_stem, register, stem)
+from sam2pp_jax.data.formats.base import (
+  JPEG_EXTS,
+  PNG_EXTS,
+  ArrayFrames,
+  Dataset,
+  DatasetError,
+  EncodedFrames,
+  Sequence,
+  disk_frames,
+  existing_dir,
+  fixed_task,
+  load_points_npz,
+  mask_paths_by_stem,
+  register,
+  stem,
+)
 from sam2pp_jax.io.video import natural_sort_key
 
-BADJA_SEQUENCES = ("bear", "camel", "cows", "dog", "dog-agility", "horsejump-high",
-                   "horsejump-low")
+BADJA_SEQUENCES = ("bear", "camel", "cows", "dog", "dog-agility", "horsejump-high", "horsejump-low")
 
 
 def tapvid_to_pixels(points_norm, video_hw) -> np.ndarray:
@@ -34,20 +45,30 @@ def tapvid_to_pixels(points_norm, video_hw) -> np.ndarray:
   return np.asarray(points_norm, np.float64) * np.array([w, h], np.float64)
 
 
-def npz_sequence(name: str, frame_dir: str, npz_path: str, exts=JPEG_EXTS, mask_dir=None,
-                 task: str = "point") -> Sequence:
+def npz_sequence(
+  name: str, frame_dir: str, npz_path: str, exts=JPEG_EXTS, mask_dir=None, task: str = "point"
+) -> Sequence:
   """A Sequence from a frame folder and a SAM2-Plus point npz (trajs_2d pixels, visibs, size)."""
   frames, stems = disk_frames(frame_dir, exts)
   trajs, vis, size = load_points_npz(npz_path)
   masks = _badja_masks(mask_dir, stems) if mask_dir else None
-  return Sequence(name, task, frames, stems, points_xy=trajs, point_visible=vis,
-                  mask_paths=masks, expected_hw=None if size is None else (size[1], size[0]),
-                  meta={"point_file": npz_path})
+  return Sequence(
+    name,
+    task,
+    frames,
+    stems,
+    points_xy=trajs,
+    point_visible=vis,
+    mask_paths=masks,
+    expected_hw=None if size is None else (size[1], size[0]),
+    meta={"point_file": npz_path},
+  )
 
 
 def _subdirs(folder: str) -> List[str]:
-  return sorted((n for n in os.listdir(folder) if os.path.isdir(os.path.join(folder, n))),
-                key=natural_sort_key)
+  return sorted(
+    (n for n in os.listdir(folder) if os.path.isdir(os.path.join(folder, n))), key=natural_sort_key
+  )
 
 
 # ------------------------------------------------------------------------------ TAP-Vid pickles
@@ -71,8 +92,10 @@ def _load_pickle_cached(path: str, mtime_ns: int, size: int):
     return [data]
   if isinstance(data, (list, tuple)):
     return list(data)
-  raise DatasetError(f"TAP-Vid pickle {path!r} holds a {type(data).__name__}; expected a dict "
-                     "of videos or a list of videos")
+  raise DatasetError(
+    f"TAP-Vid pickle {path!r} holds a {type(data).__name__}; expected a dict "
+    "of videos or a list of videos"
+  )
 
 
 def _pickle_index(paths: List[str]) -> List[Tuple[str, str, object]]:
@@ -107,13 +130,21 @@ def _tapvid_sequence(name: str, entry, where: str) -> Sequence:
   pts = np.asarray(entry["points"], np.float64)
   occ = np.asarray(entry["occluded"]).astype(bool)
   if pts.ndim != 3 or pts.shape[-1] != 2 or occ.shape != pts.shape[:2]:
-    raise DatasetError(f"{where}: points {pts.shape} / occluded {occ.shape} must be "
-                       "[N,T,2] / [N,T]")
+    raise DatasetError(
+      f"{where}: points {pts.shape} / occluded {occ.shape} must be [N,T,2] / [N,T]"
+    )
   first = frames.read(0)
   xy = tapvid_to_pixels(pts, first.shape[:2]).transpose(1, 0, 2)
-  return Sequence(name, "point", frames, [f"{i:05d}" for i in range(len(frames))],
-                  points_xy=xy, point_visible=~occ.T, expected_hw=first.shape[:2],
-                  meta={"source": where})
+  return Sequence(
+    name,
+    "point",
+    frames,
+    [f"{i:05d}" for i in range(len(frames))],
+    points_xy=xy,
+    point_visible=~occ.T,
+    expected_hw=first.shape[:2],
+    meta={"source": where},
+  )
 
 
 def _tapvid_pickles(root: str, dataset: str) -> List[str]:
@@ -139,13 +170,16 @@ def _open_tapvid(dataset: str, root: str, split: Optional[str], task: Optional[s
 
     return Dataset(dataset, task, root, split, list(index), build)
   if not os.path.isdir(os.path.join(root, "Points")):
-    raise DatasetError(f"{dataset} root {root!r} has no .pkl file and no Points/ folder "
-                       "(npz layout: JPEGImages/<seq>/*.jpg + Points/<seq>.npz)")
+    raise DatasetError(
+      f"{dataset} root {root!r} has no .pkl file and no Points/ folder "
+      "(npz layout: JPEGImages/<seq>/*.jpg + Points/<seq>.npz)"
+    )
   img_root = existing_dir(os.path.join(root, "JPEGImages"), f"{dataset} frame folder")
 
   def build_npz(name):
-    return npz_sequence(name, os.path.join(img_root, name),
-                        os.path.join(root, "Points", f"{name}.npz"))
+    return npz_sequence(
+      name, os.path.join(img_root, name), os.path.join(root, "Points", f"{name}.npz")
+    )
 
   return Dataset(dataset, task, root, split, _subdirs(img_root), build_npz)
 
@@ -171,11 +205,14 @@ def _badja_masks(mask_dir: str, stems: List[str]):
   by_stem = mask_paths_by_stem(mask_dir, stems)
   if by_stem:
     return by_stem
-  pngs = sorted((n for n in os.listdir(mask_dir) if n.lower().endswith(".png")),
-                key=natural_sort_key)
+  pngs = sorted(
+    (n for n in os.listdir(mask_dir) if n.lower().endswith(".png")), key=natural_sort_key
+  )
   if len(pngs) != len(stems):
-    raise DatasetError(f"annotation folder {mask_dir!r} has {len(pngs)} PNGs whose names match "
-                       f"none of the {len(stems)} frames")
+    raise DatasetError(
+      f"annotation folder {mask_dir!r} has {len(pngs)} PNGs whose names match "
+      f"none of the {len(stems)} frames"
+    )
   return {i: os.path.join(mask_dir, n) for i, n in enumerate(pngs)}
 
 
@@ -195,8 +232,12 @@ def open_badja(root: str, split: Optional[str], task: Optional[str]) -> Dataset:
 
   def build(name):
     mask_dir = os.path.join(root, "Annotations", name)
-    return npz_sequence(name, os.path.join(root, "PNGImages", name),
-                        os.path.join(pts_dir, f"{name}.npz"), PNG_EXTS,
-                        mask_dir if os.path.isdir(mask_dir) else None)
+    return npz_sequence(
+      name,
+      os.path.join(root, "PNGImages", name),
+      os.path.join(pts_dir, f"{name}.npz"),
+      PNG_EXTS,
+      mask_dir if os.path.isdir(mask_dir) else None,
+    )
 
   return Dataset("badja", task, root, split, names, build)

@@ -11,9 +11,20 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from sam2pp_jax.data.formats.base import (Dataset, DatasetError, Sequence, check_length,
-                                          disk_frames, existing_dir, existing_file, fixed_task,
-                                          read_flags, read_lines, read_table, register)
+from sam2pp_jax.data.formats.base import (
+  Dataset,
+  DatasetError,
+  Sequence,
+  check_length,
+  disk_frames,
+  existing_dir,
+  existing_file,
+  fixed_task,
+  read_flags,
+  read_lines,
+  read_table,
+  register,
+)
 from sam2pp_jax.io.video import natural_sort_key
 
 
@@ -22,8 +33,9 @@ def read_boxes(path: str) -> np.ndarray:
   return read_table(existing_file(path, "box annotation"), 4, "box annotation")
 
 
-def box_sequence(name: str, frame_dir: str, gt_path: str, boxes=None, visible=None,
-                 meta=None) -> Sequence:
+def box_sequence(
+  name: str, frame_dir: str, gt_path: str, boxes=None, visible=None, meta=None
+) -> Sequence:
   """A one-target Sequence from a frame folder and its `x,y,w,h` per-line annotation file."""
   frames, stems = disk_frames(frame_dir)
   boxes = read_boxes(gt_path) if boxes is None else boxes
@@ -32,8 +44,9 @@ def box_sequence(name: str, frame_dir: str, gt_path: str, boxes=None, visible=No
 
 
 def _subdirs(folder: str) -> List[str]:
-  return sorted((n for n in os.listdir(folder) if os.path.isdir(os.path.join(folder, n))),
-                key=natural_sort_key)
+  return sorted(
+    (n for n in os.listdir(folder) if os.path.isdir(os.path.join(folder, n))), key=natural_sort_key
+  )
 
 
 # ------------------------------------------------------------------------------ GOT-10k
@@ -86,8 +99,11 @@ def _lasot_all(root: str) -> List[str]:
     if os.path.isdir(os.path.join(root, top, "img")):
       found.append(top)
     else:
-      found += [n for n in _subdirs(os.path.join(root, top))
-                if os.path.isdir(os.path.join(root, top, n, "img"))]
+      found += [
+        n
+        for n in _subdirs(os.path.join(root, top))
+        if os.path.isdir(os.path.join(root, top, n, "img"))
+      ]
   return sorted(set(found), key=natural_sort_key)
 
 
@@ -105,8 +121,9 @@ def _lasot_names(root: str, split: str) -> List[str]:
     test = set(read_lines(os.path.join(root, lists["test"])))
     found = [n for n in found if n not in test]
   if not found:
-    raise DatasetError(f"LaSOT root {root!r} has neither {lists[split]} nor "
-                       "<class>/<class>-<n>/img folders")
+    raise DatasetError(
+      f"LaSOT root {root!r} has neither {lists[split]} nor <class>/<class>-<n>/img folders"
+    )
   return found
 
 
@@ -167,7 +184,11 @@ def open_trackingnet(root: str, split: Optional[str], task: Optional[str]) -> Da
 
   def build(name):
     chunk = os.path.join(root, where[name])
-    return box_sequence(name, os.path.join(chunk, "frames", name),
-                        os.path.join(chunk, "anno", f"{name}.txt"), meta={"chunk": where[name]})
+    return box_sequence(
+      name,
+      os.path.join(chunk, "frames", name),
+      os.path.join(chunk, "anno", f"{name}.txt"),
+      meta={"chunk": where[name]},
+    )
 
   return Dataset("trackingnet", task, root, split, names, build)

@@ -20,9 +20,20 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from sam2pp_jax.data.formats.base import (TASKS, Dataset, DatasetError, Sequence, disk_frames,
-                                          existing_dir, existing_file, mask_paths_by_stem,
-                                          load_points_npz, read_flags, read_lines, register)
+from sam2pp_jax.data.formats.base import (
+  TASKS,
+  Dataset,
+  DatasetError,
+  Sequence,
+  disk_frames,
+  existing_dir,
+  existing_file,
+  load_points_npz,
+  mask_paths_by_stem,
+  read_flags,
+  read_lines,
+  register,
+)
 from sam2pp_jax.data.formats.sot import read_boxes
 from sam2pp_jax.io.video import natural_sort_key
 
@@ -52,30 +63,36 @@ def _tag_sequence(base: str, name: str, task: str) -> Sequence:
     vis_path = os.path.join(base, "Visibles", f"{name}.txt")
     vis = read_flags(existing_file(vis_path, "TAG visibility file")) != 0
     if len(vis) != len(boxes):
-      raise DatasetError(f"TAG visibility file {vis_path!r} has {len(vis)} values for "
-                         f"{len(boxes)} boxes in {gt!r}")
+      raise DatasetError(
+        f"TAG visibility file {vis_path!r} has {len(vis)} values for {len(boxes)} boxes in {gt!r}"
+      )
     kw, meta = {"boxes_xywh": boxes, "box_visible": vis}, {"box_file": gt}
   elif task == "point":
     path = os.path.join(base, "Points", f"{name}.npz")
     trajs, vis, size = load_points_npz(path)
-    kw = {"points_xy": trajs, "point_visible": vis,
-          "expected_hw": None if size is None else (size[1], size[0])}
+    kw = {
+      "points_xy": trajs,
+      "point_visible": vis,
+      "expected_hw": None if size is None else (size[1], size[0]),
+    }
     meta = {"point_file": path}
-  return Sequence(name, task, frames, stems, mask_paths=masks, mask_prompt="first", meta=meta,
-                  **kw)
+  return Sequence(name, task, frames, stems, mask_paths=masks, mask_prompt="first", meta=meta, **kw)
 
 
 @register("tag")
 def open_tag(root: str, split: Optional[str], task: Optional[str]) -> Dataset:
   """Open TAG for one task (mask, box or point)."""
   if task not in TASKS:
-    raise DatasetError(f"tag serves several tasks: give task= one of {', '.join(TASKS)} "
-                       f"(got {task!r})")
+    raise DatasetError(
+      f"tag serves several tasks: give task= one of {', '.join(TASKS)} (got {task!r})"
+    )
   base, split, list_path = _locate(root, split)
   if os.path.isfile(list_path):
     names = read_lines(list_path, "TAG split list")
   else:
     img_root = existing_dir(os.path.join(base, "JPEGImages"), "TAG frame folder")
-    names = sorted((n for n in os.listdir(img_root) if os.path.isdir(os.path.join(img_root, n))),
-                   key=natural_sort_key)
+    names = sorted(
+      (n for n in os.listdir(img_root) if os.path.isdir(os.path.join(img_root, n))),
+      key=natural_sort_key,
+    )
   return Dataset("tag", task, root, split, names, lambda name: _tag_sequence(base, name, task))

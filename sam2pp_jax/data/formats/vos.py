@@ -11,9 +11,17 @@ import json
 import os
 from typing import Optional
 
-from sam2pp_jax.data.formats.base import (Dataset, DatasetError, Sequence, disk_frames,
-                                          existing_dir, fixed_task, mask_paths_by_stem,
-                                          read_lines, register)
+from sam2pp_jax.data.formats.base import (
+  Dataset,
+  DatasetError,
+  Sequence,
+  disk_frames,
+  existing_dir,
+  fixed_task,
+  mask_paths_by_stem,
+  read_lines,
+  register,
+)
 from sam2pp_jax.io.video import natural_sort_key
 
 
@@ -21,16 +29,18 @@ def _vos_sequence(name, img_dir, ann_dir, mask_prompt, meta=None) -> Sequence:
   frames, stems = disk_frames(img_dir)
   masks = mask_paths_by_stem(ann_dir, stems)
   if not masks:
-    raise DatasetError(f"annotation folder {ann_dir!r} has no <frame>.png matching the frames "
-                       f"of {img_dir!r} (e.g. {stems[0]}.png)")
-  return Sequence(name, "mask", frames, stems, mask_paths=masks, mask_prompt=mask_prompt,
-                  meta=meta)
+    raise DatasetError(
+      f"annotation folder {ann_dir!r} has no <frame>.png matching the frames "
+      f"of {img_dir!r} (e.g. {stems[0]}.png)"
+    )
+  return Sequence(name, "mask", frames, stems, mask_paths=masks, mask_prompt=mask_prompt, meta=meta)
 
 
 # ------------------------------------------------------------------------------ DAVIS-2017
 @register("davis2017")
-def open_davis2017(root: str, split: Optional[str], task: Optional[str],
-                   resolution: str = "480p") -> Dataset:
+def open_davis2017(
+  root: str, split: Optional[str], task: Optional[str], resolution: str = "480p"
+) -> Dataset:
   """`JPEGImages/<res>/<seq>/*.jpg`, `Annotations/<res>/<seq>/*.png`,
   `ImageSets/2017/<split>.txt`."""
   task = fixed_task("davis2017", "mask", task)
@@ -77,8 +87,10 @@ def _check_meta_objects(seq: Sequence, objects: dict, ann_dir: str):
   for oid, info in objects.items():
     frames = info.get("frames") or []
     if frames and frames[0] not in have:
-      raise DatasetError(f"meta.json: object {oid} of {seq.name!r} starts at frame {frames[0]!r} "
-                         f"but {os.path.join(ann_dir, frames[0] + '.png')!r} is missing")
+      raise DatasetError(
+        f"meta.json: object {oid} of {seq.name!r} starts at frame {frames[0]!r} "
+        f"but {os.path.join(ann_dir, frames[0] + '.png')!r} is missing"
+      )
 
 
 def _open_sparse(dataset: str, root: str, split: Optional[str], task: Optional[str]) -> Dataset:
@@ -88,8 +100,10 @@ def _open_sparse(dataset: str, root: str, split: Optional[str], task: Optional[s
   img_root = existing_dir(os.path.join(base, "JPEGImages"), f"{dataset} frame folder")
   ann_root = existing_dir(os.path.join(base, "Annotations"), f"{dataset} annotation folder")
   meta = _read_meta(os.path.join(base, "meta.json"))
-  names = sorted((n for n in os.listdir(img_root) if os.path.isdir(os.path.join(img_root, n))),
-                 key=natural_sort_key)
+  names = sorted(
+    (n for n in os.listdir(img_root) if os.path.isdir(os.path.join(img_root, n))),
+    key=natural_sort_key,
+  )
   if not names:
     raise DatasetError(f"{dataset} frame folder {img_root!r} has no sequence folders")
 
@@ -97,8 +111,13 @@ def _open_sparse(dataset: str, root: str, split: Optional[str], task: Optional[s
     ann_dir = os.path.join(ann_root, name)
     existing_dir(ann_dir, f"{dataset} annotation folder")
     objects = (meta or {}).get(name, {}).get("objects")
-    seq = _vos_sequence(name, os.path.join(img_root, name), ann_dir, "appear",
-                        {"objects": objects} if objects else None)
+    seq = _vos_sequence(
+      name,
+      os.path.join(img_root, name),
+      ann_dir,
+      "appear",
+      {"objects": objects} if objects else None,
+    )
     if objects:
       _check_meta_objects(seq, objects, ann_dir)
     return seq

@@ -32,6 +32,7 @@ def _mkdir(path: str) -> str:
 def encode_image(rgb: np.ndarray, ext: str = ".jpg", quality: int = 95) -> bytes:
   """uint8 RGB [H,W,3] -> encoded bytes (OpenCV)."""
   import cv2
+
   params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)] if ext.lower() in (".jpg", ".jpeg") else []
   ok, buf = cv2.imencode(ext, np.ascontiguousarray(np.asarray(rgb, np.uint8)[..., ::-1]), params)
   if not ok:
@@ -39,8 +40,9 @@ def encode_image(rgb: np.ndarray, ext: str = ".jpg", quality: int = 95) -> bytes
   return buf.tobytes()
 
 
-def write_frames(folder: str, frames, names: List[str], ext: str = ".jpg",
-                 quality: int = 95) -> List[str]:
+def write_frames(
+  folder: str, frames, names: List[str], ext: str = ".jpg", quality: int = 95
+) -> List[str]:
   """One image per frame, `<folder>/<name><ext>`; returns the paths."""
   _mkdir(folder)
   paths = []
@@ -94,8 +96,12 @@ def _write_text(path: str, lines: List[str]):
 def write_points_npz(path: str, points_xy, visible, size_wh):
   """SAM2-Plus point file: trajs_2d [T,N,2] float32 pixels, visibs [T,N] bool, size (W,H)."""
   _mkdir(os.path.dirname(path) or ".")
-  np.savez(path, trajs_2d=np.asarray(points_xy, np.float32),
-           visibs=np.asarray(visible, bool), size=np.asarray(size_wh, np.int64))
+  np.savez(
+    path,
+    trajs_2d=np.asarray(points_xy, np.float32),
+    visibs=np.asarray(visible, bool),
+    size=np.asarray(size_wh, np.int64),
+  )
 
 
 def _names(seq: dict, fmt: str, start: int = 0) -> List[str]:
@@ -109,12 +115,14 @@ def _size_wh(seq: dict):
 
 
 # ------------------------------------------------------------------------------ VOS
-def write_davis2017(root: str, seqs: Dict[str, dict], split: str = "val",
-                    resolution: str = "480p", quality: int = 95):
+def write_davis2017(
+  root: str, seqs: Dict[str, dict], split: str = "val", resolution: str = "480p", quality: int = 95
+):
   for name, seq in seqs.items():
     names = _names(seq, "%05d")
-    write_frames(os.path.join(root, "JPEGImages", resolution, name), seq["frames"], names,
-                 quality=quality)
+    write_frames(
+      os.path.join(root, "JPEGImages", resolution, name), seq["frames"], names, quality=quality
+    )
     write_masks(os.path.join(root, "Annotations", resolution, name), seq["masks"], names)
   _write_text(os.path.join(root, "ImageSets", "2017", f"{split}.txt"), list(seqs))
 
@@ -127,12 +135,14 @@ def _object_frames(masks, names) -> Dict[str, dict]:
     for v in np.unique(np.asarray(ids)):
       if v:
         objects.setdefault(str(int(v)), {"category": "object", "frames": []})["frames"].append(
-            names[int(i)])
+          names[int(i)]
+        )
   return objects
 
 
-def write_youtubevos(root: str, seqs: Dict[str, dict], split: str = "valid", meta: bool = True,
-                     quality: int = 95):
+def write_youtubevos(
+  root: str, seqs: Dict[str, dict], split: str = "valid", meta: bool = True, quality: int = 95
+):
   """`<split>/JPEGImages`, `<split>/Annotations` (only the given frames) and `<split>/meta.json`."""
   base = os.path.join(root, split)
   videos = {}
@@ -150,8 +160,9 @@ def write_mose(root: str, seqs: Dict[str, dict], split: str = "valid", quality: 
 
 
 # ------------------------------------------------------------------------------ SOT
-def write_got10k(root: str, seqs: Dict[str, dict], split: str = "val", first_only: bool = False,
-                 quality: int = 95):
+def write_got10k(
+  root: str, seqs: Dict[str, dict], split: str = "val", first_only: bool = False, quality: int = 95
+):
   """`<split>/<seq>/%08d.jpg` from 1, groundtruth.txt, absence.label, cover.label, list.txt.
 
   first_only writes only frame 0's box (the test split); cover.label is 0 absent, 8 present.
@@ -161,8 +172,9 @@ def write_got10k(root: str, seqs: Dict[str, dict], split: str = "val", first_onl
     d = os.path.join(base, name)
     write_frames(d, seq["frames"], _names(seq, "%08d", 1), quality=quality)
     absent = _absent(seq)
-    write_boxes(os.path.join(d, "groundtruth.txt"), seq["boxes_xywh"], absent,
-                rows=1 if first_only else None)
+    write_boxes(
+      os.path.join(d, "groundtruth.txt"), seq["boxes_xywh"], absent, rows=1 if first_only else None
+    )
     if not first_only:
       _write_text(os.path.join(d, "absence.label"), [str(int(a)) for a in absent])
       _write_text(os.path.join(d, "cover.label"), ["0" if a else "8" for a in absent])
@@ -184,15 +196,25 @@ def write_lasot(root: str, seqs: Dict[str, dict], quality: int = 95):
   _write_text(os.path.join(root, "testing_set.txt"), list(seqs))
 
 
-def write_trackingnet(root: str, seqs: Dict[str, dict], split: str = "TEST",
-                      first_only: Optional[bool] = None, quality: int = 95):
+def write_trackingnet(
+  root: str,
+  seqs: Dict[str, dict],
+  split: str = "TEST",
+  first_only: Optional[bool] = None,
+  quality: int = 95,
+):
   """`<SPLIT>/frames/<seq>/<i>.jpg` from 0 and `<SPLIT>/anno/<seq>.txt` (TEST: frame 0 only)."""
   first_only = split.upper() == "TEST" if first_only is None else first_only
   for name, seq in seqs.items():
-    write_frames(os.path.join(root, split, "frames", name), seq["frames"], _names(seq, "%d"),
-                 quality=quality)
-    write_boxes(os.path.join(root, split, "anno", f"{name}.txt"), seq["boxes_xywh"],
-                _absent(seq), rows=1 if first_only else None)
+    write_frames(
+      os.path.join(root, split, "frames", name), seq["frames"], _names(seq, "%d"), quality=quality
+    )
+    write_boxes(
+      os.path.join(root, split, "anno", f"{name}.txt"),
+      seq["boxes_xywh"],
+      _absent(seq),
+      rows=1 if first_only else None,
+    )
 
 
 # ------------------------------------------------------------------------------ points
@@ -202,8 +224,11 @@ def tapvid_entry(seq: dict, jpeg: bool = False, quality: int = 95) -> dict:
   w, h = _size_wh(seq)
   pts = np.asarray(seq["points_xy"], np.float64) / np.array([w, h], np.float64)
   video = [encode_image(f, ".jpg", quality) for f in frames] if jpeg else frames
-  return {"video": video, "points": pts.transpose(1, 0, 2).astype(np.float32),
-          "occluded": ~np.asarray(seq["point_visible"], bool).T}
+  return {
+    "video": video,
+    "points": pts.transpose(1, 0, 2).astype(np.float32),
+    "occluded": ~np.asarray(seq["point_visible"], bool).T,
+  }
 
 
 def write_tapvid_pickle(path: str, videos, jpeg: bool = False, quality: int = 95):
@@ -217,14 +242,24 @@ def write_tapvid_pickle(path: str, videos, jpeg: bool = False, quality: int = 95
     pickle.dump(data, f)
 
 
-def write_point_layout(root: str, seqs: Dict[str, dict], frame_dir: str = "JPEGImages",
-                       ext: str = ".jpg", quality: int = 95):
+def write_point_layout(
+  root: str,
+  seqs: Dict[str, dict],
+  frame_dir: str = "JPEGImages",
+  ext: str = ".jpg",
+  quality: int = 95,
+):
   """`<frame_dir>/<seq>/%05d<ext>` and `Points/<seq>.npz` (the reference's custom / TAG layout)."""
   for name, seq in seqs.items():
-    write_frames(os.path.join(root, frame_dir, name), seq["frames"], _names(seq, "%05d"), ext,
-                 quality)
-    write_points_npz(os.path.join(root, "Points", f"{name}.npz"), seq["points_xy"],
-                     seq["point_visible"], _size_wh(seq))
+    write_frames(
+      os.path.join(root, frame_dir, name), seq["frames"], _names(seq, "%05d"), ext, quality
+    )
+    write_points_npz(
+      os.path.join(root, "Points", f"{name}.npz"),
+      seq["points_xy"],
+      seq["point_visible"],
+      _size_wh(seq),
+    )
 
 
 def write_badja(root: str, seqs: Dict[str, dict]):
@@ -250,6 +285,10 @@ def write_tag(root: str, seqs: Dict[str, dict], split: str = "valid", quality: i
       write_boxes(os.path.join(base, "Boxes", f"{name}.txt"), seq["boxes_xywh"], absent)
       _write_text(os.path.join(base, "Visibles", f"{name}.txt"), [str(int(not a)) for a in absent])
     if seq.get("points_xy") is not None:
-      write_points_npz(os.path.join(base, "Points", f"{name}.npz"), seq["points_xy"],
-                       seq["point_visible"], _size_wh(seq))
+      write_points_npz(
+        os.path.join(base, "Points", f"{name}.npz"),
+        seq["points_xy"],
+        seq["point_visible"],
+        _size_wh(seq),
+      )
   _write_text(os.path.join(root, "ImageSets", f"{split}.txt"), list(seqs))

@@ -20,25 +20,32 @@ def session_video(video, image_size: int, video_hw=None):
   else:
     arr = np.asarray(video)
     if arr.ndim != 4 or arr.shape[-1] != 3:
-      raise ValueError(f"video has shape {arr.shape}; give uint8 frames [T,H,W,3], "
-                       f"preprocessed float32 frames [T,{s},{s},3] or a path")
+      raise ValueError(
+        f"video has shape {arr.shape}; give uint8 frames [T,H,W,3], "
+        f"preprocessed float32 frames [T,{s},{s},3] or a path"
+      )
     if arr.dtype == np.uint8:
       images, (h, w) = preprocess(arr, s), arr.shape[1:3]
     else:
       if arr.shape[1:3] != (s, s):
-        raise ValueError(f"preprocessed video has frames of {arr.shape[1:3]}; the model "
-                         f"takes {s}x{s} (or give uint8 frames to be resized)")
+        raise ValueError(
+          f"preprocessed video has frames of {arr.shape[1:3]}; the model "
+          f"takes {s}x{s} (or give uint8 frames to be resized)"
+        )
       if video_hw is None:
-        raise ValueError("video_hw is required with preprocessed frames: give the original "
-                         "(height, width) so outputs are resized back to it")
+        raise ValueError(
+          "video_hw is required with preprocessed frames: give the original "
+          "(height, width) so outputs are resized back to it"
+        )
       images, (h, w) = arr.astype(np.float32), video_hw
   if images.shape[0] < 1:
     raise ValueError("video has no frames; give at least one frame")
   return images, (int(h), int(w))
 
 
-def user_points(points, labels, video_hw, image_size: int, normalize: bool, box=None,
-                allow_empty: bool = False):
+def user_points(
+  points, labels, video_hw, image_size: int, normalize: bool, box=None, allow_empty: bool = False
+):
   """Validated clicks -> model-scale float32 [P,2], int32 [P] (P may be 0 with a box)."""
   if (points is None) != (labels is None):
     raise ValueError("points and labels must be given together (one label per point)")
@@ -53,8 +60,10 @@ def user_points(points, labels, video_hw, image_size: int, normalize: bool, box=
       return np.zeros((0, 2), np.float32), np.zeros((0,), np.int32)
     raise ValueError("points is empty; give at least one (x, y) point")
   if lab.shape[0] != xy.shape[0]:
-    raise ValueError(f"points has {xy.shape[0]} points but labels has {lab.shape[0]} "
-                     "labels; give one label per point")
+    raise ValueError(
+      f"points has {xy.shape[0]} points but labels has {lab.shape[0]} "
+      "labels; give one label per point"
+    )
   if normalize:
     xy, lab = prompts.check_points(xy, lab, video_hw)
     return prompts.to_model_coords(xy, video_hw, image_size), lab

@@ -25,12 +25,13 @@ def select_cond(f: int, cond: dict, max_cond: int):
   if after:
     sel.append(min(after))
   rest = sorted((t for t in cond if t not in sel), key=lambda t: abs(t - f))
-  sel += rest[:max_cond - len(sel)]
+  sel += rest[: max_cond - len(sel)]
   return sorted(sel), sorted(t for t in cond if t not in sel)
 
 
-def memory_layout(o, f: int, reverse: bool, t_total: int, *, num_maskmem: int,
-                  max_obj_ptrs: int, max_cond: int):
+def memory_layout(
+  o, f: int, reverse: bool, t_total: int, *, num_maskmem: int, max_obj_ptrs: int, max_cond: int
+):
   """(cond frames, spatial slot frames by distance 1..num_maskmem-1, pointer slot frames by
   distance 1..max_ptrs-1) that frame f of object `o` attends to; EMPTY where absent."""
   sel, unsel = select_cond(f, o.out["cond"], max_cond)
@@ -59,11 +60,11 @@ def bank_slots(objs, layout, hw: int, mem_dim: int, hidden_dim: int) -> dict:
   z_ptr = jnp.zeros((hidden_dim,), jnp.float32)
   slot = lambda t, key, z: tuple(z if t == EMPTY else o.stored_output(t)[key] for o in objs)
   return {
-      "cond_feats": tuple(slot(t, "maskmem", z_mem) for t in cond_frames),
-      "cond_ptr": tuple(slot(t, "obj_ptr", z_ptr) for t in cond_frames),
-      "cond_frame": np.asarray(cond_frames, np.int32),
-      "mem_feats": tuple(slot(t, "maskmem", z_mem) for t in mem),
-      "mem_frame": np.asarray(mem, np.int32),
-      "ptr": tuple(slot(t, "obj_ptr", z_ptr) for t in ptr),
-      "ptr_frame": np.asarray(ptr, np.int32),
+    "cond_feats": tuple(slot(t, "maskmem", z_mem) for t in cond_frames),
+    "cond_ptr": tuple(slot(t, "obj_ptr", z_ptr) for t in cond_frames),
+    "cond_frame": np.asarray(cond_frames, np.int32),
+    "mem_feats": tuple(slot(t, "maskmem", z_mem) for t in mem),
+    "mem_frame": np.asarray(mem, np.int32),
+    "ptr": tuple(slot(t, "obj_ptr", z_ptr) for t in ptr),
+    "ptr_frame": np.asarray(ptr, np.int32),
   }

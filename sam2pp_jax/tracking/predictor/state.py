@@ -11,11 +11,11 @@ class ObjectState:
   bfloat16 or None (not yet encoded)."""
 
   def __init__(self):
-    self.point_inputs: dict = {}      # frame -> (coords [P,2] model px float32, labels [P] int32)
-    self.mask_inputs: dict = {}       # frame -> [S,S] float32
+    self.point_inputs: dict = {}  # frame -> (coords [P,2] model px float32, labels [P] int32)
+    self.mask_inputs: dict = {}  # frame -> [S,S] float32
     self.out = {"cond": {}, "non_cond": {}}
     self.temp = {"cond": {}, "non_cond": {}}
-    self.tracked: dict = {}           # frame -> reverse flag of the pass that tracked it
+    self.tracked: dict = {}  # frame -> reverse flag of the pass that tracked it
 
   def status(self, f: int) -> tuple[bool, bool]:
     """(is a new conditioning frame, reverse flag of the pass that tracked it)."""
@@ -47,14 +47,14 @@ class InferenceState:
   """Everything a predictor session holds for one video (SAM 2's `inference_state`)."""
 
   def __init__(self, images: np.ndarray, video_hw: tuple[int, int]):
-    self.images = images                       # float32 [T,S,S,3] normalised
+    self.images = images  # float32 [T,S,S,3] normalised
     self.num_frames = int(images.shape[0])
     self.video_height, self.video_width = (int(v) for v in video_hw)
-    self.cached_features: dict = {}            # frame -> {vision, vision_pos, s0, s1} [1,...]
+    self.cached_features: dict = {}  # frame -> {vision, vision_pos, s0, s1} [1,...]
     self.obj_ids: list = []
     self.objects: list[ObjectState] = []
-    self.maskmem_pos = None                    # [HW,Cm], the same for every memory
-    self.frame_info: dict = {}                 # frame -> extras of the latest output
+    self.maskmem_pos = None  # [HW,Cm], the same for every memory
+    self.frame_info: dict = {}  # frame -> extras of the latest output
 
   @property
   def video_hw(self) -> tuple[int, int]:
@@ -66,8 +66,10 @@ class InferenceState:
   def known_obj(self, obj_id) -> int:
     """Index of a tracked object; a clear error for an unknown id."""
     if obj_id not in self.obj_ids:
-      raise ValueError(f"obj_id={obj_id!r} is not tracked in this session (known ids: "
-                       f"{self.obj_ids}); pass one of them")
+      raise ValueError(
+        f"obj_id={obj_id!r} is not tracked in this session (known ids: "
+        f"{self.obj_ids}); pass one of them"
+      )
     return self.obj_idx(obj_id)
 
   def obj_or_new(self, obj_id) -> int:

@@ -14,19 +14,51 @@ from sam2pp_jax.tracking.step import frame_memory, track_step
 
 def _stored(out) -> dict:
   """What the predictor stores per object and frame (memories as bfloat16, exact)."""
-  return {"low_res": out.low_res, "score": out.score, "obj_ptr": out.obj_ptr, "box": out.box,
-          "maskmem": None if out.maskmem is None else out.maskmem.astype(jnp.bfloat16)}
+  return {
+    "low_res": out.low_res,
+    "score": out.score,
+    "obj_ptr": out.obj_ptr,
+    "box": out.box,
+    "maskmem": None if out.maskmem is None else out.maskmem.astype(jnp.bfloat16),
+  }
 
 
-@partial(jax.jit, static_argnames=("model", "task", "route", "multimask", "num_frames",
-                                   "encode_memory"))
-def frame_step(model, params, feats, slots, pos, t, reverse, prompt, *, task, route, multimask,
-               num_frames, encode_memory):
+@partial(
+  jax.jit, static_argnames=("model", "task", "route", "multimask", "num_frames", "encode_memory")
+)
+def frame_step(
+  model,
+  params,
+  feats,
+  slots,
+  pos,
+  t,
+  reverse,
+  prompt,
+  *,
+  task,
+  route,
+  multimask,
+  num_frames,
+  encode_memory,
+):
   """track_step on frame t; the bank is built from host slots (None: no memory route)."""
   bank = None if slots is None else MemoryBank.from_slots(slots, pos)
-  _, out = track_step(model, params, feats, bank, t, prompt, task=task, route=route,
-                      multimask=multimask, num_frames=num_frames, reverse=reverse,
-                      write="none", encode_memory=encode_memory)
+  _, out = track_step(
+    model,
+    params,
+    feats,
+    bank,
+    t,
+    prompt,
+    task=task,
+    route=route,
+    multimask=multimask,
+    num_frames=num_frames,
+    reverse=reverse,
+    write="none",
+    encode_memory=encode_memory,
+  )
   return _stored(out)
 
 

@@ -28,7 +28,7 @@ from sam2pp_jax.tracking.predictor.steps import frame_step, prompt_memory
 from sam2pp_jax.tracking.propagate import encode_frames
 from sam2pp_jax.tracking.step import FEATURE_KEYS, FramePrompt, count_clicks, use_multimask
 
-PREV_LOGIT_CLAMP = 32.0      # previous logits fed back as a dense prompt are clamped to +-this
+PREV_LOGIT_CLAMP = 32.0  # previous logits fed back as a dense prompt are clamped to +-this
 
 
 class VideoPredictor:
@@ -41,9 +41,17 @@ class VideoPredictor:
   (the training readout, sub-pixel; see point_readout.py).
   """
 
-  def __init__(self, model, params, task: str, *, encode_chunk: int = 4,
-               max_cached_frames: int | None = None, max_cond_frames_in_attn: int | None = None,
-               point_readout: str = "argmax"):
+  def __init__(
+    self,
+    model,
+    params,
+    task: str,
+    *,
+    encode_chunk: int = 4,
+    max_cached_frames: int | None = None,
+    max_cond_frames_in_attn: int | None = None,
+    point_readout: str = "argmax",
+  ):
     if task not in TASKS:
       raise ValueError(f"task={task!r} is unknown; use one of {', '.join(TASKS)}")
     self.point_readout = check_readout(point_readout)
@@ -78,8 +86,9 @@ class VideoPredictor:
     state.objects.clear()
     state.frame_info.clear()
 
-  def remove_object(self, state: InferenceState, obj_id, strict: bool = True,
-                    need_output: bool = True):
+  def remove_object(
+    self, state: InferenceState, obj_id, strict: bool = True, need_output: bool = True
+  ):
     """Remove an object. Returns (remaining obj_ids, [(frame_idx, masks [O,H,W])] for the
     frames where it had prompts). Unknown obj_id: ValueError (strict) or a no-op."""
     if obj_id not in state.obj_ids and not strict:
@@ -102,11 +111,16 @@ class VideoPredictor:
     """One object's stored output on a frame (numpy): low_res, score, obj_ptr, box, maskmem
     (float32 [h,w,Cm] bf16 values, None before consolidation), is_cond; None if absent."""
     o = state.objects[state.known_obj(obj_id)]
-    for store, is_cond in ((o.temp["cond"], True), (o.temp["non_cond"], False),
-                           (o.out["cond"], True), (o.out["non_cond"], False)):
+    for store, is_cond in (
+      (o.temp["cond"], True),
+      (o.temp["non_cond"], False),
+      (o.out["cond"], True),
+      (o.out["non_cond"], False),
+    ):
       if frame_idx in store:
-        r = {k: None if v is None else np.asarray(v, np.float32)
-             for k, v in store[frame_idx].items()}
+        r = {
+          k: None if v is None else np.asarray(v, np.float32) for k, v in store[frame_idx].items()
+        }
         if r["maskmem"] is not None:
           h = self.image_size // 16
           r["maskmem"] = r["maskmem"].reshape(h, h, self.mem_dim)
@@ -133,9 +147,17 @@ class VideoPredictor:
       out = self._decode(state, o, frame_idx, is_init, reverse, None, m_model)
     return self._store_temp(state, o, frame_idx, is_init, out)
 
-  def add_new_points_or_box(self, state: InferenceState, frame_idx: int, obj_id, points=None,
-                            labels=None, clear_old_points: bool = True,
-                            normalize_coords: bool = True, box=None):
+  def add_new_points_or_box(
+    self,
+    state: InferenceState,
+    frame_idx: int,
+    obj_id,
+    points=None,
+    labels=None,
+    clear_old_points: bool = True,
+    normalize_coords: bool = True,
+    box=None,
+  ):
     """Clicks (labels 1 positive / 0 negative) and/or a box (x0, y0, x1, y1) for one object.
 
     Coordinates are video pixels (normalize_coords=True) or already in [0, 1]. A box becomes
@@ -144,16 +166,27 @@ class VideoPredictor:
     task needs the Gaussian heatmap: use add_new_points_and_generate_gaussian_mask).
     """
     if self.task == "point":
-      raise ValueError("add_new_points_or_box is not available in the point task (the "
-                       "reference requires the Gaussian heatmap with every click); use "
-                       "add_new_points_and_generate_gaussian_mask")
+      raise ValueError(
+        "add_new_points_or_box is not available in the point task (the "
+        "reference requires the Gaussian heatmap with every click); use "
+        "add_new_points_and_generate_gaussian_mask"
+      )
     frame_idx = prompts.check_frame_index(frame_idx, state.num_frames)
-    coords, labs = inputs.user_points(points, labels, state.video_hw, self.image_size,
-                                      normalize_coords, box, allow_empty=box is not None)
+    coords, labs = inputs.user_points(
+      points,
+      labels,
+      state.video_hw,
+      self.image_size,
+      normalize_coords,
+      box,
+      allow_empty=box is not None,
+    )
     if box is not None:
       if not clear_old_points:
-        raise ValueError("box with clear_old_points=False: a box must come before any click; "
-                         "pass clear_old_points=True")
+        raise ValueError(
+          "box with clear_old_points=False: a box must come before any click; "
+          "pass clear_old_points=True"
+        )
       b = inputs.user_box(box, state.video_hw, self.image_size, normalize_coords)
       coords = np.concatenate([b, coords])
       labs = np.concatenate([np.array(prompts.BOX_LABELS, np.int32), labs])
@@ -169,28 +202,44 @@ class VideoPredictor:
     out = self._decode(state, o, frame_idx, is_init, reverse, (coords, labs), prev_logits)
     return self._store_temp(state, o, frame_idx, is_init, out)
 
-  def add_new_points_and_generate_gaussian_mask(self, state: InferenceState, frame_idx: int,
-                                                obj_id, points, labels, radius: int = 5,
-                                                sigma: float = 2.0,
-                                                clear_old_points: bool = True,
-                                                normalize_coords: bool = True):
+  def add_new_points_and_generate_gaussian_mask(
+    self,
+    state: InferenceState,
+    frame_idx: int,
+    obj_id,
+    points,
+    labels,
+    radius: int = 5,
+    sigma: float = 2.0,
+    clear_old_points: bool = True,
+    normalize_coords: bool = True,
+  ):
     """Point task: one click -> its Gaussian heatmap (radius, sigma at model resolution); the
     heatmap is the frame's output and, with the click, makes the object pointer."""
     if self.task != "point":
-      raise ValueError(f"add_new_points_and_generate_gaussian_mask is for the point task; "
-                       f"this predictor's task is {self.task!r} (use add_new_points_or_box "
-                       f"or add_new_mask)")
+      raise ValueError(
+        f"add_new_points_and_generate_gaussian_mask is for the point task; "
+        f"this predictor's task is {self.task!r} (use add_new_points_or_box "
+        f"or add_new_mask)"
+      )
     frame_idx = prompts.check_frame_index(frame_idx, state.num_frames)
-    coords, labs = inputs.user_points(points, labels, state.video_hw, self.image_size,
-                                      normalize_coords)
+    coords, labs = inputs.user_points(
+      points, labels, state.video_hw, self.image_size, normalize_coords
+    )
     if coords.shape[0] != 1:
-      raise ValueError(f"points has {coords.shape[0]} points; the Gaussian heatmap is made "
-                       "from exactly one point per call (call again with "
-                       "clear_old_points=False to add more clicks)")
+      raise ValueError(
+        f"points has {coords.shape[0]} points; the Gaussian heatmap is made "
+        "from exactly one point per call (call again with "
+        "clear_old_points=False to add more clicks)"
+      )
     o = state.objects[state.obj_or_new(obj_id)]
-    heat = prompts.gaussian_point_mask(float(coords[0, 0]), float(coords[0, 1]),
-                                       (self.image_size, self.image_size), int(radius),
-                                       float(sigma))
+    heat = prompts.gaussian_point_mask(
+      float(coords[0, 0]),
+      float(coords[0, 1]),
+      (self.image_size, self.image_size),
+      int(radius),
+      float(sigma),
+    )
     coords, labs = o.merge_points(frame_idx, coords, labs, clear_old_points)
     o.point_inputs[frame_idx] = (coords, labs)
     o.mask_inputs[frame_idx] = heat
@@ -201,9 +250,14 @@ class VideoPredictor:
   # ---------------------------------------------------------------------------------------------
   # propagation
   # ---------------------------------------------------------------------------------------------
-  def propagate_in_video(self, state: InferenceState, start_frame_idx: int | None = None,
-                         max_frame_num_to_track: int | None = None, reverse: bool = False,
-                         with_info: bool = False) -> Iterator[tuple]:
+  def propagate_in_video(
+    self,
+    state: InferenceState,
+    start_frame_idx: int | None = None,
+    max_frame_num_to_track: int | None = None,
+    reverse: bool = False,
+    with_info: bool = False,
+  ) -> Iterator[tuple]:
     """Track every object; yields (frame_idx, obj_ids, masks [O,H,W] logits[, info]).
 
     Default start: the earliest conditioning frame. Forward: frames start..min(start+max,
@@ -230,8 +284,16 @@ class VideoPredictor:
       for i in todo:
         groups.setdefault(self._layout(state.objects[i], f, reverse, t_total), []).append(i)
       for lay, members in groups.items():
-        outs = self._step(state, f, reverse, lay, [state.objects[i] for i in members], None,
-                          multimask=True, encode_memory=True)
+        outs = self._step(
+          state,
+          f,
+          reverse,
+          lay,
+          [state.objects[i] for i in members],
+          None,
+          multimask=True,
+          encode_memory=True,
+        )
         for i, out in zip(members, outs):
           state.objects[i].out["non_cond"][f] = out
       for o in state.objects:
@@ -245,21 +307,39 @@ class VideoPredictor:
   # host-side bookkeeping
   # ---------------------------------------------------------------------------------------------
   def _layout(self, o, f, reverse, t_total):
-    return layout.memory_layout(o, f, reverse, t_total, num_maskmem=self.num_maskmem,
-                                max_obj_ptrs=self.max_obj_ptrs,
-                                max_cond=self.max_cond_frames_in_attn)
+    return layout.memory_layout(
+      o,
+      f,
+      reverse,
+      t_total,
+      num_maskmem=self.num_maskmem,
+      max_obj_ptrs=self.max_obj_ptrs,
+      max_cond=self.max_cond_frames_in_attn,
+    )
 
   def _step(self, state, f, reverse, lay, objs, prompt, *, multimask, encode_memory):
     """track_step on frame f for objects sharing one memory layout (None: no memory)."""
     slots = None
     if lay is not None:
-      slots = layout.bank_slots(objs, lay, (self.image_size // 16) ** 2, self.mem_dim,
-                                self.hidden_dim)
+      slots = layout.bank_slots(
+        objs, lay, (self.image_size // 16) ** 2, self.mem_dim, self.hidden_dim
+      )
     route = "no_memory" if lay is None else "memory"
-    res = frame_step(self.model, self.params, self._features(state, f), slots,
-                     state.maskmem_pos, jnp.int32(f), jnp.bool_(reverse), prompt,
-                     task=self.task, route=route, multimask=bool(multimask),
-                     num_frames=state.num_frames, encode_memory=encode_memory)
+    res = frame_step(
+      self.model,
+      self.params,
+      self._features(state, f),
+      slots,
+      state.maskmem_pos,
+      jnp.int32(f),
+      jnp.bool_(reverse),
+      prompt,
+      task=self.task,
+      route=route,
+      multimask=bool(multimask),
+      num_frames=state.num_frames,
+      encode_memory=encode_memory,
+    )
     return _split(res, len(objs))
 
   def _decode(self, state, o, f, is_init, reverse, points, mask_prompt):
@@ -273,10 +353,21 @@ class VideoPredictor:
     return out
 
   def _prompt_as_output(self, state, f, mask_model, points):
-    res = frame_step(self.model, self.params, self._features(state, f), None, None,
-                     jnp.int32(f), jnp.bool_(False), _frame_prompt(points, mask_model),
-                     task=self.task, route="prompt_as_output", multimask=False, num_frames=state.num_frames,
-                     encode_memory=False)
+    res = frame_step(
+      self.model,
+      self.params,
+      self._features(state, f),
+      None,
+      None,
+      jnp.int32(f),
+      jnp.bool_(False),
+      _frame_prompt(points, mask_model),
+      task=self.task,
+      route="prompt_as_output",
+      multimask=False,
+      num_frames=state.num_frames,
+      encode_memory=False,
+    )
     out = _split(res, 1)[0]
     out["maskmem"] = None
     return out
@@ -294,41 +385,63 @@ class VideoPredictor:
   def _preflight(self, state):
     """Encode the memory of every temporary output and move it into the output store."""
     if not state.objects:
-      raise ValueError("no object has a prompt yet; call add_new_mask, add_new_points_or_box "
-                       "or add_new_points_and_generate_gaussian_mask first")
+      raise ValueError(
+        "no object has a prompt yet; call add_new_mask, add_new_points_or_box "
+        "or add_new_points_and_generate_gaussian_mask first"
+      )
     for obj_id, o in zip(state.obj_ids, state.objects):
       for key in ("non_cond", "cond"):
         for f, out in o.temp[key].items():
           if out["maskmem"] is None:
             out = dict(out)
             feats = self._features(state, f)
-            mem, pos = prompt_memory(self.model, self.params, feats["vision"],
-                                     out["low_res"][None], out["score"][None], task=self.task)
+            mem, pos = prompt_memory(
+              self.model,
+              self.params,
+              feats["vision"],
+              out["low_res"][None],
+              out["score"][None],
+              task=self.task,
+            )
             out["maskmem"] = mem[0]
             if state.maskmem_pos is None:
               state.maskmem_pos = pos
           o.out[key][f] = out
         o.temp[key].clear()
       if not o.out["cond"]:
-        raise ValueError(f"object id {obj_id!r} has no prompt on any frame (only corrections); "
-                         "add a mask, box or points for it first")
+        raise ValueError(
+          f"object id {obj_id!r} has no prompt on any frame (only corrections); "
+          "add a mask, box or points for it first"
+        )
       for f in o.out["cond"]:
         o.out["non_cond"].pop(f, None)
 
   def _frame_result(self, state, outs):
     """Objects' outputs (None = absent) -> video-res masks [O,H,W] (numpy) and the info dict."""
     s4 = self.image_size // 4
-    low = jnp.stack([jnp.full((s4, s4), NO_OBJ_SCORE, jnp.float32) if o is None
-                     else o["low_res"] for o in outs])
-    score = np.asarray(jnp.stack([jnp.float32(NO_OBJ_SCORE) if o is None else o["score"]
-                                  for o in outs]))
-    r = video_outputs(low, video_hw=state.video_hw, task=self.task, readout=self.point_readout,
-                      image_size=self.image_size)
-    info = {"low_res_masks": np.asarray(low), "object_score_logits": score,
-            "visible": score > 0}
+    low = jnp.stack(
+      [jnp.full((s4, s4), NO_OBJ_SCORE, jnp.float32) if o is None else o["low_res"] for o in outs]
+    )
+    score = np.asarray(
+      jnp.stack([jnp.float32(NO_OBJ_SCORE) if o is None else o["score"] for o in outs])
+    )
+    r = video_outputs(
+      low,
+      video_hw=state.video_hw,
+      task=self.task,
+      readout=self.point_readout,
+      image_size=self.image_size,
+    )
+    info = {"low_res_masks": np.asarray(low), "object_score_logits": score, "visible": score > 0}
     if self.task == "box":
-      box = np.stack([np.zeros((4,), np.float32) if o is None or o["box"] is None
-                      else np.asarray(o["box"], np.float32) for o in outs])
+      box = np.stack(
+        [
+          np.zeros((4,), np.float32)
+          if o is None or o["box"] is None
+          else np.asarray(o["box"], np.float32)
+          for o in outs
+        ]
+      )
       h, w = state.video_hw
       info["boxes_xyxy_norm"] = box
       info["boxes_xyxy"] = box * np.asarray([w, h, w, h], np.float32)
@@ -344,13 +457,13 @@ class VideoPredictor:
     cache = state.cached_features
     if f in cache:
       if self.max_cached_frames is not None:
-        cache[f] = cache.pop(f)          # most recently used last
+        cache[f] = cache.pop(f)  # most recently used last
       return cache[f]
     c = self.encode_chunk
     i0 = (f // c) * c
-    feats = encode_frames(self.model, self.params, state.images[i0:i0 + c], self.task, c)
+    feats = encode_frames(self.model, self.params, state.images[i0 : i0 + c], self.task, c)
     for j in range(feats["vision"].shape[0]):
-      cache[i0 + j] = {k: feats[k][j:j + 1] for k in FEATURE_KEYS}
+      cache[i0 + j] = {k: feats[k][j : j + 1] for k in FEATURE_KEYS}
     if self.max_cached_frames is not None:
       keep = max(int(self.max_cached_frames), c)
       while len(cache) > keep:
@@ -364,9 +477,11 @@ class VideoPredictor:
 def _frame_prompt(points, mask) -> FramePrompt:
   """One object's host prompt ((coords [P,2], labels [P]) or None; mask or None) as a batch."""
   arr = lambda x, dt=None: None if x is None else jnp.asarray(x, dt)[None]
-  return FramePrompt(point_coords=None if points is None else arr(points[0]),
-                     point_labels=None if points is None else arr(points[1]),
-                     mask=arr(mask, jnp.float32))
+  return FramePrompt(
+    point_coords=None if points is None else arr(points[0]),
+    point_labels=None if points is None else arr(points[1]),
+    mask=arr(mask, jnp.float32),
+  )
 
 
 def _split(res: dict, b: int) -> list[dict]:
