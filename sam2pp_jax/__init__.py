@@ -4,7 +4,8 @@ __version__ = "0.1.0"
 
 
 def load_model(directory):
-  """(config, params) from a checkpoint directory; `model.sam2pp.build_model(config)` applies them."""
+  """(config, params) from a checkpoint directory; `model.sam2pp.build_model(config)` applies
+  them."""
   from sam2pp_jax.checkpoint import load_model as _load
 
   return _load(directory)

@@ -1,17 +1,20 @@
 """Deterministic synthetic videos with mask, box and point ground truth of the same objects.
 
-Why: the tiny-model demo needs free, seed-reproducible training and held-out clips that still hold what
-makes tracking hard (occlusion, look-alike distractors, deformation, scale change, leaving the frame).
+Why: the tiny-model demo needs free, seed-reproducible training and held-out clips that still hold
+what makes tracking hard (occlusion, look-alike distractors, deformation, scale change, leaving the
+frame).
 
 Scene model (numpy + OpenCV only; ~30 ms of one CPU core for 24 x 128 x 128 with 3 objects)
 -------------------------------------------------------------------------------------------
-* Background: smooth value noise, a gradient, stripes and/or blurred random blobs (1-2 of them mixed),
-  coloured through a random 3-colour ramp, with a static grain and an optional smooth camera pan.
-* Objects 1..K (their ids in `masks`): a star-shaped outline (ellipse, polygon, star or blob) given by a
-  radial profile r(phi); over time it is warped non-rigidly (radius times 1 + sum_j a_j sin(k_j phi +
-  w_j t + psi_j)), stretched, rotated, scaled (smooth log-scale drift) and moved (random walk with
-  velocity that bounces off the frame borders).  Its texture (solid, stripes, checker, spots, gradient)
-  lives in the object's own undeformed coordinates, so texture and keypoints move with the object.
+* Background: smooth value noise, a gradient, stripes and/or blurred random blobs (1-2 of them
+  mixed), coloured through a random 3-colour ramp, with a static grain and an optional smooth camera
+  pan.
+* Objects 1..K (their ids in `masks`): a star-shaped outline (ellipse, polygon, star or blob) given
+  by a radial profile r(phi); over time it is warped non-rigidly (radius times
+  1 + sum_j a_j sin(k_j phi + w_j t + psi_j)), stretched, rotated, scaled (smooth log-scale drift)
+  and moved (random walk with velocity that bounces off the frame borders).  Its texture (solid,
+  stripes, checker, spots, gradient) lives in the object's own undeformed coordinates, so texture
+  and keypoints move with the object.
   Objects 2..K have a DISTINCT look, a SIMILAR one (object 1's pattern with shifted colours) or the
   SAME one as object 1 (a distractor; `distractor` says which).
 * Events (probabilities in `Difficulty`): another object's path crosses object 1; a foreground bar
@@ -68,7 +71,10 @@ _SHIFT = 4  # fillPoly sub-pixel bits
 
 @dataclasses.dataclass(frozen=True)
 class Difficulty:
-  """Knobs of a difficulty level. Speeds, lengths and noise are for a 128-px frame (scaled by min(H, W)/128)."""
+  """Knobs of a difficulty level.
+
+  Speeds, lengths and noise are for a 128-px frame (scaled by min(H, W)/128).
+  """
 
   p_occluder: float = 0.35  # a foreground bar sweeps over object 1
   p_full_occlusion: float = 0.6  # given a bar: it hides object 1 completely for 1-4 frames
@@ -123,7 +129,7 @@ DIFFICULTIES = {
 }
 
 
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # argument checks
 
 
@@ -177,7 +183,7 @@ def _difficulty(difficulty: Union[str, Difficulty]) -> Difficulty:
   return difficulty
 
 
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # background
 
 
@@ -234,7 +240,7 @@ def _background(
   return canvas, offsets + pad
 
 
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # appearance
 
 _TEXTURE_KINDS = ("solid", "stripes", "checker", "spots", "gradient")
@@ -303,7 +309,7 @@ def _texture(look: _Look) -> np.ndarray:
   return np.clip(col * shade[..., None] + 0.5, 0, 255).astype(np.uint8)
 
 
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # shapes and their motion
 
 
@@ -486,7 +492,7 @@ def _crossing_path(
   return start + np.arange(t)[:, None] * vel
 
 
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # foreground occluder
 
 
@@ -534,7 +540,7 @@ def _occluder(
   return _Occluder(center, axes, np.array([half_w, 1.5 * max(hw)]), look)
 
 
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # rasterisation and ground truth
 
 
@@ -560,7 +566,8 @@ def _pixel(xy: np.ndarray) -> np.ndarray:
 def _points_world(
   obj: _Object, rho0: np.ndarray, phi: np.ndarray, frames: Optional[int] = None
 ) -> np.ndarray:
-  """[T,P,2] keypoints given in undeformed polar coordinates (rho0, phi) of the object (first `frames`)."""
+  """[T,P,2] keypoints given in undeformed polar coordinates (rho0, phi) of the object (first
+  `frames`)."""
   t = np.arange(obj.affine.shape[0] if frames is None else frames)
   rho = rho0[None] * obj.warp(t[:, None], phi[None])
   local = rho[..., None] * np.stack([np.cos(phi), np.sin(phi)], -1)[None]
@@ -595,7 +602,7 @@ def _counts(masks: np.ndarray, k: int) -> np.ndarray:
   return np.stack([np.bincount(m.ravel(), minlength=k + 1)[1 : k + 1] for m in masks])
 
 
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # scene sampling
 
 
@@ -728,7 +735,7 @@ def _sample_scene(
   return _Scene(objs, occ, depth, amodal, occ_mask, masks, np.stack(points, 1))
 
 
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # rendering
 
 
@@ -849,7 +856,7 @@ def _render(
   return frames.reshape(t, h, w, 3)
 
 
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # public API
 
 
@@ -891,8 +898,8 @@ def generate_video(
   range drawn from per video, 1 <= K <= MAX_OBJECTS. difficulty: "easy" / "normal" / "hard" or a
   Difficulty (e.g. dataclasses.replace(DIFFICULTIES["normal"], p_occluder=1.0)). num_points: P
   keypoints per object. min_visible_pixels: the visible-pixel count from which `visible` is True.
-  RuntimeError when no valid frame 0 is found in 200 scene draws (only for many objects in tiny frames,
-  e.g. 8 objects in 32 x 32).
+  RuntimeError when no valid frame 0 is found in 200 scene draws (only for many objects in tiny
+  frames, e.g. 8 objects in 32 x 32).
   """
   seed = _check_int("seed", seed, 0)
   t, h, w, (lo, hi), d, p, min_px = _checked(
@@ -929,7 +936,8 @@ def generate_video(
 
 
 def video_seed(seed: int, index: int) -> int:
-  """The generate_video seed of video `index` of dataset `seed` (spawn key of SeedSequence(seed))."""
+  """The generate_video seed of video `index` of dataset `seed` (spawn key of
+  SeedSequence(seed))."""
   seed, index = _check_int("seed", seed, 0), _check_int("index", index, 0)
   return int(np.random.SeedSequence(seed, spawn_key=(index,)).generate_state(1, np.uint64)[0])
 

@@ -1,4 +1,5 @@
-"""Shared pieces of the metric implementations: the refusal error and the report layout eval.py prints."""
+"""Shared pieces of the metric implementations: the refusal error and the report layout eval.py
+prints."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from typing import Any, Dict
 
 
 class MetricInputError(ValueError):
-  """An input the official toolkit refuses; the message names the file and the problem, and what to do."""
+  """An input the official toolkit refuses; the message names the file and the problem, and what
+  to do."""
 
 
 def make_report(
@@ -18,7 +20,8 @@ def make_report(
   per_object: Dict[str, Any] | None = None,
   **extra,
 ) -> dict:
-  """The JSON layout of `eval.py score`; metric names and units follow the matching reference block."""
+  """The JSON layout of `eval.py score`; metric names and units follow the matching reference
+  block."""
   report = {
     "task": task,
     "protocol": protocol,
@@ -31,7 +34,8 @@ def make_report(
 
 
 def json_safe(x):
-  """NaN/Inf become the strings "nan"/"inf"/"-inf" (the convention of ../shared/metrics expected.json)."""
+  """NaN/Inf become the strings "nan"/"inf"/"-inf" (the convention of ../shared/metrics
+  expected.json)."""
   if isinstance(x, dict):
     return {str(k): json_safe(v) for k, v in x.items()}
   if isinstance(x, (list, tuple)):

@@ -80,7 +80,7 @@ def track_sequence(model, params, seq, task: str, *, chunk: int = 4, progress=No
       video_res=task == "mask",
       progress=None
       if progress is None
-      else (lambda i, d=done: progress(d + min(i + 1, t_total - f0))),
+      else (lambda i, d=done, f0=f0: progress(d + min(i + 1, t_total - f0))),
     )
     done += t_total - f0
     idx = r["frame_idx"]

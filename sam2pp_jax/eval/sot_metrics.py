@@ -1,4 +1,5 @@
-"""SOT box scores exactly as SAM2-Plus `benchmarks/sot_benchmark` and the got10k toolkit compute them.
+"""SOT box scores exactly as SAM2-Plus `benchmarks/sot_benchmark` and the got10k toolkit compute
+them.
 
 Layout: gt/<seq>/groundtruth.txt ('x,y,w,h' floats, GOT-10k val style, with absence.label,
 cover.label, cut_by_image.label, meta_info.ini), sequences from gt/list.txt (else the sorted
@@ -85,7 +86,8 @@ def list_sequences(gt_dir: str, sequences: Optional[Sequence[str]] = None) -> Li
 
 
 def _loadtxt(path: str, what: str, **kw) -> np.ndarray:
-  """np.loadtxt with its errors turned into a refusal naming the file (empty files load as size 0)."""
+  """np.loadtxt with its errors turned into a refusal naming the file (empty files load
+  as size 0)."""
   if not os.path.isfile(path):
     raise MetricInputError(f"{path}: {what} file not found")
   try:
@@ -124,7 +126,8 @@ def _pred_path(pred_dir: str, seq: str) -> str:
 
 
 def load_pred_ope(path: str) -> np.ndarray:
-  """Integer rows as `np.loadtxt(dtype=int)` reads them; shapes the reference cannot index are refused."""
+  """Integer rows as `np.loadtxt(dtype=int)` reads them; shapes the reference cannot index are
+  refused."""
   if not os.path.isfile(path):
     raise MetricInputError(f"{path}: prediction file not found")
   try:
@@ -153,7 +156,8 @@ def load_pred_ope(path: str) -> np.ndarray:
 
 
 def load_visible(gt_dir: str, seq: str, n: int) -> np.ndarray:
-  """Tracking-Any-Granularity visibility: gt/Visibles/<seq>.txt if present, else 1 - absence.label."""
+  """Tracking-Any-Granularity visibility: gt/Visibles/<seq>.txt if present, else
+  1 - absence.label."""
   tag = os.path.join(gt_dir, "Visibles", seq + ".txt")
   if os.path.isfile(tag):
     path, vis = tag, _loadtxt(tag, "visibility", delimiter=",", dtype=np.int32) != 0
@@ -207,7 +211,8 @@ def frame_errors(pred: np.ndarray, gt: np.ndarray, visible: Optional[np.ndarray]
     gc = gxy + 0.5 * (gwh - 1.0)
     center = np.sqrt(((pc - gc) ** 2).sum(1))
     norm = np.sqrt(((pc / gwh - gc / gwh) ** 2).sum(1))
-    # IoU with the inclusive-pixel (+1/-1) convention; the int64 br goes through float32 as in torch.
+    # IoU with the inclusive-pixel (+1/-1) convention; the int64 br goes through float32 as in
+    # torch.
     tl = np.maximum(pred[:, :2].astype(np.float64), gxy)
     br_pred = ((pred[:, :2] + pred[:, 2:]).astype(np.float32) - np.float32(1.0)).astype(np.float64)
     br = np.minimum(br_pred, gxy + gwh - 1.0)
@@ -262,7 +267,8 @@ def _cascade_rows(rows: np.ndarray) -> np.ndarray:
 
 
 def _row_sum(rows: np.ndarray) -> np.ndarray:
-  """torch's row_sum: 4 interleaved cascades, the leftover rows added to the first, then combined."""
+  """torch's row_sum: 4 interleaved cascades, the leftover rows added to the first, then
+  combined."""
   m = len(rows) // _ILP
   parts = [
     _cascade_rows(rows[k : _ILP * m : _ILP]) if m else np.zeros(rows.shape[1:], np.float32)
@@ -312,7 +318,8 @@ def _ope_summary(curves: Dict[str, np.ndarray]) -> Tuple[Dict[str, float], Dict[
 def score_ope(
   gt_dir: str, pred_dir: str, *, visibility: bool = False, sequences: Optional[Sequence[str]] = None
 ) -> dict:
-  """SAM2-Plus sot_benchmark (percent); visibility=True is its Tracking-Any-Granularity loader run."""
+  """SAM2-Plus sot_benchmark (percent); visibility=True is its Tracking-Any-Granularity loader
+  run."""
   seqs = list_sequences(gt_dir, sequences)
   per_seq, per_frame, seq_curves = {}, {}, {}
   for seq in seqs:

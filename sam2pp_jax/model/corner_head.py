@@ -40,7 +40,8 @@ def upsample_nearest(x, factor: int):
 
 
 def soft_argmax_xy(score_map, stride: float = 1.0):
-  """Expected (col*stride, row*stride) under softmax over the last two axes: [..., H, W] -> [..., 2]."""
+  """Expected (col*stride, row*stride) under softmax over the last two axes:
+  [..., H, W] -> [..., 2]."""
   *lead, h, w = score_map.shape
   prob = jax.nn.softmax(score_map.reshape(*lead, h * w).astype(jnp.float32), axis=-1)
   prob = prob.reshape(*lead, h, w)

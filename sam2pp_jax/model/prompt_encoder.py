@@ -52,7 +52,8 @@ class PromptEncoder(nn.Module):
     self.point_embeddings = [nn.Embed(1, self.embed_dim) for _ in range(self.num_point_embeddings)]
     self.not_a_point_embed = nn.Embed(1, self.embed_dim)
     self.no_mask_embed = nn.Embed(1, self.embed_dim)
-    # Reference Sequential slots: 0 conv, 1 LayerNorm2d, 2 GELU, 3 conv, 4 LayerNorm2d, 5 GELU, 6 conv.
+    # Reference Sequential slots: 0 conv, 1 LayerNorm2d, 2 GELU, 3 conv, 4 LayerNorm2d, 5 GELU,
+    # 6 conv.
     self.mask_downscaling_0 = conv2d(self.mask_in_chans // 4, 2, stride=2)
     self.mask_downscaling_1 = layer_norm(1e-6)
     self.mask_downscaling_3 = conv2d(self.mask_in_chans, 2, stride=2)

@@ -181,7 +181,6 @@ class SAM2Plus(nn.Module):
     """
     _check_task(task)
     b = vision.shape[0]
-    s = self.image_size
     if point_coords is None:
       point_coords = jnp.zeros((b, 1, 2), jnp.float32)
       point_labels = -jnp.ones((b, 1), jnp.int32)

@@ -95,7 +95,8 @@ class UnifiedDecoder(nn.Module):
     return getattr(self, f"{name}_{task}")
 
   def project_high_res_features(self, feat_s0, feat_s1, task: str):
-    """FPN levels 0 (S/4) and 1 (S/8), [B,h,w,C] -> (s0 [..,C/8], s1 [..,C/4]); run once per frame."""
+    """FPN levels 0 (S/4) and 1 (S/8), [B,h,w,C] -> (s0 [..,C/8], s1 [..,C/4]); run once per
+    frame."""
     _check_task(task)
     return self._head("conv_s0", task)(feat_s0), self._head("conv_s1", task)(feat_s1)
 

@@ -6,6 +6,7 @@ attributed to the block that made it), and our own upstream results otherwise.
 
 from __future__ import annotations
 
+import collections
 import functools
 import re
 from dataclasses import dataclass
@@ -38,6 +39,30 @@ class Row:
       f"{tag} {self.name:58s} max_abs={self.max_abs:9.3g} rel={self.rel:9.3g} "
       f"tol={self.tol:8.3g} {self.note}"
     )
+
+
+def _instance_lru(maxsize: int):
+  """functools.lru_cache(maxsize) for a method, with the cache kept on the instance (so it goes away
+  with it) instead of one module-wide cache keyed on self."""
+
+  def deco(fn):
+    attr = "_lru_" + fn.__name__
+
+    @functools.wraps(fn)
+    def wrapper(self, *args):
+      cache = self.__dict__.setdefault(attr, collections.OrderedDict())
+      if args in cache:
+        cache.move_to_end(args)
+        return cache[args]
+      value = fn(self, *args)
+      cache[args] = value
+      if len(cache) > maxsize:
+        cache.popitem(last=False)
+      return value
+
+    return wrapper
+
+  return deco
 
 
 def _nchw(x):
@@ -87,7 +112,7 @@ class ComponentChecker:
       lambda p, x: self.model.apply({"params": p}, x, task=self.task, method="encode_image")
     )
 
-  @functools.lru_cache(maxsize=4)
+  @_instance_lru(maxsize=4)
   def encoded(self, t: int) -> dict:
     x = jnp.asarray(self.frames[t].transpose(1, 2, 0)[None])
     return jax.tree.map(np.asarray, self._encode(self.params, x))
@@ -141,7 +166,6 @@ class ComponentChecker:
   # -- recipes -------------------------------------------------------------------------------
   def compute(self, t: int, comp: str, arr: str):
     """Our value for frame{t}/{comp}/{arr} in the reference layout, or (NEEDS_TRACKER, why)."""
-    fx, S = self.fx, self.S
     if comp == "image_encoder":
       e = self.encoded(t)
       if arr.startswith("backbone_fpn_"):
@@ -234,7 +258,7 @@ class ComponentChecker:
       return self.task == "box"
     return True
 
-  @functools.lru_cache(maxsize=4)
+  @_instance_lru(maxsize=4)
   def _decode(self, t):
     ins = self._decoder_inputs(t)
     if ins[0] is NEEDS_TRACKER:

@@ -20,7 +20,9 @@ _OVERRIDES = {
   "image_encoder.trunk.num_heads": "trunk.num_heads",
   "image_encoder.trunk.stages": "trunk.stages",
   "image_encoder.trunk.global_att_blocks": "trunk.global_att_blocks",
-  "image_encoder.trunk.window_pos_embed_bkg_spatial_size": "trunk.window_pos_embed_bkg_spatial_size",
+  "image_encoder.trunk.window_pos_embed_bkg_spatial_size": (
+    "trunk.window_pos_embed_bkg_spatial_size"
+  ),
   "image_encoder.trunk.window_spec": "trunk.window_spec",
   "image_encoder.neck.backbone_channel_list": "neck.backbone_channel_list",
   # RoPE tables always follow the actual S/16 feature map.

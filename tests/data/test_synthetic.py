@@ -1,4 +1,5 @@
-"""Synthetic video generator: determinism, ground-truth consistency and that the hard cases really occur."""
+"""Synthetic video generator: determinism, ground-truth consistency and that the hard cases really
+occur."""
 
 import dataclasses
 
@@ -127,7 +128,8 @@ def test_point_visibility_follows_masks(videos):
 
 
 def test_points_move_with_the_texture():
-  """Without noise and flicker the colour under a tracked point stays put; under a fixed pixel it does not."""
+  """Without noise and flicker the colour under a tracked point stays put; under a fixed pixel it
+  does not."""
   d = dataclasses.replace(S.DIFFICULTIES["normal"], noise=0.0, illumination=0.0)
   tracked, fixed = [], []
   for seed in range(6):

@@ -1,4 +1,5 @@
-"""`eval.py score` CLI: every protocol's JSON lines up with its reference block, bad input exits 2."""
+"""`eval.py score` CLI: every protocol's JSON lines up with its reference block, bad input
+exits 2."""
 
 import json
 import math

@@ -22,7 +22,8 @@ def sot_dev():
   case = _metrics_dir() / "sot_dev"
   if not (case / "expected.json").is_file():
     pytest.skip(
-      f"metric reference case not found at {case}: set $SAM2PP_METRICS_DIR or place ../shared/metrics"
+      f"metric reference case not found at {case}: "
+      "set $SAM2PP_METRICS_DIR or place ../shared/metrics"
     )
   with open(case / "expected.json") as f:
     return case, json.load(f)["references"]
@@ -33,7 +34,8 @@ def _as_float(v):
 
 
 def _assert_matches(got, ref, tol, where):
-  """Every number of `ref` (nested dicts/lists, "nan"/"inf" strings, bools) is in `got` within tol."""
+  """Every number of `ref` (nested dicts/lists, "nan"/"inf" strings, bools) is in `got` within
+  tol."""
   if isinstance(ref, dict):
     for k, v in ref.items():
       assert k in got, f"{where}: key {k!r} missing"
@@ -162,7 +164,8 @@ def test_frame0_is_overwritten_with_truncated_gt(tmp_path):
 def test_frame0_truncates_toward_zero(tmp_path):
   gt, pred = _write_seq(tmp_path, "s", [(-3.7, 5.5, 20.2, 10.9), BOX], [(0, 0, 1, 1), BOX])
   iou0 = score_ope(gt, pred)["per_frame"]["s"]["iou"][0]
-  # pred (-3,5,20,10): x overlap min(16, 15.5) - (-3) + 1 = 19.5, y overlap min(14, 15.4) - 5.5 + 1 = 9.5
+  # pred (-3,5,20,10): x overlap min(16, 15.5) - (-3) + 1 = 19.5,
+  #                    y overlap min(14, 15.4) - 5.5 + 1 = 9.5
   inter = 19.5 * 9.5
   assert iou0 == pytest.approx(inter / (200 + 20.2 * 10.9 - inter), rel=1e-12)
 

@@ -1,4 +1,5 @@
-"""VOS metrics: the dev reference numbers, the crop shortcut vs full-frame boundaries, edge rules."""
+"""VOS metrics: the dev reference numbers, the crop shortcut vs full-frame boundaries, edge
+rules."""
 
 import json
 import math
