@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import pytest
 
 from sam2pp_jax.model.presets import PRESETS, get_model_config, validate_model_config
+from sam2pp_jax.model.prompt_encoder import PromptEncoder
 from sam2pp_jax.model.sam2pp import build_model, param_shapes
 
 
@@ -71,26 +72,22 @@ def test_one_channel_mask_prompt_layernorm_is_rejected():
 
 @pytest.mark.parametrize("preset", ["tiny", "parity_small"])
 def test_mask_prompt_reaches_the_dense_embedding(preset):
-  """Two different mask prompts give different dense embeddings (at random init)."""
-  from sam2pp_jax.model.sam2pp import init_params
-
-  model = build_model(preset)
-  params = init_params(model, jax.random.key(0))
-  n = model.config.image_size // 4
+  """Two different mask prompts give different dense embeddings (at the model's random init:
+  the prompt encoder built and initialised as SAM2Plus builds it)."""
+  c = build_model(preset).config
+  s, d = int(c.image_size), int(c.hidden_dim)
+  encoder = PromptEncoder(
+    embed_dim=d,
+    image_embedding_size=(s // 16, s // 16),
+    input_image_size=(s, s),
+    mask_in_chans=c.decoder.mask_in_chans,
+  )
+  n = s // 4
   yy, xx = jnp.meshgrid(jnp.arange(n), jnp.arange(n), indexing="ij")
   a = jnp.where((yy < n // 2) & (xx < n // 2), 10.0, -10.0)[None, ..., None]
   b = jnp.where((yy >= n // 2) & (xx >= n // 2), 10.0, -10.0)[None, ..., None]
-
-  def dense(m):
-    return model.apply(
-      {"params": params},
-      jnp.zeros((1, 1, 2)),
-      -jnp.ones((1, 1), jnp.int32),
-      None,
-      m,
-      method=lambda mdl, *x: mdl.sam_prompt_encoder(*x),
-    )[1]
-
-  da, db = dense(a), dense(b)
+  prompt = (jnp.zeros((1, 1, 2)), -jnp.ones((1, 1), jnp.int32), None)
+  variables = encoder.init(jax.random.key(0), *prompt, a)
+  da, db = (encoder.apply(variables, *prompt, m)[1] for m in (a, b))
   assert float(jnp.std(da, axis=(1, 2)).mean()) > 1e-2  # spatially varying
   assert float(jnp.abs(da - db).mean()) > 1e-2  # depends on the prompt
