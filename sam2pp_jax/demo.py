@@ -126,59 +126,23 @@ def track_all(ckpt: str, paths: dict, out: str, quiet: bool, point_readout: str 
   outs["point_other"] = os.path.join(out, f"pred_point_{other}")
   for i, (name, vd) in enumerate(paths["videos"]):
     viz = ["--viz"] if i == 0 else []
-    q = ["--quiet"] if quiet else []
-    rc = track_cli.main(
-      [
-        "--checkpoint",
-        ckpt,
-        "--video",
-        vd,
-        "--task",
-        "mask",
-        "--prompt",
-        os.path.join(paths["gt_mask"], "Annotations", name, "00000.png"),
-        "--out",
-        outs["mask"],
-        *viz,
-        *q,
-      ]
+    common = ["--checkpoint", ckpt, "--video", vd] + (["--quiet"] if quiet else [])
+    track = lambda task, prompt, key, *extra, common=common: track_cli.main(
+      [*common, "--task", task, "--prompt", prompt, "--out", outs[key], *extra]
     )
     b = np.loadtxt(os.path.join(paths["gt_box"], name, "groundtruth.txt"), delimiter=",")[0]
-    box = f"{b[0]},{b[1]},{b[0] + b[2]},{b[1] + b[3]}"
-    rc |= track_cli.main(
-      [
-        "--checkpoint",
-        ckpt,
-        "--video",
-        vd,
-        "--task",
-        "box",
-        "--prompt",
-        box,
-        "--out",
-        outs["box"],
-        *viz,
-        *q,
-      ]
+    rc = track(
+      "mask", os.path.join(paths["gt_mask"], "Annotations", name, "00000.png"), "mask", *viz
     )
+    rc |= track("box", f"{b[0]},{b[1]},{b[0] + b[2]},{b[1] + b[3]}", "box", *viz)
     for key, readout in (("point", point_readout), ("point_other", other)):
-      rc |= track_cli.main(
-        [
-          "--checkpoint",
-          ckpt,
-          "--video",
-          vd,
-          "--task",
-          "point",
-          "--prompt",
-          os.path.join(paths["gt_point"], name + ".npz"),
-          "--out",
-          outs[key],
-          "--point-readout",
-          readout,
-          *(viz if key == "point" else []),
-          *q,
-        ]
+      rc |= track(
+        "point",
+        os.path.join(paths["gt_point"], name + ".npz"),
+        key,
+        "--point-readout",
+        readout,
+        *(viz if key == "point" else []),
       )
     if rc:
       raise RuntimeError(f"track.py failed on {name}")

@@ -10,6 +10,8 @@ import pytest  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
+from sam2pp_jax.model.random_params import random_params  # noqa: E402
+from sam2pp_jax.model.sam2pp import build_model  # noqa: E402
 from sam2pp_jax.parity.fixture import load_fixture, parity_dir  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parent.parent  # the repository root
@@ -62,3 +64,13 @@ def assert_rows_ok(rows, bf16_memory: bool):
   assert rows if bf16_memory else len(rows) >= 5
   bad = [r.line() for r in rows if r.status != "ok"]
   assert not bad, "\n".join(bad)
+
+
+def tiny_with_objects_present(seed: int = 0):
+  """The tiny model with `random_params` whose object-score head judges objects present
+  (logit ~ +3), so tracked masks are live logits rather than the absent-object constant."""
+  model = build_model("tiny")
+  params = random_params(model, seed)
+  head = params["sam_unified_decoder"]["pred_obj_score_head"]["layers_2"]
+  head["bias"] = head["bias"] + 3.0
+  return model, params

@@ -179,21 +179,15 @@ class UnifiedDecoder(nn.Module):
         if self.use_multimask_token_for_obj_ptr
         else jnp.repeat(mask_tokens_out[:, 0:1], m, axis=1)
       )
-      return {
-        "masks": masks,
-        "iou_pred": iou_pred,
-        "sam_tokens_out": sam_tokens_out,
-        "object_score_logits": object_score_logits,
-        "boxes": boxes,
-      }
-    sel = slice(1, None) if multimask_output else slice(0, 1)
-    masks, iou_pred = masks[:, sel], iou_pred[:, sel]
-    if boxes is not None:
-      boxes = boxes[:, sel]
-    if multimask_output and self.use_multimask_token_for_obj_ptr:
-      sam_tokens_out = mask_tokens_out[:, 1:]
     else:
-      sam_tokens_out = mask_tokens_out[:, 0:1]
+      sel = slice(1, None) if multimask_output else slice(0, 1)
+      masks, iou_pred = masks[:, sel], iou_pred[:, sel]
+      if boxes is not None:
+        boxes = boxes[:, sel]
+      if multimask_output and self.use_multimask_token_for_obj_ptr:
+        sam_tokens_out = mask_tokens_out[:, 1:]
+      else:
+        sam_tokens_out = mask_tokens_out[:, 0:1]
     return {
       "masks": masks,
       "iou_pred": iou_pred,

@@ -3,10 +3,8 @@ batch, reverse tracking, corrections and the user-facing errors."""
 
 import numpy as np
 import pytest
-from conftest import assert_rows_ok, e2e_rows
+from conftest import assert_rows_ok, e2e_rows, tiny_with_objects_present
 
-from sam2pp_jax.model.random_params import random_params
-from sam2pp_jax.model.sam2pp import build_model
 from sam2pp_jax.tracking.predictor import VideoPredictor
 from sam2pp_jax.tracking.propagate import track_video
 
@@ -29,12 +27,7 @@ T = 6
 
 @pytest.fixture(scope="module")
 def tiny():
-  model = build_model("tiny")
-  params = random_params(model, 0)
-  # objects judged present (score logit ~ +3), so masks are live logits rather than the
-  # absent-object constant whatever the prompt
-  head = params["sam_unified_decoder"]["pred_obj_score_head"]["layers_2"]
-  head["bias"] = head["bias"] + 3.0
+  model, params = tiny_with_objects_present()
   frames = (
     np.random.default_rng(3)
     .standard_normal((T, model.config.image_size, model.config.image_size, 3))

@@ -6,9 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import tiny_with_objects_present
 
-from sam2pp_jax.model.random_params import random_params
-from sam2pp_jax.model.sam2pp import build_model
 from sam2pp_jax.tracking.propagate import track_video
 from sam2pp_jax.train import forward
 
@@ -17,11 +16,7 @@ T, O = 5, 2
 
 @pytest.fixture(scope="module")
 def tiny():
-  model = build_model("tiny")
-  params = random_params(model, 0)
-  # objects judged present, so the compared masks are live logits, not the absent constant
-  head = params["sam_unified_decoder"]["pred_obj_score_head"]["layers_2"]
-  head["bias"] = head["bias"] + 3.0
+  model, params = tiny_with_objects_present()
   s = int(model.config.image_size)
   rng = np.random.default_rng(5)
   frames = rng.standard_normal((T, s, s, 3)).astype(np.float32)
