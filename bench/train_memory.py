@@ -18,6 +18,8 @@ import time
 
 from _smoke import parse_args
 
+from sam2pp_jax.model.presets import TASKS
+
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 # --smoke defaults: lowering only (compiling even the tiny training step takes ~1 CPU-minute)
 SMOKE = {"config": "demo", "frames": 2, "no_compile": True}
@@ -26,7 +28,7 @@ SMOKE = {"config": "demo", "frames": 2, "no_compile": True}
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--config", default="reference")
-  ap.add_argument("--task", default="box", choices=("mask", "box", "point"))
+  ap.add_argument("--task", default="box", choices=TASKS)
   ap.add_argument("--batch", type=int, default=1, help="global batch (clips)")
   ap.add_argument("--frames", type=int, default=8)
   ap.add_argument("--devices", type=int, default=0, help="fake CPU devices (sets XLA_FLAGS)")

@@ -32,6 +32,7 @@ from sam2pp_jax.data import synthetic
 from sam2pp_jax.eval.score import format_table, score
 from sam2pp_jax.io.atomic import atomic_write_bytes
 from sam2pp_jax.io.png import save_palette_png
+from sam2pp_jax.model.presets import TASKS
 from sam2pp_jax.tracking import cli as track_cli
 from sam2pp_jax.tracking.outputs import write_points_npz
 from sam2pp_jax.train.recipes import get_train_config
@@ -122,7 +123,7 @@ def track_all(ckpt: str, paths: dict, out: str, quiet: bool, point_readout: str 
   """track.py's `main` (in-process, so compiled functions are reused) for every video and task;
   the point task twice: `point` with `point_readout`, `point_other` with the other readout."""
   other = other_readout(point_readout)
-  outs = {t: os.path.join(out, f"pred_{t}") for t in ("mask", "box", "point")}
+  outs = {t: os.path.join(out, f"pred_{t}") for t in TASKS}
   outs["point_other"] = os.path.join(out, f"pred_point_{other}")
   for i, (name, vd) in enumerate(paths["videos"]):
     viz = ["--viz"] if i == 0 else []

@@ -10,6 +10,7 @@ import pytest  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
+from sam2pp_jax.model.presets import TASKS  # noqa: E402
 from sam2pp_jax.model.random_params import random_params  # noqa: E402
 from sam2pp_jax.model.sam2pp import build_model  # noqa: E402
 from sam2pp_jax.parity.fixture import load_fixture, parity_dir  # noqa: E402
@@ -17,7 +18,7 @@ from sam2pp_jax.parity.fixture import load_fixture, parity_dir  # noqa: E402
 REPO = pathlib.Path(__file__).resolve().parent.parent  # the repository root
 SHARED = REPO.parent / "shared"  # ../shared beside the clone
 
-DEV_FIXTURES = {t: f"dev_small_seed0_{t}.npz" for t in ("mask", "box", "point")}
+DEV_FIXTURES = {t: f"dev_small_seed0_{t}.npz" for t in TASKS}
 
 
 def get_fixture(task: str):

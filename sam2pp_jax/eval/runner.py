@@ -21,7 +21,7 @@ from sam2pp_jax.checkpoint import load_model
 from sam2pp_jax.data.formats import open_dataset
 from sam2pp_jax.eval.common import MetricInputError
 from sam2pp_jax.eval.score import dumps, protocol_fn, score
-from sam2pp_jax.io.atomic import atomic_write_bytes
+from sam2pp_jax.io.atomic import atomic_write_text
 from sam2pp_jax.io.video import preprocess
 from sam2pp_jax.model.sam2pp import build_model
 from sam2pp_jax.progress import Progress
@@ -114,10 +114,6 @@ def write_prediction(pred_root: str, task: str, seq, result: dict) -> str:
   return outputs.write_points_npz(path, result["trajs"], result["visibs"], (w, h))
 
 
-def _write_text(path: str, text: str) -> None:
-  atomic_write_bytes(path, text.encode())
-
-
 def write_ground_truth(gt_root: str, task: str, seq) -> None:
   """The sequence's ground truth in the layout the `task` scorers read (see module doc)."""
   h, w = seq.video_hw
@@ -137,11 +133,11 @@ def write_ground_truth(gt_root: str, task: str, seq) -> None:
       if cover is not None and len(cover) == len(vis)
       else np.where(vis, 8, 0)
     )
-    _write_text(os.path.join(d, "absence.label"), "".join(f"{int(not v)}\n" for v in vis))
-    _write_text(os.path.join(d, "cover.label"), "".join(f"{int(c)}\n" for c in cover))
-    _write_text(os.path.join(d, "cut_by_image.label"), "0\n" * len(vis))
-    _write_text(os.path.join(d, "meta_info.ini"), f"[METAINFO]\nresolution: ({w}, {h})\n")
-    _write_text(
+    atomic_write_text(os.path.join(d, "absence.label"), "".join(f"{int(not v)}\n" for v in vis))
+    atomic_write_text(os.path.join(d, "cover.label"), "".join(f"{int(c)}\n" for c in cover))
+    atomic_write_text(os.path.join(d, "cut_by_image.label"), "0\n" * len(vis))
+    atomic_write_text(os.path.join(d, "meta_info.ini"), f"[METAINFO]\nresolution: ({w}, {h})\n")
+    atomic_write_text(
       os.path.join(d, "groundtruth.txt"),
       "".join(",".join(repr(float(v)) for v in row) + "\n" for row in raw),
     )
@@ -223,8 +219,8 @@ def run_benchmark(
     if seq_bar is not None:
       seq_bar.update(i + 1)
   if task == "box":
-    atomic_write_bytes(os.path.join(gt_root, "list.txt"), "".join(n + "\n" for n in names).encode())
+    atomic_write_text(os.path.join(gt_root, "list.txt"), "".join(n + "\n" for n in names))
   report = score(task, protocol, gt_root, pred_root, sequences=names)
   report["dataset"], report["split"] = dataset, split
-  atomic_write_bytes(os.path.join(out, f"scores_{protocol}.json"), (dumps(report) + "\n").encode())
+  atomic_write_text(os.path.join(out, f"scores_{protocol}.json"), dumps(report) + "\n")
   return report

@@ -37,6 +37,7 @@ import numpy as np
 from sam2pp_jax.checkpoint import CheckpointError, load_config, load_model
 from sam2pp_jax.io.png import davis_palette, read_palette_png
 from sam2pp_jax.io.video import VideoError, load_video, preprocess
+from sam2pp_jax.model.presets import TASKS
 from sam2pp_jax.model.sam2pp import build_model
 from sam2pp_jax.progress import Progress
 from sam2pp_jax.tracking import outputs, prompts
@@ -160,7 +161,7 @@ def build_parser():
   p = argparse.ArgumentParser(prog="track.py", description=__doc__.split("\n")[0])
   p.add_argument("--checkpoint", required=True, help="checkpoint directory (params/, config.json)")
   p.add_argument("--video", required=True, help="video file or directory of frames")
-  p.add_argument("--task", required=True, choices=("mask", "box", "point"))
+  p.add_argument("--task", required=True, choices=TASKS)
   p.add_argument("--prompt", required=True, help="see the module help")
   p.add_argument("--frame", type=int, default=None, help="prompt frame index (default 0)")
   p.add_argument("--reverse", action="store_true", help="track backwards from the prompt frame")

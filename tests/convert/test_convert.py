@@ -16,6 +16,7 @@ from conftest import REPO
 
 from sam2pp_jax.convert import key_map
 from sam2pp_jax.convert.torch_reader import UnsafeCheckpointError, read_torch_checkpoint
+from sam2pp_jax.model.presets import TASKS
 from sam2pp_jax.model.sam2pp import build_model, param_shapes
 from sam2pp_jax.parity.det_init import det_state_dict
 
@@ -220,7 +221,7 @@ def test_sam2_style_checkpoint_converts_and_runs_all_tasks(tmp_path, tiny_sd):
   model = build_model(cfg)
   s = model.image_size
   x = jnp.asarray(np.random.default_rng(0).normal(size=(1, s, s, 3)), jnp.float32)
-  for task in ("mask", "box", "point"):
+  for task in TASKS:
     f = model.apply({"params": params}, x, task=task, method="encode_image")
     o = model.apply(
       {"params": params},
@@ -293,7 +294,7 @@ def test_meta_sam2_manifests_convert(tmp_path, name):
     lambda p, x, task: model.apply({"params": p}, x, task=task, method="encode_image"),
     static_argnums=2,
   )
-  for task in ("mask", "box", "point"):
+  for task in TASKS:
     f = enc(params, x, task)
     o = model.apply(
       {"params": params},

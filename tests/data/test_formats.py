@@ -11,6 +11,7 @@ cv2 = pytest.importorskip("cv2")
 from sam2pp_jax.data.formats import DatasetError, known_datasets, open_dataset  # noqa: E402
 from sam2pp_jax.data.formats import writers as wr  # noqa: E402
 from sam2pp_jax.io.png import save_palette_png  # noqa: E402
+from sam2pp_jax.model.presets import TASKS  # noqa: E402
 
 H, W = 32, 48
 JPEG_TOL = 8  # max abs error of a quality-100 JPEG of these smooth frames (measured: <= 5)
@@ -385,7 +386,7 @@ def test_prompts_feed_prepare_prompt(tmp_path):
   from sam2pp_jax.tracking.propagate import prepare_prompt
 
   s = _tag(tmp_path)
-  for task in ("mask", "box", "point"):
+  for task in TASKS:
     seq = open_dataset("tag", tmp_path, task=task).sequence("00025")
     p = seq.first_prompt()
     out = prepare_prompt(task, p["prompt"], seq.video_hw, image_size=64)

@@ -12,10 +12,9 @@ from sam2pp_jax.convert import key_map
 from sam2pp_jax.model.memory_attention import MemoryAttention
 from sam2pp_jax.model.memory_encoder import MemoryEncoder
 from sam2pp_jax.model.position_encoding import sine_position_encoding
+from sam2pp_jax.model.presets import TASKS
 from sam2pp_jax.model.random_params import random_params
 from sam2pp_jax.parity.fixture import parity_dir
-
-TASKS = ("mask", "box", "point")
 
 
 def _nchw(x):

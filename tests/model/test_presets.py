@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from sam2pp_jax.model.presets import PRESETS, get_model_config, validate_model_config
+from sam2pp_jax.model.presets import PRESETS, TASKS, get_model_config, validate_model_config
 from sam2pp_jax.model.prompt_encoder import PromptEncoder
 from sam2pp_jax.model.sam2pp import build_model, param_shapes
 
@@ -19,7 +19,7 @@ def test_preset_traces_every_task(preset):
   shapes = param_shapes(model)
   s = model.image_size
   img = jax.ShapeDtypeStruct((1, s, s, 3), jnp.float32)
-  for task in ("mask", "box", "point"):
+  for task in TASKS:
     f = jax.eval_shape(
       jax.jit(
         lambda p, x, task=task: model.apply({"params": p}, x, task=task, method="encode_image")
