@@ -11,7 +11,7 @@ import ml_collections
 PRESETS = ("tiny", "t", "s", "b+", "l", "parity_small")
 TASKS = ("mask", "box", "point")  # the granularities, in this order everywhere: import this one
 
-_TRUNKS = {
+TRUNKS = {
   "t": dict(
     embed_dim=96,
     num_heads=1,
@@ -65,7 +65,7 @@ def get_model_config(preset: str = "b+") -> ml_collections.ConfigDict:
   if preset not in PRESETS:
     raise ValueError(f"unknown model preset {preset!r}; choose one of {', '.join(PRESETS)}")
   trunk_key = "t" if preset == "parity_small" else preset
-  tr = dict(_TRUNKS[trunk_key])
+  tr = dict(TRUNKS[trunk_key])
   c = ml_collections.ConfigDict()
   c.preset = preset
   c.image_size = {"tiny": 64, "parity_small": 256}.get(preset, 1024)

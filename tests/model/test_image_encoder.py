@@ -13,26 +13,12 @@ from sam2pp_jax.convert import key_map
 from sam2pp_jax.model.fpn_neck import upsample2x
 from sam2pp_jax.model.hiera import Hiera, bicubic_resize
 from sam2pp_jax.model.image_encoder import ImageEncoder
+from sam2pp_jax.model.presets import TRUNKS
 from sam2pp_jax.model.random_params import random_params
 from sam2pp_jax.parity.fixture import parity_dir
 
-# The dev fixtures' small model: Hiera-T trunk/neck settings at S=256 (see the fixture README).
-SMALL = dict(
-  embed_dim=96,
-  num_heads=1,
-  stages=(1, 2, 7, 2),
-  global_att_blocks=(5, 7, 9),
-  window_pos_embed_bkg_spatial_size=(7, 7),
-  backbone_channel_list=(768, 384, 192, 96),
-)
-LARGE = dict(
-  embed_dim=144,
-  num_heads=2,
-  stages=(2, 6, 36, 4),
-  global_att_blocks=(23, 33, 43),
-  window_pos_embed_bkg_spatial_size=(7, 7),
-  window_spec=(8, 4, 16, 8),
-)
+# The dev fixtures' small model uses the Hiera-T trunk/neck settings at S=256 (fixture README).
+SMALL, LARGE = TRUNKS["t"], TRUNKS["l"]
 
 
 def _encoder_params(fx):
