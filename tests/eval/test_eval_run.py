@@ -158,58 +158,20 @@ def test_cli_run_is_resumable(setup, tmp_path, monkeypatch, capsys):
   assert again["overall"] == first["overall"]
 
 
-def test_cli_run_bad_inputs(setup, tmp_path, capsys):
+@pytest.mark.parametrize(
+  "dataset, root, task, extra, needle",
+  [
+    ("nope", "", "mask", [], "nope"),
+    ("davis2017", "missing", "mask", [], "missing"),
+    ("davis2017", "", "box", ["--protocol", "davis2017"], "protocol"),
+  ],
+)
+def test_cli_run_bad_inputs(setup, tmp_path, capsys, dataset, root, task, extra, needle):
+  """An unknown dataset, a missing root, a protocol of another task: exit 2, one error line."""
   _, ckpt, _, _ = setup
-  rc = eval_cli.main(
-    [
-      "run",
-      "--checkpoint",
-      ckpt,
-      "--dataset",
-      "nope",
-      "--root",
-      str(tmp_path),
-      "--task",
-      "mask",
-      "--out",
-      str(tmp_path / "o"),
-    ]
-  )
-  assert rc == 2 and "nope" in capsys.readouterr().err
-  rc = eval_cli.main(
-    [
-      "run",
-      "--checkpoint",
-      ckpt,
-      "--dataset",
-      "davis2017",
-      "--root",
-      str(tmp_path / "missing"),
-      "--task",
-      "mask",
-      "--out",
-      str(tmp_path / "o"),
-    ]
-  )
-  assert rc == 2 and "missing" in capsys.readouterr().err
-  rc = eval_cli.main(
-    [
-      "run",
-      "--checkpoint",
-      ckpt,
-      "--dataset",
-      "davis2017",
-      "--root",
-      str(tmp_path),
-      "--task",
-      "box",
-      "--protocol",
-      "davis2017",
-      "--out",
-      str(tmp_path / "o"),
-    ]
-  )
-  assert rc == 2 and "protocol" in capsys.readouterr().err
+  args = ["run", "--checkpoint", ckpt, "--dataset", dataset, "--root", str(tmp_path / root)]
+  rc = eval_cli.main(args + ["--task", task, *extra, "--out", str(tmp_path / "o")])
+  assert rc == 2 and needle in capsys.readouterr().err
 
 
 def test_box_prediction_files(tmp_path):
