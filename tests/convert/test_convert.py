@@ -218,11 +218,19 @@ def test_sam2_style_checkpoint_converts_and_runs_all_tasks(tmp_path, tiny_sd):
       params["sam_unified_decoder"][f"conv_s0_{t}"]["kernel"],
       params["sam_unified_decoder"]["conv_s0_mask"]["kernel"],
     )
-  model = build_model(cfg)
+  _assert_every_task_runs(build_model(cfg), params)
+
+
+def _assert_every_task_runs(model, params):
+  """Encoder + heads of every task give finite masks (and boxes) on a random frame."""
   s = model.image_size
   x = jnp.asarray(np.random.default_rng(0).normal(size=(1, s, s, 3)), jnp.float32)
+  encode = jax.jit(
+    lambda p, x, task: model.apply({"params": p}, x, task=task, method="encode_image"),
+    static_argnums=2,
+  )
   for task in TASKS:
-    f = model.apply({"params": params}, x, task=task, method="encode_image")
+    f = encode(params, x, task)
     o = model.apply(
       {"params": params},
       f["vision"],
@@ -232,9 +240,9 @@ def test_sam2_style_checkpoint_converts_and_runs_all_tasks(tmp_path, tiny_sd):
       multimask_output=True,
       method="sam_heads",
     )
-    assert np.all(np.isfinite(np.asarray(o["high_res_masks"])))
+    assert np.all(np.isfinite(np.asarray(o["high_res_masks"]))), task
     if task == "box":
-      assert np.all(np.isfinite(np.asarray(o["boxes"])))
+      assert np.all(np.isfinite(np.asarray(o["boxes"]))), task
 
 
 def _manifest(name):
@@ -287,22 +295,4 @@ def test_meta_sam2_manifests_convert(tmp_path, name):
   import sam2pp_jax
 
   cfg, params = sam2pp_jax.load_model(tmp_path / "conv")
-  model = build_model(cfg)
-  s = model.image_size
-  x = jnp.asarray(np.random.default_rng(0).normal(size=(1, s, s, 3)), jnp.float32)
-  enc = jax.jit(
-    lambda p, x, task: model.apply({"params": p}, x, task=task, method="encode_image"),
-    static_argnums=2,
-  )
-  for task in TASKS:
-    f = enc(params, x, task)
-    o = model.apply(
-      {"params": params},
-      f["vision"],
-      f["s0"],
-      f["s1"],
-      task=task,
-      multimask_output=True,
-      method="sam_heads",
-    )
-    assert np.all(np.isfinite(np.asarray(o["high_res_masks"]))), task
+  _assert_every_task_runs(build_model(cfg), params)
