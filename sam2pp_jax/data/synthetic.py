@@ -93,6 +93,22 @@ class Difficulty:
 
 
 DIFFICULTIES = {
+  # curriculum start: objects keep their place, shape and look (only sensor noise changes)
+  "static": Difficulty(
+    p_occluder=0.0,
+    p_cross=0.0,
+    p_same=0.0,
+    p_similar=0.0,
+    p_exit=0.0,
+    speed=(0.0, 0.0),
+    accel=0.0,
+    scale_amp=0.0,
+    deform_amp=0.0,
+    rotation=0.0,
+    pan=0.0,
+    illumination=0.0,
+    noise=2.0,
+  ),
   "easy": Difficulty(
     p_occluder=0.15,
     p_full_occlusion=0.5,

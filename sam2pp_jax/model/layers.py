@@ -24,6 +24,17 @@ def layer_norm(eps: float, name: str | None = None) -> nn.LayerNorm:
   return nn.LayerNorm(epsilon=eps, use_fast_variance=False, name=name)
 
 
+def torch_bias_init(fan_in: int):
+  """torch's default conv bias init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)). Zero biases make a
+  LayerNorm after a conv see an all-zero vector on empty mask regions (gradient x 1/sqrt(eps))."""
+  bound = 1.0 / float(max(fan_in, 1)) ** 0.5
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
 class MLP(nn.Module):
   """`num_layers` Dense layers with an activation between them (`layers_i`)."""
 
@@ -57,7 +68,7 @@ class ConvTranspose2x2(nn.Module):
   def __call__(self, x):
     cin = x.shape[-1]
     kernel = self.param("kernel", nn.initializers.lecun_normal(), (2, 2, cin, self.features))
-    bias = self.param("bias", nn.initializers.zeros, (self.features,))
+    bias = self.param("bias", torch_bias_init(4 * cin), (self.features,))
     b, h, w, _ = x.shape
     y = jnp.einsum("bhwc,ijco->bhiwjo", x, kernel.astype(x.dtype))
     return y.reshape(b, 2 * h, 2 * w, self.features) + bias.astype(x.dtype)
@@ -81,7 +92,7 @@ class DepthwiseConv2d(nn.Module):
     if c != self.features:
       raise ValueError(f"depth-wise conv of {self.features} channels got {c}")
     kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, k, 1, c))
-    bias = self.param("bias", nn.initializers.zeros, (c,))
+    bias = self.param("bias", torch_bias_init(k * k), (c,))
     _, h, w, _ = x.shape
     ho, wo = h + 2 * p - k + 1, w + 2 * p - k + 1
     xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
@@ -159,7 +170,7 @@ class Conv2d(nn.Module):
     k, s, p = self.kernel_size, self.stride, self.padding
     cin = x.shape[-1]
     kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, k, cin, self.features))
-    bias = self.param("bias", nn.initializers.zeros, (self.features,))
+    bias = self.param("bias", torch_bias_init(k * k * cin), (self.features,))
     kernel = kernel.astype(x.dtype)
     h, w = x.shape[-3] + 2 * p, x.shape[-2] + 2 * p
     ho, wo = (h - k) // s + 1, (w - k) // s + 1

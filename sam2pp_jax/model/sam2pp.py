@@ -241,22 +241,27 @@ class SAM2Plus(nn.Module):
   def prompt_as_output(
     self, vision, s0, s1, mask_input, point_coords=None, point_labels=None, *, task: str
   ) -> dict:
-    """Prompted frame of the mask / point tasks: the prompt itself is the output.
+    """Prompted frame whose prompt itself is the output (no memory, no decoding of the mask).
 
-    mask_input [B,S,S] is the binary mask (mask task) or the Gaussian heatmap in [0,1] (point
-    task). The decoder runs once, single-mask, only to produce the object pointer.
+    mask_input [B,S,S] is the binary mask (mask task; box task in training: the GT mask of a
+    clean-box frame, as the reference's `_use_box_as_output`) or the Gaussian heatmap in [0,1]
+    (point task). The decoder runs once, single-mask, only for the object pointer: from the
+    mask (mask task), the point + heatmap (point task) or the box alone (box task).
     """
     _check_task(task)
-    if task == "box":
-      raise ValueError("the box task has no prompt-as-output path; use sam_heads with the box")
     m = mask_input.astype(jnp.float32)
-    if task == "mask":
+    boxes = None
+    if task in ("mask", "box"):
       high = m * MASK_OUT_SCALE + MASK_OUT_BIAS
-      pts, labels = None, None
+      pts, labels = (None, None) if task == "mask" else (point_coords, point_labels)
     else:
       p = jnp.clip(m, 1e-6, 1.0 - 1e-6)
       high = jnp.log(p / (1.0 - p))
       pts, labels = point_coords, point_labels
+    if task == "box":
+      if point_coords is None or point_coords.shape[1] != 2:
+        raise ValueError("the box task's prompt-as-output needs the box as 2 corner points")
+      boxes = point_coords.reshape(m.shape[0], 4) / float(self.image_size)
     s = self.image_size
     low = resize_bilinear(high[..., None], (s // 4, s // 4), antialias=True)[..., 0]
     ptr_out = self.sam_heads(
@@ -265,7 +270,7 @@ class SAM2Plus(nn.Module):
       s1,
       pts,
       labels,
-      self.mask_downsample(m[..., None]),
+      None if task == "box" else self.mask_downsample(m[..., None]),
       task=task,
       multimask_output=False,
     )
@@ -275,7 +280,7 @@ class SAM2Plus(nn.Module):
     return {
       "low_res_masks": low,
       "high_res_masks": high,
-      "boxes": None,
+      "boxes": boxes,
       "obj_ptr": obj_ptr,
       "object_score_logits": MASK_OUT_SCALE * lam + MASK_OUT_BIAS,
       "ious": jnp.ones((m.shape[0], 1), jnp.float32),

@@ -183,17 +183,16 @@ def _decode(
       task=task,
     )
     m = int(model.config.decoder.num_multimask_outputs)
-    b = vision.shape[0]
     pad = lambda a: jnp.pad(a, [(0, 0), (0, m - 1)] + [(0, 0)] * (a.ndim - 2))
     return StepOut(
       low_res=o["low_res_masks"],
       high_res=o["high_res_masks"],
       score=o["object_score_logits"][:, 0],
       obj_ptr=o["obj_ptr"],
-      box=None if task != "box" else jnp.zeros((b, 4), jnp.float32),
+      box=o["boxes"],
       multi_high_res=pad(o["high_res_masks"][:, None]),
       ious=pad(o["ious"]),
-      multi_boxes=None if task != "box" else jnp.zeros((b, m, 4), jnp.float32),
+      multi_boxes=None if task != "box" else pad(o["boxes"][:, None]),
       candidate_valid=jnp.arange(m) < 1,
       pix=vision,
     )

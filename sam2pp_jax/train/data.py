@@ -74,8 +74,9 @@ _SYNTHETIC_KEYS = {
   "num_objects",
   "num_points",
   "tasks",
+  "steps",
 }
-_DATASET_KEYS = {"kind", "name", "root", "split", "task", "weight", "tasks"}
+_DATASET_KEYS = {"kind", "name", "root", "split", "task", "weight", "tasks", "steps"}
 _TASK_STREAM = 1  # SeedSequence spawn key of the per-step task draw
 _NUM_STEPS = sys.maxsize // 2  # the step range of the grain dataset (effectively endless)
 
@@ -172,6 +173,13 @@ def _check_source(i: int, src) -> dict:
   w = _num(f"sources[{i}].weight", src.get("weight", 1.0), 0, integer=False)
   if not w > 0:
     raise ValueError(f"sources[{i}].weight must be > 0, got {w}")
+  steps = src.get("steps")
+  if steps is not None:
+    if isinstance(steps, str) or len(tuple(steps)) != 2:
+      raise ValueError(f"sources[{i}].steps must be (first, stop) training steps, got {steps!r}")
+    first = _num(f"sources[{i}].steps[0]", steps[0], 0)
+    stop = _num(f"sources[{i}].steps[1]", steps[1], first + 1)
+    src["steps"] = (first, stop)
   tasks = src.get("tasks")
   if tasks is not None and (isinstance(tasks, str) or not set(tasks) <= set(TASKS) or not tasks):
     raise ValueError(f"sources[{i}].tasks must be a non-empty subset of {TASKS}, got {tasks!r}")
@@ -640,13 +648,20 @@ def _clip_rng(seed: int, step: int, global_j: int) -> np.random.Generator:
   return np.random.default_rng(np.random.SeedSequence((seed, step, global_j)))
 
 
-def _task_sources(cfg, task: str) -> Tuple[List[dict], np.ndarray]:
-  """Sources serving `task` and their normalised weights."""
-  srcs = [dict(s) for s in cfg.sources if task in source_tasks(s)]
+def _active(src: Mapping, step: int) -> bool:
+  """A source with `steps=(first, stop)` serves only steps first <= step < stop (curricula)."""
+  steps = src.get("steps")
+  return steps is None or int(steps[0]) <= step < int(steps[1])
+
+
+def _task_sources(cfg, task: str, step: int = 0) -> Tuple[List[dict], np.ndarray]:
+  """Sources serving `task` at `step` and their normalised weights."""
+  srcs = [dict(s) for s in cfg.sources if task in source_tasks(s) and _active(s, step)]
   if not srcs:
     raise ValueError(
-      f"sources: no source serves the {task!r} task but task_probs gives it "
-      "probability > 0; add one or set its probability to 0"
+      f"sources: no source serves the {task!r} task at step {step} but task_probs gives "
+      "it probability > 0; add one (check the sources' `steps` windows) or set its "
+      "probability to 0"
     )
   w = np.array([float(s.get("weight", 1.0)) for s in srcs])
   return srcs, w / w.sum()
@@ -655,7 +670,7 @@ def _task_sources(cfg, task: str) -> Tuple[List[dict], np.ndarray]:
 def _make_one(seed: int, step: int, global_j: int, task: str, cfg) -> dict:
   """Clip global_j of `step`: draw a source by weight and a video, retrying on ClipError."""
   rng = _clip_rng(seed, step, global_j)
-  srcs, w = _task_sources(cfg, task)
+  srcs, w = _task_sources(cfg, task, step)
   attempts = int(cfg.video_attempts)
   last = None
   for attempt in range(attempts):
@@ -730,9 +745,13 @@ def make_train_dataset(
   seed, start_step = _num("seed", seed, 0), _num("start_step", start_step, 0)
   _local_range(cfg, process_index, process_count)
   probs = check_task_probs(cfg.task_probs)
+  bounds = {start_step} | {
+    int(src["steps"][0]) for src in cfg.sources if src.get("steps") and src["steps"][0] > start_step
+  }
   for task, p in zip(TASKS, probs):
     if p > 0:
-      _task_sources(cfg, task)
+      for step in sorted(bounds):  # every curriculum stage serves every drawn task
+        _task_sources(cfg, task, step)
   ds = grain.MapDataset.range(start_step, start_step + _NUM_STEPS)
   ds = ds.map(_StepToBatch(cfg, seed, process_index, process_count))
   opts = grain.ReadOptions(

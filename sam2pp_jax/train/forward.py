@@ -12,10 +12,11 @@ memory: a traced route, so `track_step` switches between them and only one runs)
 (conditioning slot or ring); the only training-specific code is the prompt simulation and the
 corrective clicks, as SAM 2's trainer wraps `_track_step`.
 
+Box task, clean-box conditioning frames: as the reference's `_use_box_as_output`, the GT mask
+(+-10 logits) is the frame's output and memory, and the clean box runs through the heads only
+for the object pointer (noisy-box and click frames take the inference path).
+
 Known differences from the reference (documented, not hidden):
-  * box task, clean-box frames: the reference feeds the GT mask as the output (and the box as
-    points); we run the inference path (box points through the heads), so training and
-    inference take the same prompt path;
   * peft's LoRA dropout is not modelled (LoRA factors are merged before the apply);
   * stored memories are bf16-rounded as in the tracker (MemoryBank), a straight-through cast.
 """
@@ -129,7 +130,7 @@ _PA, _NM, _MEM = (ROUTES.index(r) for r in ("prompt_as_output", "no_memory", "me
 
 def _route_table(task: str) -> jax.Array:
   """The ROUTES index of each plan branch (PROMPT_OUT, BOX_CLEAN, BOX_NOISY, CLICK / B_TRACK)."""
-  init = {"point": [_PA] * 3, "mask": [_PA, _NM, _NM], "box": [_NM] * 3}[task]
+  init = {"point": [_PA] * 3, "mask": [_PA, _NM, _NM], "box": [_NM, _PA, _NM]}[task]
   return jnp.asarray(init + [_MEM], jnp.int32)
 
 
@@ -168,10 +169,14 @@ class _Frame:
     return (jnp.zeros((self.n, P_INIT, 2), jnp.float32), -jnp.ones((self.n, P_INIT), jnp.int32))
 
   def prompt_out(self) -> FramePrompt:
-    """Mask task: the GT mask is the output; point task: the point + its Gaussian heatmap."""
+    """Mask task: the GT mask is the output; box task: the GT mask is the output and the clean
+    box (corner points) makes the pointer; point task: the point + its Gaussian heatmap."""
     x = self.x
     if self.task == "mask":
       return FramePrompt(mask=x["gt_masks"].astype(jnp.float32))
+    if self.task == "box":
+      pts, labels = prompt_sim.box_points(jax.random.fold_in(x["key"], 7), x["boxes"], self.s, 0.0)
+      return FramePrompt(pts, labels, x["gt_masks"].astype(jnp.float32))
     heat = prompts.gaussian_heatmaps(
       x["points"], self.s, int(self.cfg.point_radius), float(self.cfg.point_sigma)
     )
@@ -314,8 +319,7 @@ def clip_forward(model, params, batch, key, *, task: str, cfg, plan=None) -> Dic
     frame_prompts = {"memory": None}
     pts, labels = fr.empty_points()
     multi = True
-    if task in ("mask", "point"):
-      frame_prompts["prompt_as_output"] = fr.prompt_out()
+    frame_prompts["prompt_as_output"] = fr.prompt_out()
     if task in ("mask", "box"):
       ipts, ilabels, imulti = fr.init_points()
       frame_prompts["no_memory"] = FramePrompt(ipts, ilabels)

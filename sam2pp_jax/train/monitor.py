@@ -4,6 +4,8 @@
 predicted IoU, first prediction step) on frames tracked from memory, where the target is present;
 for the point task `track_px` is the distance in model pixels from the argmax of that candidate's
 logits to the target point. A collapse (constant output, memory ignored) shows here first.
+`copy_iou` / `copy_px` score the copy-first-frame baseline on the same frames (the frame-0
+target repeated): a tracker that does not beat it has not learned to follow the object.
 """
 
 from __future__ import annotations
@@ -39,8 +41,12 @@ def tracking_quality(
     xy = argmax_point(logits).astype(jnp.float32) + 0.5  # pixel centre, as the targets
     err = jnp.linalg.norm(xy - targets["points"], axis=-1)
     live = tracked & targets["visibles"]
-    return {"track_px": jnp.sum(jnp.where(live, err, 0.0)) / jnp.maximum(jnp.sum(live), 1)}
-  gt = targets["masks"] > 0
+    copy_err = jnp.linalg.norm(targets["points"][:1] - targets["points"], axis=-1)
+    mean = lambda v: jnp.sum(jnp.where(live, v, 0.0)) / jnp.maximum(jnp.sum(live), 1)
+    return {"track_px": mean(err), "copy_px": mean(copy_err)}
+  gt = targets["masks"] > 0  # processing order: frame 0 first
   live = tracked & jnp.any(gt, axis=(-2, -1))
+  mean = lambda v: jnp.sum(jnp.where(live, v, 0.0)) / jnp.maximum(jnp.sum(live), 1)
   iou = binary_mask_iou(logits > 0, gt)
-  return {"track_iou": jnp.sum(jnp.where(live, iou, 0.0)) / jnp.maximum(jnp.sum(live), 1)}
+  copy = binary_mask_iou(jnp.broadcast_to(gt[:1], gt.shape), gt)
+  return {"track_iou": mean(iou), "copy_iou": mean(copy)}

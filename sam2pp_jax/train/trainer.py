@@ -30,7 +30,7 @@ from sam2pp_jax.io.atomic import atomic_write_text
 from sam2pp_jax.model.sam2pp import build_model, init_params
 from sam2pp_jax.progress import Progress
 from sam2pp_jax.train import data as train_data
-from sam2pp_jax.train import forward, losses, monitor
+from sam2pp_jax.train import forward, init_priors, losses, monitor
 from sam2pp_jax.train.optimizer import make_optimizer
 from sam2pp_jax.train.params import export_inference_params, init_train_params, params_for_task
 
@@ -105,6 +105,13 @@ def init_state(config, model, key) -> tuple:
     params = jax.tree.map(jnp.asarray, params)
   else:
     params = init_params(model, k_init)
+    amp = float(config.get("init_rope_prior", 0.0))
+    if amp:  # from-scratch recipes only (train/init_priors.py)
+      heads = int(config.model.memory_attention.num_heads)
+      params = dict(params)
+      for t in config.model.tasks:
+        k = f"memory_attention_{t}"
+        params[k] = init_priors.rope_locality_prior(params[k], heads, amp)
   train_params = init_train_params(params, k_lora, config.lora)
   tx, info = make_optimizer(config.optim, train_params)
   state = TrainState(

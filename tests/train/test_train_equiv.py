@@ -41,10 +41,15 @@ def tiny():
   return model, params, batch
 
 
-def _fixed_plan_config():
-  """Corrections off, mask/box prompts only, one conditioning frame: the plan is fixed."""
+def _fixed_plan_config(task="mask"):
+  """Corrections off, one conditioning frame: the plan is fixed. Mask / point: the prompt is
+  the output; box: an exact box through the heads (a zero-noise "noisy box"), the path the
+  tracker takes (a clean-box frame uses the GT mask as output in training, as the reference)."""
   cfg = forward.default_prompt_config()
-  cfg.prob_to_use_pt_input = 0.0
+  cfg.prob_to_use_pt_input = 1.0 if task == "box" else 0.0
+  cfg.prob_to_use_box_input = 1.0
+  cfg.box_noise = 0.0
+  cfg.num_frames_to_correct = 1
   cfg.num_init_cond_frames = 1
   cfg.num_correction_pt_per_frame = 0
   return cfg
@@ -54,7 +59,7 @@ def _fixed_plan_config():
 def test_training_forward_equals_track_video(tiny, task):
   model, params, batch = tiny
   s = int(model.config.image_size)
-  cfg = _fixed_plan_config()
+  cfg = _fixed_plan_config(task)
   run = jax.jit(lambda p, b, k: forward.clip_forward(model, p, b, k, task=task, cfg=cfg))
   r = run(params, batch, jax.random.key(0))
   plan = {k: np.asarray(v) for k, v in r["plan"].items() if k != "frame_keys"}
@@ -93,3 +98,43 @@ def test_training_box_prompt_is_sams_inclusive_box():
   m[1, 7, 11] = True  # one pixel
   box = np.asarray(forward._inclusive_box(jnp.asarray(m)))
   np.testing.assert_array_equal(box, [[3, 2, 8, 4], [11, 7, 11, 7], [0, 0, 0, 0]])
+
+
+def test_clean_box_conditioning_frame_uses_the_gt_mask_as_output(tiny):
+  """Box task, clean box (reference `_use_box_as_output`): the frame's output is the GT mask
+  as +-10 logits (so its memory is the GT's), its box is the prompt box, its object score +-10,
+  and its pointer comes from the heads run on the box alone."""
+  model, params, batch = tiny
+  s = int(model.config.image_size)
+  cfg = _fixed_plan_config("mask")  # no point inputs: the box task's init frame is a clean box
+  r = jax.jit(lambda p, b, k: forward.clip_forward(model, p, b, k, task="box", cfg=cfg))(
+    params, batch, jax.random.key(0)
+  )
+  assert int(np.asarray(r["plan"]["branch"])[0]) == forward.BOX_CLEAN
+  hi = np.asarray(r["outputs"]["multistep_pred_multimasks_high_res"])[0, 0, :, 0]  # [N,S,S]
+  gt = batch["masks"][0, 0]
+  np.testing.assert_array_equal(hi, np.where(gt, 10.0, -10.0))
+  box = np.asarray(r["outputs"]["multistep_pred_multiboxes_xyxy_norm"])[0, 0, :, 0]
+  np.testing.assert_allclose(box * s, batch["boxes"][0, 0], atol=1e-5)
+  np.testing.assert_array_equal(np.asarray(r["frame_outputs"]["score"])[0], [10.0, 10.0])
+  heads = model.apply(
+    {"params": params},
+    *[np.asarray(x) for x in _frame0_features(model, params, batch)],
+    jnp.asarray(batch["boxes"][0, 0]).reshape(O, 2, 2),
+    jnp.tile(jnp.asarray([[2, 3]], jnp.int32), (O, 1)),
+    None,
+    task="box",
+    multimask_output=False,
+    method="sam_heads",
+  )
+  np.testing.assert_allclose(
+    np.asarray(r["frame_outputs"]["obj_ptr"])[0], np.asarray(heads["obj_ptr"]), atol=1e-5
+  )
+
+
+def _frame0_features(model, params, batch):
+  from sam2pp_jax.tracking.step import frame_features
+
+  f = frame_features(model, params, jnp.asarray(batch["frames"][0, :1]), task="box")
+  rep = lambda a: jnp.repeat(a, O, axis=0)
+  return rep(f["vision"]), rep(f["s0"]), rep(f["s1"])
