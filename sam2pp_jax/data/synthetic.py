@@ -77,7 +77,8 @@ class Difficulty:
   """
 
   p_occluder: float = 0.35  # a foreground bar sweeps over object 1
-  p_full_occlusion: float = 0.6  # given a bar: it hides object 1 completely for 1-4 frames
+  p_full_occlusion: float = 0.6  # given a bar: it hides object 1 completely for some frames
+  full_occlusion_frames: Tuple[int, int] = (1, 4)  # how many (min, max) a full bar hides it
   p_cross: float = 0.35  # per other object: its straight path crosses object 1
   p_same: float = 0.3  # per other object: same colours and texture as object 1
   p_similar: float = 0.35  # per other object: object 1's pattern with shifted colours
@@ -145,6 +146,29 @@ DIFFICULTIES = {
 }
 
 
+# Held-out evaluation suites (the demo scores "normal"; memory policies are compared on "hard"):
+# difficulty, frames per video and frame size. "hard" has long full occlusions with
+# re-appearance, look-alike distractors crossing the target, fast motion, scale change and
+# 64-frame videos.
+SUITES = {
+  "normal": dict(difficulty="normal", num_frames=24, size=96),
+  "hard": dict(
+    difficulty=dataclasses.replace(
+      DIFFICULTIES["hard"],
+      p_occluder=0.7,
+      p_full_occlusion=0.8,
+      full_occlusion_frames=(4, 12),
+      p_cross=0.6,
+      p_same=0.5,
+      p_exit=0.3,
+      scale_amp=0.45,
+    ),
+    num_frames=64,
+    size=96,
+  ),
+}
+
+
 # --------------------------------------------------------------------------------------------------
 # argument checks
 
@@ -186,6 +210,12 @@ def _difficulty(difficulty: Union[str, Difficulty]) -> Difficulty:
     v = getattr(difficulty, f.name)
     if f.name.startswith("p_") and not 0.0 <= v <= 1.0:
       raise ValueError(f"Difficulty.{f.name} is a probability in [0, 1], got {v}")
+  lo, hi = difficulty.full_occlusion_frames
+  if not 1 <= lo <= hi:
+    raise ValueError(
+      "Difficulty.full_occlusion_frames must be (min, max) with 1 <= min <= max, got "
+      f"{difficulty.full_occlusion_frames}"
+    )
   lo, hi = difficulty.speed
   if not 0.0 <= lo <= hi:
     raise ValueError(
@@ -539,7 +569,8 @@ def _occluder(
   r_max, r0 = float(target.extent.max()), float(target.extent[0])
   full = rng.random() < d.p_full_occlusion
   first = max(1, int(0.4 * t))
-  dur = min(int(rng.integers(1, 5)) if full else 1, t - first)
+  lo, hi = d.full_occlusion_frames
+  dur = min(int(rng.integers(lo, hi + 1)) if full else 1, t - first)
   last = t - dur - 3 if t - dur - 3 >= first else t - dur  # leave frames to reappear in
   tm = int(rng.integers(first, last + 1))
   tc = tm + 0.5 * (dur - 1)

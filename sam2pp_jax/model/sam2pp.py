@@ -138,14 +138,15 @@ class SAM2Plus(nn.Module):
   # ------------------------------------------------------------------------------------------
   # image
   # ------------------------------------------------------------------------------------------
-  def encode_image(self, images, *, task: str) -> dict:
+  def encode_image(self, images, *, task: str, deterministic: bool = True) -> dict:
     """images [B,S,S,3] (normalised) -> features for one task.
 
     Returns dict: vision [B,S/16,S/16,C] (raw level 2, shared by tasks), vision_pos (its sine
     PE), s0 [B,S/4,S/4,C/8] and s1 [B,S/8,S/8,C/4] (task-projected high-res levels).
+    deterministic=False applies the trunk's drop-path (training; needs a "dropout" rng).
     """
     _check_task(task)
-    out = self.image_encoder(images)
+    out = self.image_encoder(images, deterministic)
     fpn, pos = out["backbone_fpn"], out["vision_pos_enc"]
     s0, s1 = self.sam_unified_decoder.project_high_res_features(fpn[0], fpn[1], task)
     return {
@@ -300,8 +301,10 @@ class SAM2Plus(nn.Module):
     *,
     task: str,
     num_obj_ptr_tokens: int,
+    deterministic: bool = True,
   ):
-    """Memory attention: [B,h,w,C] frame features attend to [B,M,Cm] memory tokens."""
+    """Memory attention: [B,h,w,C] frame features attend to [B,M,Cm] memory tokens.
+    deterministic=False applies its dropout (training; needs a "dropout" rng)."""
     _check_task(task)
     b, h, w, c = vision.shape
     out = self._memory_attention(task)(
@@ -312,6 +315,7 @@ class SAM2Plus(nn.Module):
       num_obj_ptr_tokens=num_obj_ptr_tokens,
       memory_mask=memory_mask,
       feat_hw=(h, w),
+      deterministic=deterministic,
     )
     return out.reshape(b, h, w, c)
 

@@ -41,6 +41,7 @@ from sam2pp_jax.model.presets import TASKS
 from sam2pp_jax.model.sam2pp import build_model
 from sam2pp_jax.progress import Progress
 from sam2pp_jax.tracking import outputs, prompts
+from sam2pp_jax.tracking.point_readout import READOUTS
 from sam2pp_jax.tracking.propagate import track_video
 
 
@@ -172,11 +173,12 @@ def build_parser():
   p.add_argument(
     "--point-readout",
     default="argmax",
-    choices=("argmax", "soft_argmax"),
+    choices=READOUTS,
     help="point task: 'argmax' of the video-res logits, integer pixels, as the "
     "reference (default); 'soft_argmax', the readout the point loss trains, "
     "sub-pixel (for models whose S/4 logit grid is coarse, see "
-    "sam2pp_jax/tracking/point_readout.py)",
+    "sam2pp_jax/tracking/point_readout.py); 'window_soft_argmax', the soft-argmax "
+    "in a small window around the argmax (robust to distractors)",
   )
   return p
 

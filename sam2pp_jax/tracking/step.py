@@ -73,8 +73,16 @@ class StepOut:
   extra: object = None
 
 
-def _apply(model, params, method, *args, **kw):
-  return model.apply({"params": params}, *args, method=method, **kw)
+def _apply(model, params, method, *args, rngs=None, **kw):
+  return model.apply({"params": params}, *args, method=method, rngs=rngs, **kw)
+
+
+def _dropout(dropout_key, t=None) -> dict:
+  """apply() kwargs that switch a module's dropout on (training) or leave it off (None)."""
+  if dropout_key is None:
+    return {}
+  key = dropout_key if t is None else jax.random.fold_in(dropout_key, jnp.asarray(t, jnp.int32))
+  return {"rngs": {"dropout": key}, "deterministic": False}
 
 
 def _batched(x, b: int):
@@ -82,9 +90,10 @@ def _batched(x, b: int):
   return x if x.shape[0] == b else jnp.broadcast_to(x, (b,) + x.shape[1:])
 
 
-def frame_features(model, params, images, *, task: str) -> dict:
-  """[N,S,S,3] normalised frames -> the step's features {vision, vision_pos, s0, s1} [N,...]."""
-  e = _apply(model, params, "encode_image", images, task=task)
+def frame_features(model, params, images, *, task: str, dropout_key=None) -> dict:
+  """[N,S,S,3] normalised frames -> the step's features {vision, vision_pos, s0, s1} [N,...].
+  dropout_key (training): apply the trunk's drop-path with this key."""
+  e = _apply(model, params, "encode_image", images, task=task, **_dropout(dropout_key))
   return {k: e[k] for k in FEATURE_KEYS}
 
 
@@ -166,6 +175,7 @@ def _decode(
   num_frames,
   reverse,
   future_cond_ptrs,
+  dropout_key=None,
 ) -> StepOut:
   """One static route (see the module docstring)."""
   vision = feats["vision"]
@@ -215,6 +225,7 @@ def _decode(
       mmask,
       task=task,
       num_obj_ptr_tokens=bank.num_ptr_tokens,
+      **_dropout(dropout_key, t),
     )
   else:
     raise ValueError(f"route={route!r} is unknown; use one of {ROUTES}")
@@ -269,6 +280,7 @@ def track_step(
   cond_slot=0,
   encode_memory: bool = True,
   refine: Callable[[StepOut], StepOut] | None = None,
+  dropout_key=None,
 ):
   """One frame t for B objects -> (bank, StepOut). Pure; call it inside jit / scan.
 
@@ -286,6 +298,8 @@ def track_step(
   write: "ring" | "cond" (slot `cond_slot`) | "none", or a traced index into WRITES.
   encode_memory: encode the chosen logits (upsampled to SxS) into the frame's memory.
   refine: a hook StepOut -> StepOut between decoding and memory encoding (training's clicks).
+  dropout_key: training only: apply memory attention's dropout (key folded with t); None
+  (inference) leaves every dropout off.
   """
   b = bank.cond_ptr.shape[0] if bank is not None else None
   if isinstance(prompt, Mapping):
@@ -299,6 +313,7 @@ def track_step(
     num_frames=num_frames,
     reverse=reverse,
     future_cond_ptrs=future_cond_ptrs,
+    dropout_key=dropout_key,
   )
   if isinstance(route, str):
     p = prompt.get(route) if isinstance(prompt, Mapping) else prompt

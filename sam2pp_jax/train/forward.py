@@ -66,6 +66,7 @@ def default_prompt_config() -> ml_collections.ConfigDict:
       point_radius=5,
       point_sigma=2.0,  # Gaussian prompt/target (inference values)
       remat=False,  # recompute frame steps / encoder in backward
+      apply_dropout=True,  # memory-attention dropout and trunk drop-path, as model.train()
     )
   )
 
@@ -280,7 +281,10 @@ def clip_forward(model, params, batch, key, *, task: str, cfg, plan=None) -> Dic
   n = b * o_
   s = int(c.image_size)
 
-  encode = partial(frame_features, model, task=task)
+  # dropout / drop-path as the reference trains (model.train()); off for equivalence tests
+  drop = cfg.get("apply_dropout", True)
+  drop_key = jax.random.fold_in(key, 0x0D0) if drop and key is not None else None
+  encode = partial(frame_features, model, task=task, dropout_key=drop_key)
   if cfg.get("remat", False):
     encode = jax.checkpoint(encode)
   feats = encode(params, frames.reshape((b * t_,) + frames.shape[2:]))
@@ -347,6 +351,7 @@ def clip_forward(model, params, batch, key, *, task: str, cfg, plan=None) -> Dic
       write=jnp.where(x["write_cond"], cond, ring),
       cond_slot=x["cond_slot"],
       refine=refine,
+      dropout_key=drop_key,
     )
     first = jax.tree.map(lambda a: a[None], _record(out))
     if corrects:

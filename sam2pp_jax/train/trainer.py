@@ -91,6 +91,16 @@ def batch_sharding(mesh):
   return NamedSharding(mesh, P(("data", "fsdp")))
 
 
+def run_optimizer_config(config):
+  """config.optim with the lr schedule's length set to the run's total_steps: a schedule longer
+  than the run never anneals (the old demo scheduled 3,000 steps and ran ~1,200)."""
+  import ml_collections
+
+  o = ml_collections.ConfigDict(config.optim.to_dict())
+  o.total_steps = int(config.total_steps)
+  return o
+
+
 def init_state(config, model, key) -> tuple:
   """(TrainState, optax tx, OptimizerInfo) from config.init_from or a fresh init."""
   k_init, k_lora = jax.random.split(key)
@@ -113,7 +123,7 @@ def init_state(config, model, key) -> tuple:
         k = f"memory_attention_{t}"
         params[k] = init_priors.rope_locality_prior(params[k], heads, amp)
   train_params = init_train_params(params, k_lora, config.lora)
-  tx, info = make_optimizer(config.optim, train_params)
+  tx, info = make_optimizer(run_optimizer_config(config), train_params)
   state = TrainState(
     step=jnp.int32(0),
     params=train_params,
@@ -142,7 +152,16 @@ def make_loss_fn(model, config, task: str):
       candidate_valid=out["candidate_valid"],
     )
     terms = dict(terms)
-    terms.update(monitor.tracking_quality(out, r["targets"], r["plan"]["branch"], r["valid"], task))
+    terms.update(
+      monitor.tracking_quality(
+        out,
+        r["targets"],
+        r["plan"]["branch"],
+        r["valid"],
+        task,
+        objects_per_clip=int(batch["masks"].shape[2]),
+      )
+    )
     return terms[losses.CORE_LOSS_KEY], terms
 
   return loss_fn
@@ -314,6 +333,14 @@ def train(config, workdir: str, *, quiet: bool = False, on_step=None) -> dict:
       compile_seconds += dt
     else:
       train_seconds += dt
+  if step < total and pi == 0:
+    factor = float(info.schedule(step))
+    print(
+      f"train: stopped by max_train_minutes={config.max_train_minutes:g} at step {step} of "
+      f"{total}; the lr schedule was at {factor:.3f} of its peak (set total_steps to what "
+      "fits the budget for a schedule that anneals)",
+      flush=True,
+    )
   if mngr.latest_step() != step:
     save_checkpoint(mngr, state, it.get_state())
   log.close()
@@ -321,10 +348,13 @@ def train(config, workdir: str, *, quiet: bool = False, on_step=None) -> dict:
   if pi == 0:
     params = jax.device_get(export_inference_params(state.params, config.lora))
     save_model(model_dir, params, config.model, overwrite=True)
-  return {
+  summary = {
     "step": step,
     "train_seconds": train_seconds,
     "compile_seconds": compile_seconds,
     "model_dir": model_dir,
     "last_metrics": last,
   }
+  if pi == 0:
+    atomic_write_text(os.path.join(workdir, "summary.json"), json.dumps(summary, indent=1) + "\n")
+  return summary

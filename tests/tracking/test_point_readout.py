@@ -62,7 +62,7 @@ def test_soft_argmax_is_sub_pixel_where_argmax_snaps_to_the_low_res_grid():
 
 
 def test_unknown_readout_is_refused_with_the_choices():
-  with pytest.raises(ValueError, match="argmax, soft_argmax"):
+  with pytest.raises(ValueError, match="argmax, soft_argmax, window_soft_argmax"):
     check_readout("centroid")
   with pytest.raises(ValueError, match="point_readout='centroid'"):
     propagate.track_video(
@@ -78,3 +78,19 @@ def test_unknown_readout_is_refused_with_the_choices():
 
   with pytest.raises(ValueError, match="point_readout='centroid'"):
     VideoPredictor(None, None, "point", point_readout="centroid")
+
+
+def test_window_soft_argmax_keeps_the_argmax_peak_and_ignores_a_distractor():
+  """A second, lower bump (a look-alike): the global soft-argmax lands between the two, the
+  windowed one stays on the main peak with sub-pixel error, like soft-argmax without it."""
+  rng = np.random.default_rng(2)
+  pts = rng.uniform(14, 26, size=(16, 2))  # main peaks, upper left
+  far = rng.uniform(44, 52, size=(16, 2))  # distractors, lower right
+  low = jnp.stack([jnp.maximum(_peak(x, y), _peak(u, v) - 3.0) for (x, y), (u, v) in zip(pts, far)])
+  video = resize_bilinear(low[..., None], (VH, VW))[..., 0]
+  truth = pts * np.array([VW / S, VH / S])
+  err = lambda r: np.linalg.norm(
+    np.asarray(read_points(r, low, video, S, (VH, VW)), np.float64) - truth, axis=-1
+  )
+  assert err("window_soft_argmax").max() < 0.75, err("window_soft_argmax").max()
+  assert err("soft_argmax").mean() > 2.0  # pulled towards the distractor

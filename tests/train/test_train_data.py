@@ -362,3 +362,41 @@ def test_bad_task_and_missing_ground_truth():
     D.make_clip(video, "point", np.random.default_rng(0), small_cfg())
   with pytest.raises(ValueError, match="task_probs"):
     D.task_for_step(0, 0, (1.0, 1.0, 0.0))
+
+
+# ------------------------------------------------------------------------------ curriculum
+def _curriculum_cfg():
+  base = small_cfg().sources[0]
+  return small_cfg(
+    sources=[
+      dict(base, difficulty="static", steps=(0, 3)),
+      dict(base, difficulty="normal", steps=(3, 10)),
+    ]
+  )
+
+
+def test_curriculum_windows_pick_the_source_of_the_step():
+  """A source with steps=(first, stop) serves only those steps: the static stage's clips keep
+  every object where it was (the same mask on every frame), the normal stage's move."""
+  cfg = no_color(_curriculum_cfg())
+  cfg.augment.affine_tasks = ()
+  cfg.augment.hflip_p = 0.0
+
+  def moves(step):
+    m = D.make_batch(0, step, "mask", cfg)["masks"]  # [B,T,O,S,S]
+    return bool(np.any(m[:, 1:] != m[:, :1]))
+
+  assert not any(moves(s) for s in (0, 1, 2))
+  assert all(moves(s) for s in (3, 4))
+
+
+def test_curriculum_gap_is_a_clear_error():
+  cfg = _curriculum_cfg()
+  with pytest.raises(ValueError, match="at step 12"):
+    D.make_batch(0, 12, "mask", cfg)  # after every window: no source
+  bad = small_cfg(sources=[dict(small_cfg().sources[0], steps=(5, 5))])
+  with pytest.raises(ValueError, match=r"sources\[0\]\.steps"):
+    D.check_data_config(bad)
+  late = small_cfg(sources=[dict(small_cfg().sources[0], steps=(2, 9))])
+  with pytest.raises(ValueError, match="at step 0"):
+    D.make_train_iterator(late, seed=0)  # nothing serves the first steps

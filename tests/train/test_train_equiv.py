@@ -52,6 +52,7 @@ def _fixed_plan_config(task="mask"):
   cfg.num_frames_to_correct = 1
   cfg.num_init_cond_frames = 1
   cfg.num_correction_pt_per_frame = 0
+  cfg.apply_dropout = False  # inference runs without dropout
   return cfg
 
 
@@ -138,3 +139,21 @@ def _frame0_features(model, params, batch):
   f = frame_features(model, params, jnp.asarray(batch["frames"][0, :1]), task="box")
   rep = lambda a: jnp.repeat(a, O, axis=0)
   return rep(f["vision"]), rep(f["s0"]), rep(f["s1"])
+
+
+def test_training_applies_memory_attention_dropout(tiny):
+  """The reference trains in model.train() mode: memory attention's dropout (0.1 here) changes
+  the tracked frames' logits with the step's key, and apply_dropout=False removes it."""
+  model, params, batch = tiny
+  assert float(model.config.memory_attention.dropout) > 0
+  cfg = _fixed_plan_config("mask")
+  run = lambda cfg, k: jax.jit(
+    lambda p, b, k: forward.clip_forward(model, p, b, k, task="mask", cfg=cfg)
+  )(params, batch, jax.random.key(k))["frame_outputs"]["low_res"]
+  off_a, off_b = np.asarray(run(cfg, 0)), np.asarray(run(cfg, 1))
+  np.testing.assert_array_equal(off_a, off_b)  # the fixed plan: no other randomness
+  cfg.apply_dropout = True
+  on_a, on_b = np.asarray(run(cfg, 0)), np.asarray(run(cfg, 1))
+  np.testing.assert_array_equal(on_a[0], off_a[0])  # frame 0: the prompt itself
+  assert np.abs(on_a[1:] - off_a[1:]).max() > 1e-3
+  assert np.abs(on_a[1:] - on_b[1:]).max() > 1e-3

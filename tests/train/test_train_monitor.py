@@ -56,3 +56,22 @@ def test_track_px_is_argmax_distance_on_visible_tracked_points():
     "point",
   )
   np.testing.assert_allclose(float(r["track_px"]), 5.0, rtol=1e-6)
+
+
+def test_object_spread_is_zero_when_every_object_of_a_clip_gets_the_same_output():
+  """The collapse the from-scratch runs showed: identical outputs per clip -> 0; different
+  clips may differ (that is image content, not object identity)."""
+  from sam2pp_jax.train.monitor import object_spread
+
+  rng = np.random.default_rng(0)
+  t, b, o, h = 3, 2, 3, 4
+  per_clip = rng.standard_normal((t, b, 1, h, h)).astype(np.float32)
+  same = np.broadcast_to(per_clip, (t, b, o, h, h)).reshape(t, b * o, h, h)
+  tracked = np.ones((t, b * o), bool)
+  assert float(object_spread(jnp.asarray(same), jnp.asarray(tracked), o)) < 1e-6
+  diff = same + rng.standard_normal(same.shape).astype(np.float32)
+  assert float(object_spread(jnp.asarray(diff), jnp.asarray(tracked), o)) > 0.3
+  # untracked objects do not count: one tracked object per clip has no spread to measure
+  one = np.zeros_like(tracked)
+  one[:, ::o] = True
+  assert float(object_spread(jnp.asarray(diff), jnp.asarray(one), o)) == 0.0
