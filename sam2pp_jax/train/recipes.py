@@ -151,11 +151,13 @@ def pretrain_tiny(steps: int = PRETRAIN_STEPS) -> ml_collections.ConfigDict:
   c.data.num_frames = 8
   c.data.global_batch = 4
   n = int(steps)
+  # a long motionless stage: reading the memory is learned in a sudden transition after ~1,000
+  # steps of it (README); then easy, then mostly normal clips
   c.data.sources = [
-    _synthetic("static", (0, n // 12)),
-    _synthetic("easy", (n // 12, n // 3)),
-    _synthetic("easy", (n // 3, n), weight=0.3),
-    _synthetic("normal", (n // 3, n), weight=0.7),
+    _synthetic("static", (0, n // 4)),
+    _synthetic("easy", (n // 4, n // 2)),
+    _synthetic("easy", (n // 2, n), weight=0.3),
+    _synthetic("normal", (n // 2, n), weight=0.7),
   ]
   c.total_steps = n
   c.optim.total_steps = n
