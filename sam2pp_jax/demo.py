@@ -18,13 +18,14 @@
 those who want to watch it learn.
 
   python -m sam2pp_jax.demo [--seed N] [--videos K] [--suite normal|hard] [--workdir DIR]
-                            [--checkpoint DIR] [--train-minutes M] [--scratch]
+                            [--checkpoint DIR] [--train-minutes M] [--scratch | --no-train]
                             [--point-readout argmax|soft_argmax|window_soft_argmax]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -42,7 +43,8 @@ from sam2pp_jax.model.presets import TASKS
 from sam2pp_jax.tracking import cli as track_cli
 from sam2pp_jax.tracking.outputs import write_box_results, write_mask_dir, write_points_npz
 from sam2pp_jax.tracking.point_readout import READOUTS
-from sam2pp_jax.train.recipes import SHIPPED_CHECKPOINT
+from sam2pp_jax.train.recipes import SHIPPED_CHECKPOINT, get_train_config
+from sam2pp_jax.train.trainer import train
 
 HELD_OUT_BASE = 1_000_003  # held-out videos: generate_dataset(HELD_OUT_BASE + DEMO_SEED)
 DEFAULT_READOUT = "window_soft_argmax"
@@ -238,8 +240,6 @@ def finetune_command(ckpt: str, workdir: str, minutes: float, quiet: bool) -> li
 
 def _train_summary(workdir: str) -> tuple:
   """(steps, train minutes) of a finished run (train.py writes summary.json last)."""
-  import json
-
   with open(os.path.join(workdir, "summary.json")) as f:
     s = json.load(f)
   return int(s["step"]), float(s["train_seconds"]) / 60.0
@@ -268,6 +268,11 @@ def main(argv=None) -> int:
     help="training budget (default 2 for the fine-tune, 10 with --scratch)",
   )
   ap.add_argument("--scratch", action="store_true", help="train the demo recipe from scratch")
+  ap.add_argument(
+    "--no-train",
+    action="store_true",
+    help="evaluate --checkpoint as it is (e.g. the shipped one, or a pretrain run's model/)",
+  )
   ap.add_argument("--quiet", action="store_true")
   ap.add_argument(
     "--point-readout",
@@ -292,10 +297,17 @@ def main(argv=None) -> int:
   if os.path.isdir(args.workdir):
     shutil.rmtree(args.workdir)
   train_dir = os.path.join(args.workdir, "train")
-  if args.scratch:
-    from sam2pp_jax.train.recipes import get_train_config
-    from sam2pp_jax.train.trainer import train
-
+  model_dir = os.path.join(train_dir, "model")
+  if args.no_train and args.scratch:
+    ap.error("--no-train and --scratch exclude each other")
+  if args.no_train:
+    model_dir = os.path.abspath(args.checkpoint)
+    if not os.path.isfile(os.path.join(model_dir, "config.json")):
+      print(f"demo: error: no checkpoint at {model_dir} (config.json missing)", file=sys.stderr)
+      return 2
+    steps, train_minutes = 0, 0.0
+    print(f"demo: evaluating {model_dir} without training", flush=True)
+  elif args.scratch:
     cfg = get_train_config("demo")
     cfg.max_train_minutes = float(minutes)
     print(f"demo: training the tiny model from scratch for <= {minutes:g} minutes", flush=True)
@@ -319,7 +331,8 @@ def main(argv=None) -> int:
       print(f"demo: error: train.py exited with {rc}", file=sys.stderr)
       return 2
     steps, train_minutes = _train_summary(train_dir)
-  print(f"demo: {steps} steps in {train_minutes:.2f} train minutes", flush=True)
+  if not args.no_train:
+    print(f"demo: {steps} steps in {train_minutes:.2f} train minutes", flush=True)
 
   data = os.path.join(args.workdir, "heldout")
   paths = write_held_out(data, held_out_videos(args.seed, args.videos, suite=args.suite))
@@ -329,7 +342,7 @@ def main(argv=None) -> int:
     flush=True,
   )
   results = os.path.join(args.workdir, "results")
-  outs = track_all(os.path.join(train_dir, "model"), paths, results, args.quiet, args.point_readout)
+  outs = track_all(model_dir, paths, results, args.quiet, args.point_readout)
   scores = score_all(paths, outs, verbose=not args.quiet)
   copy = score_all(paths, write_copy_baseline(paths, results), verbose=False)
   other = other_readout(args.point_readout)

@@ -4,7 +4,8 @@ The command line of `track.py` (a thin wrapper of `main` here; `sam2pp_jax.demo`
 in-process so compiled functions are reused):
 
   python track.py --checkpoint DIR --video PATH --task mask|box|point --prompt P --out DIR
-                  [--frame N] [--reverse] [--viz] [--chunk K] [--point-readout argmax|soft_argmax]
+                  [--frame N] [--reverse] [--viz] [--chunk K]
+                  [--point-readout argmax|soft_argmax|window_soft_argmax]
 
 Prompts (video pixels):
   mask   palette PNG of the prompt frame; every non-zero index is one object (several allowed)
