@@ -4,11 +4,12 @@
   python train.py --config configs/train.py:demo --workdir DIR [--config.total_steps=N ...]
 
 Configs: configs/train.py:reference (the released recipe; set --config.init_from to a converted
-SAM 2 / SAM 2++ checkpoint), :demo (tiny from scratch on synthetic video), :test. Re-running the
-same command resumes from DIR/checkpoints exactly (params, optimizer, step, PRNG, data
-position). Writes DIR/metrics.jsonl, DIR/tb (TensorBoard events) and DIR/model (the inference
-checkpoint, per-task memory attention merged). Multi-host: launched with the usual JAX /
-SLURM / TPU environment, each process reads its own data shard.
+SAM 2 / SAM 2++ checkpoint), :pretrain_tiny (the shipped checkpoints/tiny, from scratch),
+:finetune_tiny (make demo's fine-tune of it), :demo (tiny from scratch, 10 minutes), :test.
+Re-running the same command resumes from DIR/checkpoints exactly (params, optimizer, step,
+PRNG, data position). Writes DIR/metrics.jsonl, DIR/tb (TensorBoard events), DIR/summary.json
+and DIR/model (the inference checkpoint, per-task memory attention merged). Multi-host:
+launched with the usual JAX / SLURM / TPU environment, each process reads its own data shard.
 """
 
 import os

@@ -2,6 +2,8 @@
 
   reference  the released SAM 2++ three-task recipe (b+ at 1024, LoRA on memory attention,
              lr 5e-5 / vision 5e-6, corrections, 1:4:5 tasks); needs --config.init_from
+  pretrain_tiny  the tiny preset from scratch: the recipe of the shipped checkpoints/tiny
+  finetune_tiny  make demo's short fine-tune of checkpoints/tiny (--config.init_from)
   demo       the tiny preset from scratch on synthetic video, sized for <= 10 CPU-minutes
   test       a very small variant for unit tests (point task only, 3 frames, batch 2)
 
