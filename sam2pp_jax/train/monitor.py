@@ -20,6 +20,11 @@ from sam2pp_jax.train.forward import B_TRACK
 from sam2pp_jax.train.losses import binary_mask_iou
 
 
+def _mean_over(values: jax.Array, live: jax.Array) -> jax.Array:
+  """Mean of `values` where `live` (0 when nothing is live)."""
+  return jnp.sum(jnp.where(live, values, 0.0)) / jnp.maximum(jnp.sum(live), 1)
+
+
 def tracking_quality(
   outputs: Mapping[str, jax.Array],
   targets: Mapping[str, jax.Array],
@@ -43,15 +48,13 @@ def tracking_quality(
     err = jnp.linalg.norm(xy - targets["points"], axis=-1)
     live = tracked & targets["visibles"]
     copy_err = jnp.linalg.norm(targets["points"][:1] - targets["points"], axis=-1)
-    mean = lambda v: jnp.sum(jnp.where(live, v, 0.0)) / jnp.maximum(jnp.sum(live), 1)
-    out = {"track_px": mean(err), "copy_px": mean(copy_err)}
+    out = {"track_px": _mean_over(err, live), "copy_px": _mean_over(copy_err, live)}
   else:
     gt = targets["masks"] > 0  # processing order: frame 0 first
     live = tracked & jnp.any(gt, axis=(-2, -1))
-    mean = lambda v: jnp.sum(jnp.where(live, v, 0.0)) / jnp.maximum(jnp.sum(live), 1)
     iou = binary_mask_iou(logits > 0, gt)
     copy = binary_mask_iou(jnp.broadcast_to(gt[:1], gt.shape), gt)
-    out = {"track_iou": mean(iou), "copy_iou": mean(copy)}
+    out = {"track_iou": _mean_over(iou, live), "copy_iou": _mean_over(copy, live)}
   if objects_per_clip > 1:
     out["obj_spread"] = object_spread(logits, tracked, objects_per_clip)
   return out
