@@ -96,6 +96,9 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.global_batch = 8  # clips per step over all processes (yaml: train_batch_size 1/GPU)
   # mask : box : point = 1 : 4 : 5 (the yaml's data.train.dataset_prob is [0.30, 0.30, 0.40]).
   c.task_probs = (0.1, 0.4, 0.5)
+  # optional curriculum over tasks: ((first, stop), (mask, box, point)) entries override
+  # task_probs for steps first <= step < stop (e.g. a mask-only first stage)
+  c.task_stages = ()
   c.sources = [
     dict(
       kind="synthetic",
@@ -221,6 +224,7 @@ def check_data_config(cfg) -> None:
   _num("num_threads", cfg.num_threads, 0)
   _num("prefetch_buffer_size", cfg.prefetch_buffer_size, 0)
   check_task_probs(cfg.task_probs)
+  _check_task_stages(cfg.get("task_stages", ()))
   if not cfg.sources:
     raise ValueError("sources must list at least one source")
   for i, src in enumerate(cfg.sources):
@@ -238,6 +242,35 @@ def check_data_config(cfg) -> None:
       )
   if not set(a.affine_tasks) <= set(TASKS):
     raise ValueError(f"augment.affine_tasks must be a subset of {TASKS}, got {a.affine_tasks!r}")
+
+
+def _check_task_stages(stages) -> tuple:
+  """task_stages entries ((first, stop), probs), checked; the message names the entry."""
+  out = []
+  for i, entry in enumerate(stages or ()):
+    try:
+      (first, stop), probs = entry
+    except (TypeError, ValueError):
+      raise ValueError(
+        f"task_stages[{i}] must be ((first, stop), (mask, box, point)), got {entry!r}"
+      ) from None
+    first = _num(f"task_stages[{i}] first step", first, 0)
+    stop = _num(f"task_stages[{i}] stop step", stop, first + 1)
+    try:
+      p = check_task_probs(probs)
+    except ValueError as e:
+      raise ValueError(f"task_stages[{i}]: {e}") from None
+    out.append(((first, stop), tuple(float(x) for x in p)))
+  return tuple(out)
+
+
+def task_probs_at(cfg, step: int):
+  """The (mask, box, point) probabilities of `step`: the first task_stages window holding it,
+  else task_probs."""
+  for (first, stop), probs in _check_task_stages(cfg.get("task_stages", ())):
+    if first <= int(step) < stop:
+      return probs
+  return tuple(cfg.task_probs)
 
 
 def _check_task(task: str) -> str:
@@ -726,7 +759,7 @@ class _StepToBatch(grain.transforms.Map):
     self.process_index, self.process_count = process_index, process_count
 
   def map(self, step):
-    task = task_for_step(self.seed, int(step), self.cfg.task_probs)
+    task = task_for_step(self.seed, int(step), task_probs_at(self.cfg, int(step)))
     return task, make_batch(
       self.seed,
       int(step),
@@ -744,13 +777,13 @@ def make_train_dataset(
   check_data_config(cfg)
   seed, start_step = _num("seed", seed, 0), _num("start_step", start_step, 0)
   _local_range(cfg, process_index, process_count)
-  probs = check_task_probs(cfg.task_probs)
-  bounds = {start_step} | {
-    int(src["steps"][0]) for src in cfg.sources if src.get("steps") and src["steps"][0] > start_step
-  }
-  for task, p in zip(TASKS, probs):
-    if p > 0:
-      for step in sorted(bounds):  # every curriculum stage serves every drawn task
+  edges = [int(src["steps"][0]) for src in cfg.sources if src.get("steps")]
+  for (first, stop), _ in _check_task_stages(cfg.get("task_stages", ())):
+    edges += [first, stop]
+  bounds = {start_step} | {e for e in edges if e > start_step}
+  for step in sorted(bounds):  # every curriculum stage serves every task it may draw
+    for task, p in zip(TASKS, task_probs_at(cfg, step)):
+      if p > 0:
         _task_sources(cfg, task, step)
   ds = grain.MapDataset.range(start_step, start_step + _NUM_STEPS)
   ds = ds.map(_StepToBatch(cfg, seed, process_index, process_count))

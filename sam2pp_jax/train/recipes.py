@@ -19,7 +19,8 @@ because nothing is pretrained here (SAM 2++ itself fine-tunes SAM 2.1):
     the run;
   * memory-attention dropout and drop-path 0 (the tiny model underfits; see README);
   * focal weight 5 instead of 20 on masks and points (20 drives tracked frames to empty masks);
-  * tasks drawn 0.3 : 0.3 : 0.4 (the yaml's dataset_prob) rather than 1 : 4 : 5;
+  * tasks drawn 0.3 : 0.3 : 0.4 (the yaml's dataset_prob) rather than 1 : 4 : 5, after a
+    mask-only first quarter (data.task_stages);
   * a curriculum of synthetic difficulties (data.sources `steps` windows: static, easy, normal);
   * 64-px input, 96-px synthetic frames, 8-frame clips, 4 clips per step.
 
@@ -154,8 +155,10 @@ def pretrain_tiny(steps: int = PRETRAIN_STEPS) -> ml_collections.ConfigDict:
   c.data.num_frames = 8
   c.data.global_batch = 4
   n = int(steps)
-  # a long motionless stage: reading the memory is learned in a sudden transition after ~1,000
-  # steps of it (README); then easy, then mostly normal clips
+  # a long motionless, mask-only stage: telling the objects of a clip apart through the memory
+  # is learned in a sudden transition after ~1,000 such steps (README); then easy, then mostly
+  # normal clips, all three tasks
+  c.data.task_stages = (((0, n // 4), (1.0, 0.0, 0.0)),)
   c.data.sources = [
     _synthetic("static", (0, n // 4)),
     _synthetic("easy", (n // 4, n // 2)),
@@ -172,8 +175,9 @@ def pretrain_tiny(steps: int = PRETRAIN_STEPS) -> ml_collections.ConfigDict:
 
 def finetune_tiny() -> ml_collections.ConfigDict:
   """`make demo`'s short fine-tune of the shipped checkpoint on normal synthetic video (mask
-  task): every weight (per-task copies as exported), lr 1e-4 / vision 1e-5 with a short warm-up and a cosine
-  over a fixed number of steps that fits the demo's budget on a 2-core CPU."""
+  task): every weight (per-task copies as exported), lr 1e-4 / vision 1e-5 with a short
+  warm-up and a cosine over a fixed number of steps that fits the demo's budget on a 2-core
+  CPU."""
   c = pretrain_tiny()
   c.init_from = SHIPPED_CHECKPOINT
   c.init_rope_prior = 0.0
@@ -182,6 +186,7 @@ def finetune_tiny() -> ml_collections.ConfigDict:
   c.optim.vision_lr = 1e-5
   c.optim.warmup_steps = 10
   c.data.sources = [_synthetic("normal")]
+  c.data.task_stages = ()
   # one task: each task's train step compiles for ~1.5 minutes on 2 CPU cores, and the demo
   # (compilation, fine-tune, tracking, scoring) must fit in 8 minutes
   c.data.task_probs = (1.0, 0.0, 0.0)

@@ -400,3 +400,29 @@ def test_curriculum_gap_is_a_clear_error():
   late = small_cfg(sources=[dict(small_cfg().sources[0], steps=(2, 9))])
   with pytest.raises(ValueError, match="at step 0"):
     D.make_train_iterator(late, seed=0)  # nothing serves the first steps
+
+
+def test_task_stages_override_task_probs_in_their_window():
+  """A mask-only first stage: its steps draw only mask; later steps follow task_probs; the
+  iterator yields the scheduled task; bad entries name themselves."""
+  cfg = small_cfg(task_stages=(((0, 6), (1.0, 0.0, 0.0)),), task_probs=(0.0, 0.0, 1.0))
+  assert D.task_probs_at(cfg, 0) == (1.0, 0.0, 0.0) == D.task_probs_at(cfg, 5)
+  assert D.task_probs_at(cfg, 6) == (0.0, 0.0, 1.0)
+  it = D.make_train_iterator(cfg, seed=3)
+  tasks = [next(it)[0] for _ in range(8)]
+  assert tasks == ["mask"] * 6 + ["point"] * 2
+  # a stage drawing a task no source serves then is found before training starts
+  point_only = small_cfg(
+    task_stages=(((2, 4), (0.5, 0.0, 0.5)),),
+    task_probs=(0.0, 0.0, 1.0),
+    sources=[dict(small_cfg().sources[0], tasks=("point",))],
+  )
+  with pytest.raises(ValueError, match="'mask' task at step 2"):
+    D.make_train_iterator(point_only, seed=0)
+  for bad, match in [
+    ((((0, 6), (0.5, 0.5)),), r"task_stages\[0\]"),
+    ((((4, 4), (1.0, 0.0, 0.0)),), r"task_stages\[0\] stop step"),
+    (((0, 6),), r"task_stages\[0\]"),
+  ]:
+    with pytest.raises(ValueError, match=match):
+      D.check_data_config(small_cfg(task_stages=bad))
