@@ -79,6 +79,16 @@ def build_parser():
   r.add_argument("--chunk", type=int, default=4, help="frames encoded at once (default 4)")
   r.add_argument("--sequences", default=None, help="comma-separated subset (default: all)")
   r.add_argument("--quiet", action="store_true", help="no progress bars")
+  r.add_argument(
+    "--memory", default="sam2", help="memory policy: sam2 (default) or samurai (track.py --help)"
+  )
+  r.add_argument(
+    "--memory-opt",
+    action="append",
+    default=[],
+    metavar="NAME=VALUE",
+    help="an option of the memory policy (repeatable)",
+  )
   return p
 
 
@@ -103,9 +113,15 @@ def cmd_score(args) -> int:
 
 
 def cmd_run(args) -> int:
+  from sam2pp_jax.eval.common import MetricInputError
   from sam2pp_jax.eval.runner import run_benchmark
   from sam2pp_jax.eval.score import format_table
+  from sam2pp_jax.tracking.memory import get_policy, parse_options
 
+  try:
+    memory = get_policy(args.memory, **parse_options(args.memory_opt))
+  except ValueError as e:
+    raise MetricInputError(f"--memory / --memory-opt: {e}") from None
   report = run_benchmark(
     args.checkpoint,
     args.dataset,
@@ -117,6 +133,7 @@ def cmd_run(args) -> int:
     chunk=args.chunk,
     sequences=_sequences(args.sequences),
     quiet=args.quiet,
+    memory=memory,
   )
   print(format_table(report))
   return 0

@@ -11,6 +11,7 @@ means it is complete; a second run skips it.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from typing import Optional, Sequence
@@ -26,6 +27,7 @@ from sam2pp_jax.io.video import preprocess
 from sam2pp_jax.model.sam2pp import build_model
 from sam2pp_jax.progress import Progress
 from sam2pp_jax.tracking import outputs
+from sam2pp_jax.tracking.memory import get_policy
 from sam2pp_jax.tracking.propagate import track_video
 
 
@@ -48,8 +50,11 @@ def _paint(ids: np.ndarray, mask: np.ndarray, obj: int) -> None:
   ids[mask & ((ids == 0) | (ids > obj))] = obj
 
 
-def track_sequence(model, params, seq, task: str, *, chunk: int = 4, progress=None) -> dict:
-  """Online tracking of one sequence from all its prompt groups; arrays over the whole video."""
+def track_sequence(
+  model, params, seq, task: str, *, chunk: int = 4, progress=None, memory="sam2"
+) -> dict:
+  """Online tracking of one sequence from all its prompt groups; arrays over the whole video.
+  memory: the memory policy (a MemoryPolicy or a name)."""
   t_total, hw = seq.num_frames, seq.video_hw
   frames = _ModelFrames(seq, model.config.image_size)
   groups = seq.prompts(task)
@@ -78,6 +83,7 @@ def track_sequence(model, params, seq, task: str, *, chunk: int = 4, progress=No
       chunk=chunk,
       prompt_frame=f0,
       video_res=task == "mask",
+      memory=memory,
       progress=None
       if progress is None
       else (lambda i, d=done, f0=f0: progress(d + min(i + 1, t_total - f0))),
@@ -172,8 +178,11 @@ def run_benchmark(
   sequences: Optional[Sequence[str]] = None,
   quiet: bool = False,
   model_and_params=None,
+  memory="sam2",
 ) -> dict:
-  """Track, write and score a whole benchmark split; returns the score report."""
+  """Track, write and score a whole benchmark split; returns the score report. `memory`: the
+  memory policy (a MemoryPolicy or a name); OUT/run.json records it, and a second run into
+  the same OUT with another policy is refused (its predictions would be mixed)."""
 
   if chunk < 1:
     raise MetricInputError(f"--chunk {chunk}: give a chunk size >= 1")
@@ -190,6 +199,19 @@ def run_benchmark(
   os.makedirs(pred_root, exist_ok=True)
   os.makedirs(gt_root, exist_ok=True)
 
+  memory = get_policy(memory) if isinstance(memory, str) else memory
+  run_info = {"memory": memory.name, "memory_options": memory.options()}
+  info_path = os.path.join(out, "run.json")
+  if os.path.exists(info_path):
+    with open(info_path) as f:
+      before = json.load(f)
+    if before != json.loads(json.dumps(run_info)):
+      raise MetricInputError(
+        f"{out} holds predictions made with {before}, not {run_info}: give another --out "
+        "(or delete it) to track with this memory policy"
+      )
+  else:
+    atomic_write_text(info_path, json.dumps(run_info, indent=1) + "\n")
   todo = [n for n in names if not os.path.exists(_pred_path(pred_root, task, n))]
   if not quiet:
     print(
@@ -211,7 +233,13 @@ def run_benchmark(
       n_groups = len(seq.prompts(task))
       bar = None if quiet else Progress(seq.num_frames * n_groups, f"  {name[:20]:<20}")
       result = track_sequence(
-        model, params, seq, task, chunk=chunk, progress=None if bar is None else bar.update
+        model,
+        params,
+        seq,
+        task,
+        chunk=chunk,
+        progress=None if bar is None else bar.update,
+        memory=memory,
       )
       if bar is not None:
         bar.update(seq.num_frames * n_groups)
@@ -222,5 +250,6 @@ def run_benchmark(
     atomic_write_text(os.path.join(gt_root, "list.txt"), "".join(n + "\n" for n in names))
   report = score(task, protocol, gt_root, pred_root, sequences=names)
   report["dataset"], report["split"] = dataset, split
+  report.update(run_info)
   atomic_write_text(os.path.join(out, f"scores_{protocol}.json"), dumps(report) + "\n")
   return report

@@ -234,6 +234,13 @@ class SAM2Plus(nn.Module):
       "raw": dec,
     }
 
+  def candidate_pointers(self, tokens, object_score_logits, threshold: float = 0.0):
+    """Object pointers of every candidate token [B,M,C] with the presence gate at `threshold`
+    (SAM 2 uses 0; SAMURAI's min_obj_score_logits lowers it): [B,M,C]. A memory policy
+    that picks a candidate other than the decoder's best takes its pointer from here."""
+    lam = (object_score_logits > threshold).astype(jnp.float32)[:, :, None]  # [B,1,1]
+    return lam * self.obj_ptr_proj(tokens) + (1.0 - lam) * self.no_obj_ptr
+
   def upsample_to_image(self, low_res):
     """[B,h,w] logits -> [B,S,S] (bilinear, align_corners=False, no antialias)."""
     s = self.image_size

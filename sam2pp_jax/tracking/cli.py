@@ -42,6 +42,7 @@ from sam2pp_jax.model.presets import TASKS
 from sam2pp_jax.model.sam2pp import build_model
 from sam2pp_jax.progress import Progress
 from sam2pp_jax.tracking import outputs, prompts
+from sam2pp_jax.tracking.memory import POLICIES, get_policy, parse_options
 from sam2pp_jax.tracking.point_readout import READOUTS
 from sam2pp_jax.tracking.propagate import track_video
 
@@ -181,6 +182,20 @@ def build_parser():
     "sam2pp_jax/tracking/point_readout.py); 'window_soft_argmax', the soft-argmax "
     "in a small window around the argmax (robust to distractors)",
   )
+  p.add_argument(
+    "--memory",
+    default="sam2",
+    choices=tuple(POLICIES),
+    help="memory policy (sam2pp_jax/tracking/memory): 'sam2' the released tracker (default), "
+    "'samurai' Kalman-filter motion-aware memory",
+  )
+  p.add_argument(
+    "--memory-opt",
+    action="append",
+    default=[],
+    metavar="NAME=VALUE",
+    help="an option of the memory policy (repeatable), e.g. kf_score_weight=0.15",
+  )
   return p
 
 
@@ -194,6 +209,10 @@ def _video_name(path: str) -> str:
 def run(args) -> int:
   if args.chunk < 1:
     raise InputError(f"--chunk {args.chunk}: give a chunk size >= 1")
+  try:
+    memory = get_policy(args.memory, **parse_options(args.memory_opt))
+  except ValueError as e:
+    raise InputError(f"--memory / --memory-opt: {e}") from None
   load_config(args.checkpoint)  # cheap: config errors before the video loads
   vf = load_video(args.video)
   t_total, hw = vf.num_frames, (vf.height, vf.width)
@@ -246,6 +265,7 @@ def run(args) -> int:
       reverse=args.reverse,
       video_res=args.task == "mask",
       point_readout=args.point_readout,
+      memory=memory,
       progress=None if bar is None else (lambda i, b=bar: b.update(i + 1)),
     )
     if bar is not None:

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 EMPTY = -1  # frame index of an unused slot
+NO_SCORE = float("nan")  # slot metadata a policy did not record (e.g. SAMURAI's motion score)
 
 
 def bf16_round(x):
@@ -28,11 +29,26 @@ def _set_slot(buf, slot, value):
 
 
 @flax.struct.dataclass
+class MemoryView:
+  """Which ring slots a memory policy lets frame t attend to, per object.
+
+  mem_ok [B,R] bool: the spatial ring slots attended; mem_tpos [B,R] int32: each one's row of
+  the temporal encoding table (SAM 2: distance - 1; SAMURAI / DAM4SAM: rank from the newest).
+  """
+
+  mem_ok: jax.Array
+  mem_tpos: jax.Array
+
+
+@flax.struct.dataclass
 class MemoryBank:
   """Spatial memories [B,slot,HW,Cm] and pointers [B,slot,C] with per-slot frame indices.
 
   cond_*: conditioning frames (static capacity). mem_*: ring of the num_maskmem-1 latest
-  tracked frames. ptr_*: ring of the max_obj_ptrs_in_encoder-1 latest tracked pointers.
+  tracked frames (per object: a memory policy may skip or overwrite a frame for one object
+  only), with per-slot metadata a policy reads (predicted IoU, object score, motion score).
+  ptr_*: ring of the max_obj_ptrs_in_encoder-1 latest tracked pointers. policy_state: the
+  memory policy's per-object state (None for SAM 2's), carried with the bank through scans.
   """
 
   cond_feats: jax.Array  # [B,K,HW,Cm] bf16-rounded float32
@@ -41,9 +57,13 @@ class MemoryBank:
   cond_frame: jax.Array  # [K] int32 (EMPTY when unused)
   mem_feats: jax.Array  # [B,R,HW,Cm]
   mem_pos: jax.Array  # [B,R,HW,Cm]
-  mem_frame: jax.Array  # [R] int32
+  mem_frame: jax.Array  # [B,R] int32
   ptr: jax.Array  # [B,P,C]
   ptr_frame: jax.Array  # [P] int32
+  mem_iou: jax.Array  # [B,R] the frame's chosen predicted IoU
+  mem_score: jax.Array  # [B,R] its object score logit
+  mem_motion: jax.Array  # [B,R] its motion score (NO_SCORE when not recorded)
+  policy_state: object = None
 
   # ---------------------------------------------------------------------------------------
   @classmethod
@@ -63,7 +83,7 @@ class MemoryBank:
     if r < 1 or p < 1 or k < 1:
       raise ValueError("need num_maskmem >= 2, max_obj_ptrs >= 2 and cond_capacity >= 1")
     z = lambda *s: jnp.zeros(s, jnp.float32)
-    e = lambda n: jnp.full((n,), EMPTY, jnp.int32)
+    e = lambda *s: jnp.full(s, EMPTY, jnp.int32)
     return cls(
       cond_feats=z(batch, k, hw, mem_dim),
       cond_pos=z(batch, k, hw, mem_dim),
@@ -71,9 +91,12 @@ class MemoryBank:
       cond_frame=e(k),
       mem_feats=z(batch, r, hw, mem_dim),
       mem_pos=z(batch, r, hw, mem_dim),
-      mem_frame=e(r),
+      mem_frame=e(batch, r),
       ptr=z(batch, p, hidden_dim),
       ptr_frame=e(p),
+      mem_iou=z(batch, r),
+      mem_score=z(batch, r),
+      mem_motion=jnp.full((batch, r), NO_SCORE, jnp.float32),
     )
 
   @classmethod
@@ -87,6 +110,7 @@ class MemoryBank:
     stack = lambda xs: jnp.stack([jnp.stack(objs) for objs in xs], axis=1).astype(jnp.float32)
     cond, mem = stack(slots["cond_feats"]), stack(slots["mem_feats"])
     frame = lambda k: jnp.asarray(slots[k], jnp.int32)
+    b, r = mem.shape[:2]
     return cls(
       cond_feats=cond,
       cond_pos=jnp.broadcast_to(pos, cond.shape),
@@ -94,9 +118,12 @@ class MemoryBank:
       cond_frame=frame("cond_frame"),
       mem_feats=mem,
       mem_pos=jnp.broadcast_to(pos, mem.shape),
-      mem_frame=frame("mem_frame"),
+      mem_frame=jnp.broadcast_to(frame("mem_frame"), (b, r)),
       ptr=stack(slots["ptr"]),
       ptr_frame=frame("ptr_frame"),
+      mem_iou=jnp.zeros((b, r), jnp.float32),
+      mem_score=jnp.zeros((b, r), jnp.float32),
+      mem_motion=jnp.full((b, r), NO_SCORE, jnp.float32),
     )
 
   @property
@@ -118,20 +145,46 @@ class MemoryBank:
       cond_frame=self.cond_frame.at[slot].set(jnp.asarray(t, jnp.int32)),
     )
 
-  def write(self, t, feats, pos, obj_ptr) -> "MemoryBank":
-    """Store tracked (non-conditioning) frame t into the rings, overwriting the oldest slot."""
+  def write(self, t, feats, pos, obj_ptr, *, slot=None, meta=None) -> "MemoryBank":
+    """Store tracked (non-conditioning) frame t into the rings.
+
+    slot None (SAM 2): every object's spatial memory goes to ring slot t % R, the oldest.
+    slot [B] int32 (a memory policy): object b's goes to slot[b]; -1 leaves its ring as it
+    is. meta: optional dict of [B] per-slot metadata (iou, score, motion) stored with it. The
+    pointer ring always takes frame t at t % P (no policy filters pointers).
+    """
     b = feats.shape[0]
     f = bf16_round(feats.reshape(b, -1, feats.shape[-1]))
     p = jnp.broadcast_to(pos, feats.shape).reshape(f.shape)
     t = jnp.asarray(t, jnp.int32)
-    r, q = self.mem_frame.shape[0], self.ptr_frame.shape[0]
-    sm, sp = t % r, t % q
+    r, q = self.mem_frame.shape[1], self.ptr_frame.shape[0]
+    sp = t % q
+    meta = dict(meta or {})
+    unknown = sorted(set(meta) - {"iou", "score", "motion"})
+    if unknown:
+      raise ValueError(f"unknown slot metadata {unknown}; use iou, score, motion")
+    if slot is None:
+      sm = t % r
+      mem = dict(
+        mem_feats=_set_slot(self.mem_feats, sm, f),
+        mem_pos=_set_slot(self.mem_pos, sm, p),
+        mem_frame=self.mem_frame.at[:, sm].set(t),
+      )
+      at = jnp.broadcast_to(jnp.arange(r) == sm, (b, r))
+    else:
+      at = jnp.asarray(slot, jnp.int32)[:, None] == jnp.arange(r)  # [B,R] (-1: nowhere)
+      put = lambda buf, v: jnp.where(at[:, :, None, None], v[:, None].astype(buf.dtype), buf)
+      mem = dict(
+        mem_feats=put(self.mem_feats, f),
+        mem_pos=put(self.mem_pos, p),
+        mem_frame=jnp.where(at, t, self.mem_frame),
+      )
+    for key, field in (("iou", "mem_iou"), ("score", "mem_score"), ("motion", "mem_motion")):
+      default = NO_SCORE if key == "motion" else 0.0
+      v = jnp.broadcast_to(jnp.asarray(meta.get(key, default), jnp.float32), (b,))
+      mem[field] = jnp.where(at, v[:, None], getattr(self, field))
     return self.replace(
-      mem_feats=_set_slot(self.mem_feats, sm, f),
-      mem_pos=_set_slot(self.mem_pos, sm, p),
-      mem_frame=self.mem_frame.at[sm].set(t),
-      ptr=_set_slot(self.ptr, sp, obj_ptr),
-      ptr_frame=self.ptr_frame.at[sp].set(t),
+      ptr=_set_slot(self.ptr, sp, obj_ptr), ptr_frame=self.ptr_frame.at[sp].set(t), **mem
     )
 
   # ---------------------------------------------------------------------------------------
@@ -143,6 +196,7 @@ class MemoryBank:
     ptr_pos_encoding: Callable[[jax.Array, float], jax.Array],
     reverse=False,
     future_cond_ptrs: bool = False,
+    view: MemoryView | None = None,
   ):
     """Memory tokens for frame t: (memory [B,M,Cm], pos [B,M,Cm], mask [B,M] bool).
 
@@ -152,26 +206,32 @@ class MemoryBank:
     after t and every distance is measured as (frame - t); pointer offsets keep that sign.
     future_cond_ptrs (static): also use pointers of conditioning frames after t (the reference
     does so in training; only_obj_ptrs_in_the_past_for_eval applies at inference).
+    view: a memory policy's choice of ring slots and their temporal rows (None: SAM 2's, the
+    slots at distance 1..R with row distance - 1).
     """
     t = jnp.asarray(t, jnp.int32)
     sign = jnp.where(jnp.asarray(reverse), -1, 1).astype(jnp.int32)
     b, k, hw, cm = self.cond_feats.shape
-    r = self.mem_frame.shape[0]
+    r = self.mem_frame.shape[1]
     nm = tpos_table.shape[0]
     # spatial: cond frames use the last temporal slot; tracked frame at distance d uses d-1
     cond_ok = self.cond_frame != EMPTY
-    d_mem = (t - self.mem_frame) * sign
-    mem_ok = (self.mem_frame != EMPTY) & (d_mem >= 1) & (d_mem <= r)
+    if view is None:
+      d_mem = (t - self.mem_frame) * sign  # [B,R]
+      mem_ok = (self.mem_frame != EMPTY) & (d_mem >= 1) & (d_mem <= r)
+      row = d_mem - 1
+    else:
+      mem_ok, row = view.mem_ok, view.mem_tpos
     cond_tpos = jnp.broadcast_to(tpos_table[nm - 1], (k, cm))
-    mem_tpos = tpos_table[jnp.clip(d_mem - 1, 0, nm - 1)]
+    mem_tpos = tpos_table[jnp.clip(row, 0, nm - 1)]  # [B,R,Cm]
     feats = jnp.concatenate([self.cond_feats, self.mem_feats], axis=1)
     pos = jnp.concatenate(
-      [self.cond_pos + cond_tpos[None, :, None], self.mem_pos + mem_tpos[None, :, None]], axis=1
+      [self.cond_pos + cond_tpos[None, :, None], self.mem_pos + mem_tpos[:, :, None]], axis=1
     )
-    ok = jnp.concatenate([cond_ok, mem_ok])
+    ok = jnp.concatenate([jnp.broadcast_to(cond_ok, (b, k)), mem_ok], axis=1)  # [B,K+R]
     spatial = feats.reshape(b, -1, cm)
     spatial_pos = pos.reshape(b, -1, cm)
-    spatial_ok = jnp.repeat(ok, hw)
+    spatial_ok = jnp.repeat(ok, hw, axis=1)
     # pointers: cond frames in the past at offset t - t_c; tracked frames at d in 1..max-1
     max_ptrs = min(int(num_frames), self.ptr_frame.shape[0] + 1)
     t_diff_max = max(max_ptrs - 1, 1)
@@ -191,5 +251,5 @@ class MemoryBank:
     memory_pos = jnp.concatenate(
       [spatial_pos, jnp.broadcast_to(ptr_tok_pos, (b,) + ptr_tok_pos.shape)], axis=1
     )
-    mask = jnp.broadcast_to(jnp.concatenate([spatial_ok, ptr_tok_ok]), memory.shape[:2])
+    mask = jnp.concatenate([spatial_ok, jnp.broadcast_to(ptr_tok_ok, (b,) + ptr_tok_ok.shape)], 1)
     return memory, memory_pos, mask

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sam2pp_jax.tracking import prompts
+from sam2pp_jax.tracking.memory import MemoryPolicy, get_policy
 from sam2pp_jax.tracking.point_readout import check_readout
 from sam2pp_jax.tracking.postprocess import video_outputs
 from sam2pp_jax.tracking.step import (
@@ -107,15 +108,18 @@ def _rows(out, task: str) -> dict:
 
 
 @partial(
-  jax.jit, static_argnames=("model", "task", "route", "multimask", "cond_capacity", "encoded")
+  jax.jit,
+  static_argnames=("model", "task", "route", "multimask", "cond_capacity", "encoded", "memory"),
 )
-def _first_frame(model, params, first, prompt, *, task, route, multimask, cond_capacity, encoded):
+def _first_frame(
+  model, params, first, prompt, *, task, route, multimask, cond_capacity, encoded, memory
+):
   """The prompt frame as clip frame 0 -> (bank, rows [1,...], memory pos [HW,Cm]).
 
   `first` is the frame [1,S,S,3] (encoded=False) or its features dict of [1,...] arrays.
   """
   feats = first if encoded else frame_features(model, params, first, task=task)
-  bank = new_bank(model, prompt.batch, cond_capacity)
+  bank = new_bank(model, prompt.batch, cond_capacity, memory)
   bank, out = track_step(
     model,
     params,
@@ -128,14 +132,17 @@ def _first_frame(model, params, first, prompt, *, task, route, multimask, cond_c
     multimask=multimask,
     write="cond",
     cond_slot=0,
+    memory=memory,
   )
   return bank, jax.tree.map(lambda a: a[None], _rows(out, task)), out.maskmem_pos
 
 
 @partial(
-  jax.jit, static_argnames=("model", "task", "num_frames", "encoded"), donate_argnames=("bank",)
+  jax.jit,
+  static_argnames=("model", "task", "num_frames", "encoded", "memory"),
+  donate_argnames=("bank",),
 )
-def _chunk_step(model, params, bank, xs, ts, valid, *, task, num_frames, encoded):
+def _chunk_step(model, params, bank, xs, ts, valid, *, task, num_frames, encoded, memory):
   """One compiled function for every chunk: (bank, rows stacked over the K frames).
 
   xs: K frames [K,S,S,3] (encoded=False: encoded here as one batch) or a features dict of
@@ -145,7 +152,14 @@ def _chunk_step(model, params, bank, xs, ts, valid, *, task, num_frames, encoded
   feats = xs if encoded else frame_features(model, params, xs, task=task)
   ring, none = WRITES.index("ring"), WRITES.index("none")
   step = partial(
-    track_step, model, params, task=task, route="memory", multimask=True, num_frames=num_frames
+    track_step,
+    model,
+    params,
+    task=task,
+    route="memory",
+    multimask=True,
+    num_frames=num_frames,
+    memory=memory,
   )
 
   def body(bank, x):
@@ -187,6 +201,7 @@ def track_video(
   video_res: bool = True,
   point_readout: str = "argmax",
   progress=None,
+  memory: MemoryPolicy | str = "sam2",
 ) -> dict:
   """Track B objects prompted on frame `prompt_frame` through T frames [S,S,3] (normalised).
 
@@ -201,7 +216,8 @@ def track_video(
   `features` (a dict of [T,...] arrays from `encode_frames`) skips the encoder. `num_frames`
   (default T) is the video length the pointer normaliser uses. `progress(i)` is called on the
   host after each chunk, for each clip frame i of the chunk (i = 1..T'-1, also for padding
-  frames i >= T').
+  frames i >= T'). `memory`: the memory policy (a MemoryPolicy or a name with its defaults;
+  tracking/memory), "sam2" being the released tracker.
 
   Returns numpy dict, time axis in processing order (prompt frame first): frame_idx [T'] (the
   original index of each output frame), low_res_mask_logits [T',B,S/4,S/4],
@@ -213,6 +229,7 @@ def track_video(
   With return_bank, also the final MemoryBank under "bank".
   """
   check_readout(point_readout)
+  memory = get_policy(memory) if isinstance(memory, str) else memory
   s = int(model.config.image_size)
   h, w = int(video_hw[0]), int(video_hw[1])
   chunk = int(chunk)
@@ -257,6 +274,7 @@ def track_video(
     task=task,
     cond_capacity=int(cond_capacity),
     encoded=encoded,
+    memory=memory,
     route="no_memory" if task == "box" else "prompt_as_output",
     multimask=_prompt_multimask(prompt, task, model.config),
   )
@@ -306,6 +324,7 @@ def track_video(
       task=task,
       num_frames=num_frames,
       encoded=encoded,
+      memory=memory,
     )
     put(i, m, ys)
     del ys

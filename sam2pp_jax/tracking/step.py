@@ -15,6 +15,8 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from sam2pp_jax.model.sam2pp import NO_OBJ_SCORE
+from sam2pp_jax.tracking.memory.policy import RELEASED, Candidates, MemoryPolicy
 from sam2pp_jax.tracking.memory_bank import MemoryBank, bf16_round
 
 ROUTES = ("prompt_as_output", "no_memory", "memory")
@@ -71,6 +73,8 @@ class StepOut:
   maskmem: jax.Array | None = None
   maskmem_pos: jax.Array | None = None
   extra: object = None
+  candidates: Candidates | None = None  # every candidate, for a memory policy's choice
+  memory_meta: dict | None = None  # what the memory policy recorded for the frame's slot
 
 
 def _apply(model, params, method, *args, rngs=None, **kw):
@@ -117,12 +121,13 @@ def use_multimask(n_clicks, config):
 
 # ---------------------------------------------------------------------------------- decode
 def decode_heads(
-  model, params, pix, feats, prompt: FramePrompt, *, task: str, multimask
+  model, params, pix, feats, prompt: FramePrompt, *, task: str, multimask, presence=None
 ) -> StepOut:
   """Prompt encoder + decoder + candidate choice + pointer on features `pix` [B,h,w,C].
 
   Candidates are padded to the decoder's M; a single-mask step (multimask False, static or
-  traced) has only candidate 0 valid."""
+  traced) has only candidate 0 valid. presence (a float, static): also return every
+  candidate gated at this object-score threshold (`candidates`, for a memory policy)."""
   mask = None if prompt.mask is None else prompt.mask[..., None]
   o = _apply(
     model,
@@ -147,6 +152,9 @@ def decode_heads(
   if not isinstance(multimask, bool):
     valid = jnp.where(multimask, valid, jnp.arange(m) < 1)
   boxes = o["multi_boxes"]
+  cands = None
+  if presence is not None:
+    cands = _candidates(model, params, o, float(presence), m, valid)
   return StepOut(
     low_res=o["low_res_masks"],
     high_res=o["high_res_masks"],
@@ -158,6 +166,32 @@ def decode_heads(
     multi_boxes=None if boxes is None else pad(boxes),
     candidate_valid=valid,
     pix=pix,
+    candidates=cands,
+  )
+
+
+def _candidates(model, params, o, threshold: float, m: int, valid) -> Candidates:
+  """Every candidate of a sam_heads output with the presence gate at `threshold`."""
+  dec = o["raw"]
+  score = o["object_score_logits"]  # [B,1]
+  present = score > threshold
+  low = jnp.where(present[:, :, None, None], dec["masks"], NO_OBJ_SCORE)  # [B,k,h,w]
+  b, k = low.shape[:2]
+  tokens = dec["sam_tokens_out"]
+  ptr = _apply(model, params, "candidate_pointers", tokens, score, threshold)
+  ptr = jnp.broadcast_to(ptr, (b, k, ptr.shape[-1]))  # one token for every candidate
+  s = int(model.config.image_size)
+  high = _apply(model, params, "upsample_to_image", low.reshape((b * k,) + low.shape[2:]))
+  boxes = dec["boxes"]
+  if boxes is not None:
+    boxes = jnp.where(present[:, :, None], boxes, 0.0)
+  pad = lambda a: jnp.pad(a, [(0, 0), (0, m - k)] + [(0, 0)] * (a.ndim - 2))
+  return Candidates(
+    low_res=pad(low),
+    high_res=pad(high.reshape((b, k, s, s))),
+    obj_ptr=pad(ptr),
+    boxes=None if boxes is None else pad(boxes),
+    valid=valid,
   )
 
 
@@ -176,6 +210,7 @@ def _decode(
   reverse,
   future_cond_ptrs,
   dropout_key=None,
+  memory: MemoryPolicy = RELEASED,
 ) -> StepOut:
   """One static route (see the module docstring)."""
   vision = feats["vision"]
@@ -211,8 +246,9 @@ def _decode(
   elif route == "memory":
     tpos = params["maskmem_tpos_enc"][:, 0, 0]
     ptr_pe = lambda rel, tdm: _apply(model, params, "obj_ptr_pos_encoding", rel, tdm)
-    memory, mpos, mmask = bank.select(
-      t, num_frames, tpos, ptr_pe, reverse=reverse, future_cond_ptrs=future_cond_ptrs
+    view = memory.view(bank, t, reverse)
+    mem, mpos, mmask = bank.select(
+      t, num_frames, tpos, ptr_pe, reverse=reverse, future_cond_ptrs=future_cond_ptrs, view=view
     )
     pix = _apply(
       model,
@@ -220,7 +256,7 @@ def _decode(
       "condition_on_memory",
       vision,
       feats["vision_pos"],
-      memory,
+      mem,
       mpos,
       mmask,
       task=task,
@@ -229,22 +265,35 @@ def _decode(
     )
   else:
     raise ValueError(f"route={route!r} is unknown; use one of {ROUTES}")
-  return decode_heads(model, params, pix, feats, prompt, task=task, multimask=multimask)
+  presence = memory.presence_threshold if memory.needs_candidates else None
+  return decode_heads(
+    model, params, pix, feats, prompt, task=task, multimask=multimask, presence=presence
+  )
 
 
-def _write(bank: MemoryBank, write, cond_slot, t, out: StepOut) -> MemoryBank:
-  """Store the frame's memory: static "none" / "ring" / "cond" or a traced WRITES index."""
+def _write(
+  bank: MemoryBank, write, cond_slot, t, out: StepOut, memory: MemoryPolicy, state
+) -> MemoryBank:
+  """Store the frame's memory: static "none" / "ring" / "cond" or a traced WRITES index.
+  `state` is the memory policy's state after this frame's choice ("none" keeps the old)."""
+
+  def ring():
+    slot, st = memory.ring_slot(state, bank, t, out.memory_meta)
+    b = bank.write(t, out.maskmem, out.maskmem_pos, out.obj_ptr, slot=slot, meta=out.memory_meta)
+    return b.replace(policy_state=st)
+
+  def cond():
+    b = bank.write_cond(cond_slot, t, out.maskmem, out.maskmem_pos, out.obj_ptr)
+    return b.replace(policy_state=state)
+
   if isinstance(write, str):
     if write not in WRITES:
       raise ValueError(f"write={write!r} is unknown; use one of {WRITES}")
     if write == "none":
       return bank
-    if write == "ring":
-      return bank.write(t, out.maskmem, out.maskmem_pos, out.obj_ptr)
-    return bank.write_cond(cond_slot, t, out.maskmem, out.maskmem_pos, out.obj_ptr)
+    return ring() if write == "ring" else cond()
   w = jnp.asarray(write, jnp.int32)
-  ring = bank.write(t, out.maskmem, out.maskmem_pos, out.obj_ptr)
-  cond = bank.write_cond(cond_slot, t, out.maskmem, out.maskmem_pos, out.obj_ptr)
+  ring, cond = ring(), cond()
   pick = lambda n, r, c: jnp.where(
     w == WRITES.index("cond"), c, jnp.where(w == WRITES.index("ring"), r, n)
   )
@@ -281,6 +330,7 @@ def track_step(
   encode_memory: bool = True,
   refine: Callable[[StepOut], StepOut] | None = None,
   dropout_key=None,
+  memory: MemoryPolicy = RELEASED,
 ):
   """One frame t for B objects -> (bank, StepOut). Pure; call it inside jit / scan.
 
@@ -300,6 +350,9 @@ def track_step(
   refine: a hook StepOut -> StepOut between decoding and memory encoding (training's clicks).
   dropout_key: training only: apply memory attention's dropout (key folded with t); None
   (inference) leaves every dropout off.
+  memory: the memory policy (static; tracking/memory): its view of the bank on the memory
+  route, its candidate choice on the decoder routes, its ring writes. Its state is the bank's
+  policy_state. RELEASED (SAM2()) is the released tracker.
   """
   b = bank.cond_ptr.shape[0] if bank is not None else None
   if isinstance(prompt, Mapping):
@@ -314,6 +367,7 @@ def track_step(
     reverse=reverse,
     future_cond_ptrs=future_cond_ptrs,
     dropout_key=dropout_key,
+    memory=memory,
   )
   if isinstance(route, str):
     p = prompt.get(route) if isinstance(prompt, Mapping) else prompt
@@ -330,6 +384,14 @@ def track_step(
       for r in names
     ]
     out = jax.lax.switch(index[jnp.asarray(route, jnp.int32)], branches)
+  state = None if bank is None else bank.policy_state
+  if out.candidates is not None:  # a decoder route of a policy that chooses for itself
+    if not isinstance(route, str):
+      raise ValueError(f"the {memory.name!r} memory policy needs a static route")
+    out, state, meta = memory.choose(state, out, out.candidates, t, multimask)
+    out = out.replace(memory_meta=meta)
+  else:
+    out = out.replace(memory_meta=RELEASED.choose(state, out, None, t, multimask)[2])
   if refine is not None:
     out = refine(out)
   if encode_memory:
@@ -338,15 +400,18 @@ def track_step(
   if bank is not None and not (isinstance(write, str) and write == "none"):
     if not encode_memory:
       raise ValueError("write needs the frame's memory: use encode_memory=True")
-    bank = _write(bank, write, cond_slot, t, out)
+    bank = _write(bank, write, cond_slot, t, out, memory, state)
   return bank, out
 
 
-def new_bank(model, batch: int, cond_capacity: int = 2) -> MemoryBank:
-  """An empty bank for `batch` objects with the model's memory geometry."""
+def new_bank(
+  model, batch: int, cond_capacity: int = 2, memory: MemoryPolicy = RELEASED
+) -> MemoryBank:
+  """An empty bank for `batch` objects with the model's memory geometry and the memory
+  policy's initial state."""
   c = model.config
   hw = (int(c.image_size) // 16) ** 2
-  return MemoryBank.empty(
+  bank = MemoryBank.empty(
     batch,
     hw,
     int(c.mem_dim),
@@ -355,3 +420,4 @@ def new_bank(model, batch: int, cond_capacity: int = 2) -> MemoryBank:
     max_obj_ptrs=int(c.max_obj_ptrs_in_encoder),
     cond_capacity=cond_capacity,
   )
+  return bank.replace(policy_state=memory.init_state(batch))
