@@ -75,6 +75,7 @@ class StepOut:
   extra: object = None
   candidates: Candidates | None = None  # every candidate, for a memory policy's choice
   memory_meta: dict | None = None  # what the memory policy recorded for the frame's slot
+  policy_state: object = None  # the memory policy's state after this frame's choice
 
 
 def _apply(model, params, method, *args, rngs=None, **kw):
@@ -331,6 +332,7 @@ def track_step(
   refine: Callable[[StepOut], StepOut] | None = None,
   dropout_key=None,
   memory: MemoryPolicy = RELEASED,
+  policy_state=None,
 ):
   """One frame t for B objects -> (bank, StepOut). Pure; call it inside jit / scan.
 
@@ -352,7 +354,9 @@ def track_step(
   (inference) leaves every dropout off.
   memory: the memory policy (static; tracking/memory): its view of the bank on the memory
   route, its candidate choice on the decoder routes, its ring writes. Its state is the bank's
-  policy_state. RELEASED (SAM2()) is the released tracker.
+  policy_state. RELEASED (SAM2()) is the released tracker. policy_state: the policy's state
+  when the bank does not carry it (the interactive predictor keeps it per object on the host;
+  None: the bank's, or a fresh one); the state after the frame is StepOut.policy_state.
   """
   b = bank.cond_ptr.shape[0] if bank is not None else None
   if isinstance(prompt, Mapping):
@@ -384,7 +388,11 @@ def track_step(
       for r in names
     ]
     out = jax.lax.switch(index[jnp.asarray(route, jnp.int32)], branches)
-  state = None if bank is None else bank.policy_state
+  state = policy_state
+  if state is None and bank is not None:
+    state = bank.policy_state
+  if state is None:
+    state = memory.init_state(b)
   if out.candidates is not None:  # a decoder route of a policy that chooses for itself
     if not isinstance(route, str):
       raise ValueError(f"the {memory.name!r} memory policy needs a static route")
@@ -392,6 +400,7 @@ def track_step(
     out = out.replace(memory_meta=meta)
   else:
     out = out.replace(memory_meta=RELEASED.choose(state, out, None, t, multimask)[2])
+  out = out.replace(policy_state=state)
   if refine is not None:
     out = refine(out)
   if encode_memory:

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from conftest import assert_rows_ok, e2e_rows, tiny_with_objects_present
 
+from sam2pp_jax.tracking.memory import Samurai
 from sam2pp_jax.tracking.predictor import VideoPredictor
 from sam2pp_jax.tracking.propagate import track_video
 
@@ -194,9 +195,14 @@ def test_reverse_equals_forward_on_reversed_prefix(tiny):
   assert [f for f, *_ in pred.propagate_in_video(state)] == list(range(k, T))
 
 
-def test_correction_click_changes_frame(tiny):
-  _, _, frames = tiny
-  pred = _pred(tiny, "mask")
+@pytest.mark.parametrize("memory", ["sam2", pytest.param("samurai", marks=_SLOW)])
+def test_correction_click_changes_frame(tiny, memory):
+  model, params, frames = tiny
+  pred = (
+    _pred(tiny, "mask")
+    if memory == "sam2"
+    else VideoPredictor(model, params, "mask", encode_chunk=2, memory=memory)
+  )
   state, got = _run(pred, frames, "mask")
   before = got[3][0][0]
   f, ids, after = pred.add_new_points_or_box(state, 3, 10, points=[[40.0, 20.0]], labels=[0])
@@ -288,3 +294,34 @@ def test_errors(tiny):
     mp.init_state(frames)
   # a failed call leaves no half-registered object behind
   assert s.obj_ids == [] and sb.obj_ids == [] and sp.obj_ids == []
+
+
+@pytest.mark.parametrize("iou_threshold", [0.0, 0.5])
+def test_samurai_predictor_equals_scan(tiny, iou_threshold):
+  """The SAMURAI policy in the predictor (host-side read of the original's search, per-object
+  Kalman state on the host) == in the lax.scan tracker (gated ring, state in the bank)."""
+  model, params, frames = tiny
+  policy = Samurai(stable_frames_threshold=2, memory_bank_iou_threshold=iou_threshold)
+  pred = VideoPredictor(model, params, "mask", encode_chunk=2, memory=policy)
+  state, got = _run(pred, frames, "mask", objs=(0, 1))
+  ref = track_video(
+    model,
+    params,
+    frames,
+    HW,
+    "mask",
+    {"mask": _masks()},
+    chunk=2,
+    memory=policy,
+    return_bank=True,
+  )
+  masks = np.stack([got[f][0] for f in range(T)])
+  _close(masks, ref["video_res_mask_logits"])
+  for k in (0, 1):
+    ptr = np.stack([pred.frame_output(state, f, 10 + k)["obj_ptr"] for f in range(T)])
+    _close(ptr, ref["obj_ptr"][:, k])
+    kf = ref["bank"].policy_state
+    np.testing.assert_array_equal(state.objects[k].policy_state.stable, kf.stable[k : k + 1])
+    np.testing.assert_allclose(
+      state.objects[k].policy_state.mean, kf.mean[k : k + 1], rtol=1e-4, atol=1e-3
+    )

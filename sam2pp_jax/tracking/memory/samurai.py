@@ -25,6 +25,7 @@ box task's box head instead.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import ClassVar
 
 import flax.struct
@@ -136,10 +137,41 @@ class Samurai(MemoryPolicy):
       & (jnp.asarray(t) >= 2)
     )
 
+  def _kept_host(self, out, i: int) -> bool:
+    """`_kept` on a stored predictor output (host floats)."""
+    motion = float(out["motion"])
+    return (
+      float(out["iou"]) > self.memory_bank_iou_threshold
+      and float(out["score"]) > self.memory_bank_obj_score_threshold
+      and (math.isnan(motion) or motion > self.memory_bank_kf_score_threshold)
+      and i >= 2
+    )
+
   def ring_slot(self, state, bank, t, meta):
     r = bank.mem_frame.shape[1]
     slot = jnp.where(state.head_kept, (state.head + 1) % r, state.head).astype(jnp.int32)
     return slot, state.replace(head=slot, head_kept=self._kept(meta, t))
+
+  def host_memory_frames(self, f, sign, t_total, stored: dict, have, max_ptrs: int, r: int):
+    """The interactive predictor's read (host side, the original's search): frames of the
+    object's stored tracked outputs `stored` (frame -> output with iou, score, motion) before
+    f in the tracking direction that pass the memory test, searched newest first until
+    max_ptrs - 1 are found, plus always the previous frame; the newest r of them that exist
+    (`have`), newest first. Frame indices are the video's (the original's frame_idx)."""
+    kept = []
+    for d in range(1, t_total):
+      i = f - d * sign
+      if i < 0 or i >= t_total:
+        break
+      out = stored.get(i)
+      if out is not None and self._kept_host(out, i):
+        kept.insert(0, i)
+      if len(kept) >= max_ptrs - 1:
+        break
+    prev = f - sign
+    if prev not in kept:
+      kept.append(prev)
+    return [i for i in kept[-r:][::-1] if have(i)]
 
   def view(self, bank, t, reverse=False):
     sign = jnp.where(jnp.asarray(reverse), -1, 1)

@@ -30,15 +30,30 @@ def select_cond(f: int, cond: dict, max_cond: int):
 
 
 def memory_layout(
-  o, f: int, reverse: bool, t_total: int, *, num_maskmem: int, max_obj_ptrs: int, max_cond: int
+  o,
+  f: int,
+  reverse: bool,
+  t_total: int,
+  *,
+  num_maskmem: int,
+  max_obj_ptrs: int,
+  max_cond: int,
+  memory=None,
 ):
-  """(cond frames, spatial slot frames by distance 1..num_maskmem-1, pointer slot frames by
-  distance 1..max_ptrs-1) that frame f of object `o` attends to; EMPTY where absent."""
+  """(cond frames, spatial slot frames, pointer slot frames by distance 1..max_ptrs-1) that
+  frame f of object `o` attends to; EMPTY where absent. Spatial slots: SAM 2's frames by
+  distance 1..num_maskmem-1, or (a gated policy such as SAMURAI) its chosen frames, newest
+  first (the policy's view then gives them temporal rows by rank)."""
   sel, unsel = select_cond(f, o.out["cond"], max_cond)
   unsel = set(unsel)
   sign = -1 if reverse else 1
   have = lambda t: t in o.out["non_cond"] or t in unsel
-  mem = tuple(f - d * sign if have(f - d * sign) else EMPTY for d in range(1, num_maskmem))
+  gated = getattr(memory, "host_memory_frames", None)
+  if gated is not None:
+    got = gated(f, sign, t_total, o.out["non_cond"], have, max_obj_ptrs, num_maskmem - 1)
+    mem = tuple(got) + (EMPTY,) * (num_maskmem - 1 - len(got))
+  else:
+    mem = tuple(f - d * sign if have(f - d * sign) else EMPTY for d in range(1, num_maskmem))
   ptr = [EMPTY] * (max_obj_ptrs - 1)
   for d in range(1, min(t_total, max_obj_ptrs)):
     t = f - d * sign

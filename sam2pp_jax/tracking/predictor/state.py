@@ -16,6 +16,7 @@ class ObjectState:
     self.out = {"cond": {}, "non_cond": {}}
     self.temp = {"cond": {}, "non_cond": {}}
     self.tracked: dict = {}  # frame -> reverse flag of the pass that tracked it
+    self.policy_state = None  # the memory policy's state after its latest step (batch 1)
 
   def status(self, f: int) -> tuple[bool, bool]:
     """(is a new conditioning frame, reverse flag of the pass that tracked it)."""

@@ -8,23 +8,31 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
+from sam2pp_jax.tracking.memory.policy import RELEASED
 from sam2pp_jax.tracking.memory_bank import MemoryBank
 from sam2pp_jax.tracking.step import frame_memory, track_step
 
 
 def _stored(out) -> dict:
-  """What the predictor stores per object and frame (memories as bfloat16, exact)."""
+  """What the predictor stores per object and frame (memories as bfloat16, exact), with the
+  memory policy's slot metadata (iou, motion) and its state after the frame."""
+  meta = out.memory_meta or {}
+  b = out.score.shape[0]
   return {
     "low_res": out.low_res,
     "score": out.score,
     "obj_ptr": out.obj_ptr,
     "box": out.box,
     "maskmem": None if out.maskmem is None else out.maskmem.astype(jnp.bfloat16),
+    "iou": meta.get("iou", jnp.zeros((b,))),
+    "motion": meta.get("motion", jnp.full((b,), jnp.nan)),
+    "policy_state": out.policy_state,
   }
 
 
 @partial(
-  jax.jit, static_argnames=("model", "task", "route", "multimask", "num_frames", "encode_memory")
+  jax.jit,
+  static_argnames=("model", "task", "route", "multimask", "num_frames", "encode_memory", "memory"),
 )
 def frame_step(
   model,
@@ -41,8 +49,11 @@ def frame_step(
   multimask,
   num_frames,
   encode_memory,
+  memory=RELEASED,
+  policy_state=None,
 ):
-  """track_step on frame t; the bank is built from host slots (None: no memory route)."""
+  """track_step on frame t; the bank is built from host slots (None: no memory route).
+  memory / policy_state: the memory policy and the objects' state before the frame."""
   bank = None if slots is None else MemoryBank.from_slots(slots, pos)
   _, out = track_step(
     model,
@@ -58,6 +69,8 @@ def frame_step(
     reverse=reverse,
     write="none",
     encode_memory=encode_memory,
+    memory=memory,
+    policy_state=policy_state,
   )
   return _stored(out)
 

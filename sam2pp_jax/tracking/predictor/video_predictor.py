@@ -14,12 +14,14 @@ from __future__ import annotations
 
 from typing import Iterator
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from sam2pp_jax.model.presets import TASKS
 from sam2pp_jax.model.sam2pp import NO_OBJ_SCORE
 from sam2pp_jax.tracking import prompts
+from sam2pp_jax.tracking.memory import MemoryPolicy, get_policy
 from sam2pp_jax.tracking.point_readout import check_readout
 from sam2pp_jax.tracking.postprocess import video_outputs
 from sam2pp_jax.tracking.predictor import inputs, layout
@@ -51,10 +53,12 @@ class VideoPredictor:
     max_cached_frames: int | None = None,
     max_cond_frames_in_attn: int | None = None,
     point_readout: str = "argmax",
+    memory: MemoryPolicy | str = "sam2",
   ):
     if task not in TASKS:
       raise ValueError(f"task={task!r} is unknown; use one of {', '.join(TASKS)}")
     self.point_readout = check_readout(point_readout)
+    self.memory = get_policy(memory) if isinstance(memory, str) else memory
     c = model.config
     self.model, self.params, self.task = model, params, task
     self.image_size = int(c.image_size)
@@ -315,6 +319,7 @@ class VideoPredictor:
       num_maskmem=self.num_maskmem,
       max_obj_ptrs=self.max_obj_ptrs,
       max_cond=self.max_cond_frames_in_attn,
+      memory=self.memory,
     )
 
   def _step(self, state, f, reverse, lay, objs, prompt, *, multimask, encode_memory):
@@ -339,8 +344,15 @@ class VideoPredictor:
       multimask=bool(multimask),
       num_frames=state.num_frames,
       encode_memory=encode_memory,
+      memory=self.memory,
+      policy_state=_stack_states(
+        [self.memory.init_state(1) if o.policy_state is None else o.policy_state for o in objs]
+      ),
     )
-    return _split(res, len(objs))
+    outs, states = _split(res, len(objs))
+    for o, st in zip(objs, states):
+      o.policy_state = st  # the policy's per-object state follows the latest step
+    return outs
 
   def _decode(self, state, o, f, is_init, reverse, points, mask_prompt):
     """Decoder on a prompted frame: without memory (new conditioning frame) or with it."""
@@ -368,7 +380,7 @@ class VideoPredictor:
       num_frames=state.num_frames,
       encode_memory=False,
     )
-    out = _split(res, 1)[0]
+    out = _split(res, 1)[0][0]
     out["maskmem"] = None
     return out
 
@@ -484,5 +496,17 @@ def _frame_prompt(points, mask) -> FramePrompt:
   )
 
 
-def _split(res: dict, b: int) -> list[dict]:
-  return [{k: (None if v is None else v[i]) for k, v in res.items()} for i in range(b)]
+def _split(res: dict, b: int) -> tuple[list[dict], list]:
+  """Batched step results -> per-object stored outputs and per-object policy states."""
+  res = dict(res)
+  st = res.pop("policy_state")
+  outs = [{k: (None if v is None else v[i]) for k, v in res.items()} for i in range(b)]
+  states = [None if st is None else jax.tree.map(lambda a, i=i: a[i : i + 1], st) for i in range(b)]
+  return outs, states
+
+
+def _stack_states(states: list):
+  """Per-object policy states (batch 1 each) -> one batched state (None: stateless policy)."""
+  if any(s is None for s in states):
+    return None
+  return jax.tree.map(lambda *a: jnp.concatenate(a), *states)
