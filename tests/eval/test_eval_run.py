@@ -156,6 +156,13 @@ def test_cli_run_is_resumable(setup, tmp_path, monkeypatch, capsys):
   assert calls == ["seq_b"]
   again = json.loads((out / "scores_davis2017.json").read_text())
   assert again["overall"] == first["overall"]
+  assert again["memory"] == "sam2"
+  # the same OUT with another memory policy would mix predictions: refused, nothing tracked
+  capsys.readouterr()
+  assert eval_cli.main(args + ["--memory", "samurai"]) == 2
+  assert "give another --out" in capsys.readouterr().err and calls == ["seq_b"]
+  assert eval_cli.main(args + ["--memory", "samurei"]) == 2
+  assert "choose one of sam2, samurai" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

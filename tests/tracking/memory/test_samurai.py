@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from sam2pp_jax.tracking import cli
 from sam2pp_jax.tracking.memory import Samurai, get_policy, parse_options
 from sam2pp_jax.tracking.memory.policy import Candidates
 from sam2pp_jax.tracking.memory_bank import EMPTY, MemoryBank
@@ -255,3 +256,13 @@ def test_options_by_name_with_clear_errors():
     get_policy("samurai", kf_score_weight="high")
   with pytest.raises(ValueError, match="name=value"):
     parse_options(["kf_score_weight"])
+
+
+def test_track_cli_refuses_a_bad_memory_option(capsys):
+  """track.py checks --memory / --memory-opt before loading anything: one error line, exit 2."""
+
+  argv = ["--checkpoint", "nowhere", "--video", "nowhere", "--task", "mask", "--prompt", "x"]
+  argv += ["--out", "nowhere", "--memory", "samurai", "--memory-opt", "kf_weight=0.1"]
+  assert cli.main(argv) == 2
+  err = capsys.readouterr().err
+  assert "no option(s) ['kf_weight']" in err and "kf_score_weight=0.25" in err
