@@ -79,6 +79,11 @@ def _run(pred, frames, task, objs=(0,), frame=0, reverse=False):
   return state, got
 
 
+def _per_frame(pred, state, obj_id, key):
+  """One object's stored `key` on every frame, stacked [T,...]."""
+  return np.stack([pred.frame_output(state, f, obj_id)[key] for f in range(T)])
+
+
 def _close(a, b, tol=2e-4):
   a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
   assert a.shape == b.shape
@@ -110,9 +115,9 @@ def test_predictor_equals_scan(tiny, task):
   scores = np.stack([got[f][1]["object_score_logits"] for f in range(T)])
   _close(scores, ref["object_score_logits"])
   for k in (0, 1):
-    ptr = np.stack([pred.frame_output(state, f, 10 + k)["obj_ptr"] for f in range(T)])
+    ptr = _per_frame(pred, state, 10 + k, "obj_ptr")
     _close(ptr, ref["obj_ptr"][:, k])
-    mem = np.stack([pred.frame_output(state, f, 10 + k)["maskmem"] for f in range(T)])
+    mem = _per_frame(pred, state, 10 + k, "maskmem")
     d = np.abs(mem - ref["maskmem_features_bf16"][:, k])
     assert np.count_nonzero(d) <= 1e-3 * d.size  # rare one-ulp bf16 flips only
   if task == "box":
@@ -318,7 +323,7 @@ def test_samurai_predictor_equals_scan(tiny, iou_threshold):
   masks = np.stack([got[f][0] for f in range(T)])
   _close(masks, ref["video_res_mask_logits"])
   for k in (0, 1):
-    ptr = np.stack([pred.frame_output(state, f, 10 + k)["obj_ptr"] for f in range(T)])
+    ptr = _per_frame(pred, state, 10 + k, "obj_ptr")
     _close(ptr, ref["obj_ptr"][:, k])
     kf = ref["bank"].policy_state
     np.testing.assert_array_equal(state.objects[k].policy_state.stable, kf.stable[k : k + 1])

@@ -107,8 +107,3 @@ def rank_from_newest(frames, ok):
   """[B,R] frame indices with a mask -> each slot's rank among the masked ones (0 = newest)."""
   newer = ok[:, None, :] & (frames[:, None, :] > frames[:, :, None])  # [B,R(self),R(other)]
   return jnp.sum(newer, axis=-1).astype(jnp.int32)
-
-
-def unrecorded_or(x, cond):
-  """True where x is NO_SCORE (NaN: not recorded, as SAMURAI's `kf_score is None`), else cond."""
-  return jnp.isnan(x) | cond

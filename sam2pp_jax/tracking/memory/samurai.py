@@ -25,12 +25,12 @@ box task's box head instead.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import ClassVar
 
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from sam2pp_jax.tracking.memory import kalman
 from sam2pp_jax.tracking.memory.policy import (
@@ -38,7 +38,6 @@ from sam2pp_jax.tracking.memory.policy import (
   pick,
   rank_from_newest,
   take,
-  unrecorded_or,
 )
 from sam2pp_jax.tracking.memory_bank import EMPTY, NO_SCORE, MemoryView
 
@@ -128,23 +127,16 @@ class Samurai(MemoryPolicy):
     motion = jnp.where(multi & settled, take(kf_iou, index), NO_SCORE)
     return pick(out, cands, index), new, {"iou": iou, "score": out.score, "motion": motion}
 
-  def _kept(self, meta, t):
-    """SAMURAI's memory test of a frame (frame 1 is never found by the original's search)."""
+  def _kept(self, meta, t, xp=jnp):
+    """SAMURAI's memory test of a frame (frame 1 is never found by the original's search).
+    meta: iou / score / motion (NaN: not recorded, the original's `kf_score is None`), jax
+    arrays in the scan or a stored predictor output's host values with xp=numpy."""
+    motion = xp.asarray(meta["motion"])
     return (
-      (meta["iou"] > self.memory_bank_iou_threshold)
-      & (meta["score"] > self.memory_bank_obj_score_threshold)
-      & unrecorded_or(meta["motion"], meta["motion"] > self.memory_bank_kf_score_threshold)
-      & (jnp.asarray(t) >= 2)
-    )
-
-  def _kept_host(self, out, i: int) -> bool:
-    """`_kept` on a stored predictor output (host floats)."""
-    motion = float(out["motion"])
-    return (
-      float(out["iou"]) > self.memory_bank_iou_threshold
-      and float(out["score"]) > self.memory_bank_obj_score_threshold
-      and (math.isnan(motion) or motion > self.memory_bank_kf_score_threshold)
-      and i >= 2
+      (xp.asarray(meta["iou"]) > self.memory_bank_iou_threshold)
+      & (xp.asarray(meta["score"]) > self.memory_bank_obj_score_threshold)
+      & (xp.isnan(motion) | (motion > self.memory_bank_kf_score_threshold))
+      & (xp.asarray(t) >= 2)
     )
 
   def ring_slot(self, state, bank, t, meta):
@@ -164,7 +156,7 @@ class Samurai(MemoryPolicy):
       if i < 0 or i >= t_total:
         break
       out = stored.get(i)
-      if out is not None and self._kept_host(out, i):
+      if out is not None and bool(self._kept(out, i, xp=np)):
         kept.insert(0, i)
       if len(kept) >= max_ptrs - 1:
         break
