@@ -142,6 +142,7 @@ class MemoryAttentionLayer(nn.Module):
     num_k_exclude_rope=0,
     memory_mask=None,
     deterministic: bool = True,
+    key_scale=None,
   ):
     drop = lambda x: nn.Dropout(self.dropout)(x, deterministic=deterministic)
     attn = lambda name, repeat: RoPEAttention(
@@ -162,6 +163,8 @@ class MemoryAttentionLayer(nn.Module):
     x = layer_norm(TORCH_LN_EPS, name="norm2")(tgt)
     q = x + query_pos if self.pos_enc_at_cross_attn_queries else x
     k = memory + memory_pos if self.pos_enc_at_cross_attn_keys else memory
+    if key_scale is not None:  # SAM2Long: per-token key factors (values stay unscaled)
+      k = k * key_scale[..., None].astype(k.dtype)
     tgt = tgt + drop(
       attn("cross_attn_image", True)(
         q,
@@ -208,11 +211,13 @@ class MemoryAttention(nn.Module):
     memory_mask=None,
     feat_hw: Sequence[int] | None = None,
     deterministic: bool = True,
+    key_scale=None,
   ):
     """curr/curr_pos [B,HW,C], memory/memory_pos [B,M,Cm], memory_mask bool [B,M] (True=valid).
 
     num_obj_ptr_tokens and feat_hw are static; the first M - num_obj_ptr_tokens memory tokens
-    must be whole frames of HW tokens. Returns [B,HW,C].
+    must be whole frames of HW tokens. key_scale [B,M] (optional, SAM2Long): every layer's
+    cross-attention keys (memory + pos) are multiplied by it per token. Returns [B,HW,C].
     """
     x = curr + 0.1 * curr_pos if self.pos_enc_at_input else curr
     for i in range(self.num_layers):
@@ -235,5 +240,6 @@ class MemoryAttention(nn.Module):
         num_k_exclude_rope=int(num_obj_ptr_tokens),
         memory_mask=memory_mask,
         deterministic=deterministic,
+        key_scale=key_scale,
       )
     return layer_norm(TORCH_LN_EPS, name="norm")(x)

@@ -309,9 +309,11 @@ class SAM2Plus(nn.Module):
     task: str,
     num_obj_ptr_tokens: int,
     deterministic: bool = True,
+    key_scale=None,
   ):
     """Memory attention: [B,h,w,C] frame features attend to [B,M,Cm] memory tokens.
-    deterministic=False applies its dropout (training; needs a "dropout" rng)."""
+    deterministic=False applies its dropout (training; needs a "dropout" rng). key_scale
+    [B,M]: optional per-token factors of the cross-attention keys (SAM2Long)."""
     _check_task(task)
     b, h, w, c = vision.shape
     out = self._memory_attention(task)(
@@ -323,6 +325,7 @@ class SAM2Plus(nn.Module):
       memory_mask=memory_mask,
       feat_hw=(h, w),
       deterministic=deterministic,
+      key_scale=key_scale,
     )
     return out.reshape(b, h, w, c)
 

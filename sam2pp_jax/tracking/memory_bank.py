@@ -8,6 +8,7 @@ concatenation of only the present memories (keys are order-free, RoPE repeats pe
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import flax.struct
@@ -34,10 +35,18 @@ class MemoryView:
 
   mem_ok [B,R] bool: the spatial ring slots attended; mem_tpos [B,R] int32: each one's row of
   the temporal encoding table (SAM 2: distance - 1; SAMURAI / DAM4SAM: rank from the newest).
+  Optional (None: SAM 2's): ptr_ok [B,P] / ptr_rel [B,P] float, the pointer ring slots
+  attended per object and their temporal offsets (SAM2Long: ranks in its gated list);
+  frame_key_scale [B,K+R] (cond slots, then ring slots) and ptr_key_scale [B,K+P] (cond
+  pointers, then ring pointers), factors of the cross-attention keys (SAM2Long).
   """
 
   mem_ok: jax.Array
   mem_tpos: jax.Array
+  ptr_ok: jax.Array | None = None
+  ptr_rel: jax.Array | None = None
+  frame_key_scale: jax.Array | None = None
+  ptr_key_scale: jax.Array | None = None
 
 
 @flax.struct.dataclass
@@ -145,13 +154,15 @@ class MemoryBank:
       cond_frame=self.cond_frame.at[slot].set(jnp.asarray(t, jnp.int32)),
     )
 
-  def write(self, t, feats, pos, obj_ptr, *, slot=None, meta=None) -> "MemoryBank":
+  def write(self, t, feats, pos, obj_ptr, *, slot=None, meta=None, ptr_slot=None) -> "MemoryBank":
     """Store tracked (non-conditioning) frame t into the rings.
 
     slot None (SAM 2): every object's spatial memory goes to ring slot t % R, the oldest.
     slot [B] int32 (a memory policy): object b's goes to slot[b]; -1 leaves its ring as it
     is. meta: optional dict of [B] per-slot metadata (iou, score, motion) stored with it. The
-    pointer ring always takes frame t at t % P (no policy filters pointers).
+    pointer ring takes frame t at t % P, or (ptr_slot [B], a policy that keeps per-object
+    pointer frames in its state, SAM2Long) object b's pointer at ptr_slot[b] (-1: nowhere;
+    ptr_frame is then left alone).
     """
     b = feats.shape[0]
     f = bf16_round(feats.reshape(b, -1, feats.shape[-1]))
@@ -183,9 +194,39 @@ class MemoryBank:
       default = NO_SCORE if key == "motion" else 0.0
       v = jnp.broadcast_to(jnp.asarray(meta.get(key, default), jnp.float32), (b,))
       mem[field] = jnp.where(at, v[:, None], getattr(self, field))
+    if ptr_slot is not None:
+      pat = jnp.asarray(ptr_slot, jnp.int32)[:, None] == jnp.arange(q)  # [B,P]
+      ptr = jnp.where(pat[:, :, None], obj_ptr[:, None].astype(self.ptr.dtype), self.ptr)
+      return self.replace(ptr=ptr, **mem)
     return self.replace(
       ptr=_set_slot(self.ptr, sp, obj_ptr), ptr_frame=self.ptr_frame.at[sp].set(t), **mem
     )
+
+  def take_rows(self, rows) -> "MemoryBank":
+    """The bank with row i replaced by row rows[i] (SAM2Long: pathways follow their parent);
+    frame indices shared by all rows and the policy state are left alone."""
+    shared = ("cond_frame", "ptr_frame", "policy_state")
+    return self.replace(
+      **{
+        f.name: jnp.take(getattr(self, f.name), rows, axis=0)
+        for f in dataclasses.fields(self)
+        if f.name not in shared
+      }
+    )
+
+  def token_key_scale(self, view: MemoryView | None):
+    """[B,M] per-token key factors in select()'s token order, or None (the view has none)."""
+    if view is None or view.frame_key_scale is None:
+      return None
+    hw = self.cond_feats.shape[2]
+    split = self.ptr.shape[-1] // self.mem_feats.shape[-1]
+    return jnp.concatenate(
+      [
+        jnp.repeat(view.frame_key_scale, hw, axis=1),
+        jnp.repeat(view.ptr_key_scale, split, axis=1),
+      ],
+      axis=1,
+    ).astype(jnp.float32)
 
   # ---------------------------------------------------------------------------------------
   def select(
@@ -248,6 +289,17 @@ class MemoryBank:
     ptr_tok_pos = jnp.repeat(ptr_pe, split, axis=0)
     ptr_tok_ok = jnp.repeat(jnp.concatenate([cond_ptr_ok, ptr_ok]), split)
     memory = jnp.concatenate([spatial, ptr_tok], axis=1)
+    if view is not None and view.ptr_ok is not None:  # per-object pointer slots and offsets
+      ok2 = jnp.concatenate([jnp.broadcast_to(cond_ptr_ok, (b, k)), view.ptr_ok], axis=1)
+      rel2 = jnp.concatenate(
+        [jnp.broadcast_to(d_cond.astype(jnp.float32), (b, k)), view.ptr_rel.astype(jnp.float32)],
+        axis=1,
+      )
+      pe2 = ptr_pos_encoding(jnp.where(ok2, rel2, 0.0).reshape(-1), t_diff_max)
+      pe2 = pe2.reshape(b, ok2.shape[1], -1)
+      memory_pos = jnp.concatenate([spatial_pos, jnp.repeat(pe2, split, axis=1)], axis=1)
+      mask = jnp.concatenate([spatial_ok, jnp.repeat(ok2, split, axis=1)], axis=1)
+      return memory, memory_pos, mask
     memory_pos = jnp.concatenate(
       [spatial_pos, jnp.broadcast_to(ptr_tok_pos, (b,) + ptr_tok_pos.shape)], axis=1
     )

@@ -27,12 +27,14 @@ import numpy as np
 
 from sam2pp_jax.tracking import prompts
 from sam2pp_jax.tracking.memory import MemoryPolicy, get_policy
+from sam2pp_jax.tracking.memory.policy import RELEASED
 from sam2pp_jax.tracking.point_readout import check_readout
 from sam2pp_jax.tracking.postprocess import video_outputs
 from sam2pp_jax.tracking.step import (
   FEATURE_KEYS,
   WRITES,
   FramePrompt,
+  StepOut,
   count_clicks,
   frame_features,
   new_bank,
@@ -99,11 +101,13 @@ def encode_frames(model, params, frames, task: str, chunk: int = 4) -> dict:
   return {k: jnp.concatenate([o[k] for o in outs]) for k in outs[0]}
 
 
-def _rows(out, task: str) -> dict:
-  """The per-frame outputs the host keeps (everything else is dead code inside the jit)."""
+def _rows(out, task: str, memory: MemoryPolicy = RELEASED) -> dict:
+  """The per-frame outputs the host keeps (everything else is dead code inside the jit), with
+  what the memory policy records per frame (SAM2Long: pathway parents and scores)."""
   y = {"low_res": out.low_res, "score": out.score, "obj_ptr": out.obj_ptr, "maskmem": out.maskmem}
   if task == "box":
     y["box"] = out.box
+  y.update(memory.record(out))
   return y
 
 
@@ -134,7 +138,40 @@ def _first_frame(
     cond_slot=0,
     memory=memory,
   )
-  return bank, jax.tree.map(lambda a: a[None], _rows(out, task)), out.maskmem_pos
+  return bank, jax.tree.map(lambda a: a[None], _rows(out, task, memory)), out.maskmem_pos
+
+
+@partial(jax.jit, static_argnames=("model", "task", "cond_capacity", "memory"))
+def _given_first_frame(model, given, *, task, cond_capacity, memory):
+  """_first_frame from already decoded prompt-frame outputs (see track_video)."""
+  k = memory.rows_per_object
+  rep = lambda a: None if a is None else jnp.repeat(jnp.asarray(a), k, axis=0)
+  n = given["score"].shape[0] * k
+  hm = int(model.config.image_size) // 16
+  mem = rep(given["maskmem"]).astype(jnp.float32)
+  pos = jnp.asarray(given["maskmem_pos"], jnp.float32)
+  bank = new_bank(model, n, cond_capacity, memory).write_cond(
+    0,
+    0,
+    mem.reshape(n, hm, hm, -1),
+    pos.reshape(1, hm, hm, -1),
+    rep(given["obj_ptr"]).astype(jnp.float32),
+  )
+  out = StepOut(
+    low_res=rep(given["low_res"]),
+    high_res=None,
+    score=rep(given["score"]),
+    obj_ptr=rep(given["obj_ptr"]),
+    box=rep(given.get("box")),
+    multi_high_res=None,
+    ious=None,
+    multi_boxes=None,
+    candidate_valid=None,
+    pix=None,
+    maskmem=mem,
+    policy_state=bank.policy_state,
+  )
+  return bank, jax.tree.map(lambda a: a[None], _rows(out, task, memory)), pos
 
 
 @partial(
@@ -165,7 +202,7 @@ def _chunk_step(model, params, bank, xs, ts, valid, *, task, num_frames, encoded
   def body(bank, x):
     t, ok, f = x
     bank, out = step({k: v[None] for k, v in f.items()}, bank, t, write=jnp.where(ok, ring, none))
-    return bank, _rows(out, task)
+    return bank, _rows(out, task, memory)
 
   return jax.lax.scan(body, bank, (ts, valid, feats))
 
@@ -202,6 +239,7 @@ def track_video(
   point_readout: str = "argmax",
   progress=None,
   memory: MemoryPolicy | str = "sam2",
+  prompt_outputs: dict | None = None,
 ) -> dict:
   """Track B objects prompted on frame `prompt_frame` through T frames [S,S,3] (normalised).
 
@@ -217,7 +255,10 @@ def track_video(
   (default T) is the video length the pointer normaliser uses. `progress(i)` is called on the
   host after each chunk, for each clip frame i of the chunk (i = 1..T'-1, also for padding
   frames i >= T'). `memory`: the memory policy (a MemoryPolicy or a name with its defaults;
-  tracking/memory), "sam2" being the released tracker.
+  tracking/memory), "sam2" being the released tracker. `prompt_outputs` (then `prompt` may be
+  None): the prompt frame's outputs, already decoded (the interactive predictor's consolidated
+  prompts): low_res [B,S/4,S/4], score [B], obj_ptr [B,C], maskmem [B,HW,Cm], box [B,4] or
+  None, maskmem_pos [HW,Cm]; they are the first frame's outputs and its memory.
 
   Returns numpy dict, time axis in processing order (prompt frame first): frame_idx [T'] (the
   original index of each output frame), low_res_mask_logits [T',B,S/4,S/4],
@@ -226,7 +267,9 @@ def track_video(
   visible [T',B]; box: pred_box_xyxy(_norm) [T',B,4]; point: point_xy [T',B,2] (x, y; int32
   video pixels with point_readout="argmax", the reference's readout, float32 with
   "soft_argmax", the training readout; see point_readout.py).
-  With return_bank, also the final MemoryBank under "bank".
+  With return_bank, also the final MemoryBank under "bank" (SAM2Long: B*K rows, object-major).
+  A policy with several rows per object (SAM2Long) returns the final best pathway's lineage and
+  its own per-frame extras (e.g. pathway_scores / pathway_parents [T',B,K]).
   """
   check_readout(point_readout)
   memory = get_policy(memory) if isinstance(memory, str) else memory
@@ -235,7 +278,7 @@ def track_video(
   chunk = int(chunk)
   if chunk < 1:
     raise ValueError(f"chunk={chunk}: give a chunk size >= 1")
-  if not isinstance(prompt, FramePrompt):
+  if prompt_outputs is None and not isinstance(prompt, FramePrompt):
     prompt = prepare_prompt(
       task,
       prompt,
@@ -244,6 +287,11 @@ def track_video(
       int(model.config.point_gaussian_radius),
       float(model.config.point_gaussian_sigma),
     )
+  rows = memory.rows_per_object
+  if (
+    rows > 1 and prompt_outputs is None
+  ):  # several bank rows per object (SAM2Long's pathways), object-major
+    prompt = jax.tree.map(lambda a: np.repeat(np.asarray(a), rows, axis=0), prompt)
   encoded = features is not None
   total = len(frames) if not encoded else int(features["vision"].shape[0])
   if total < 1:
@@ -276,7 +324,7 @@ def track_video(
     encoded=encoded,
     memory=memory,
     route="no_memory" if task == "box" else "prompt_as_output",
-    multimask=_prompt_multimask(prompt, task, model.config),
+    multimask=prompt_outputs is not None or _prompt_multimask(prompt, task, model.config),
   )
   post = None
   if video_res or task == "point":
@@ -298,7 +346,12 @@ def track_video(
         host[k_] = np.empty((n_out,) + v.shape[1:], v.dtype)
       host[k_][start : start + m] = v[:m]
 
-  bank, y0, pos = _first_frame(model, params, gather(idx[:1], 1), pr, **first_kw)
+  if prompt_outputs is None:
+    bank, y0, pos = _first_frame(model, params, gather(idx[:1], 1), pr, **first_kw)
+  else:
+    bank, y0, pos = _given_first_frame(
+      model, prompt_outputs, task=task, cond_capacity=int(cond_capacity), memory=memory
+    )
   # the prompt frame's block: pad to `chunk` so the post-processing shape is shared
   y0p = (
     y0
@@ -332,6 +385,7 @@ def track_video(
       for t in range(i, i + chunk):
         progress(int(t))
 
+  host, extras = memory.resolve(host)  # rows per object -> one (SAM2Long's backtrack)
   hm = s // 16
   res = {
     "frame_idx": idx,
@@ -351,4 +405,5 @@ def track_video(
     res["point_xy"] = host[("post", "points_xy")]
   if return_bank:
     res["bank"] = bank
+  res.update(extras)
   return res

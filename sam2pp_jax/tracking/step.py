@@ -251,6 +251,8 @@ def _decode(
     mem, mpos, mmask = bank.select(
       t, num_frames, tpos, ptr_pe, reverse=reverse, future_cond_ptrs=future_cond_ptrs, view=view
     )
+    key_scale = bank.token_key_scale(view)  # SAM2Long's key factors (None: unscaled)
+    scaled = {} if key_scale is None else {"key_scale": key_scale}
     pix = _apply(
       model,
       params,
@@ -262,6 +264,7 @@ def _decode(
       mmask,
       task=task,
       num_obj_ptr_tokens=bank.num_ptr_tokens,
+      **scaled,
       **_dropout(dropout_key, t),
     )
   else:
@@ -279,8 +282,17 @@ def _write(
   `state` is the memory policy's state after this frame's choice ("none" keeps the old)."""
 
   def ring():
-    slot, st = memory.ring_slot(state, bank, t, out.memory_meta)
-    b = bank.write(t, out.maskmem, out.maskmem_pos, out.obj_ptr, slot=slot, meta=out.memory_meta)
+    b = memory.reorder(bank, state, out)  # SAM2Long: rows follow their parent pathway first
+    slot, st = memory.ring_slot(state, b, t, out.memory_meta)
+    b = b.write(
+      t,
+      out.maskmem,
+      out.maskmem_pos,
+      out.obj_ptr,
+      slot=slot,
+      meta=out.memory_meta,
+      ptr_slot=memory.ptr_slot(st),
+    )
     return b.replace(policy_state=st)
 
   def cond():

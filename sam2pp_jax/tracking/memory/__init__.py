@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 
+from sam2pp_jax.tracking.memory.dam4sam import DAM4SAM
 from sam2pp_jax.tracking.memory.policy import SAM2, MemoryPolicy
+from sam2pp_jax.tracking.memory.sam2long import SAM2Long
 from sam2pp_jax.tracking.memory.samurai import Samurai
 
-POLICIES = {p.name: p for p in (SAM2, Samurai)}
+POLICIES = {p.name: p for p in (SAM2, Samurai, SAM2Long, DAM4SAM)}
 
 
 def get_policy(name: str = "sam2", **options) -> MemoryPolicy:
@@ -54,4 +56,13 @@ def parse_options(items) -> dict:
   return out
 
 
-__all__ = ["POLICIES", "SAM2", "MemoryPolicy", "Samurai", "get_policy", "parse_options"]
+__all__ = [
+  "DAM4SAM",
+  "POLICIES",
+  "SAM2",
+  "SAM2Long",
+  "MemoryPolicy",
+  "Samurai",
+  "get_policy",
+  "parse_options",
+]

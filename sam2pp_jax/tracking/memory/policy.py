@@ -12,6 +12,14 @@ scans, chunked tracking and donation need nothing new. Hooks:
                                             presence threshold) and the slot metadata to store
   ring_slot(state, bank, t, meta)        -> (slot [B] or None, state): where the ring write
                                             goes per object (-1: nowhere; None: t % R, SAM 2)
+  reorder(bank, state, out)              -> bank: rows regathered before the ring write (SAM2Long
+                                            pathways follow their parent; identity here)
+  ptr_slot(state)                        -> [B] pointer ring slot per object after ring_slot
+                                            (None: t % P, SAM 2)
+Whole-video trackers with several rows per object (`rows_per_object`, SAM2Long's pathways):
+  record(out)                            -> extra per-frame device rows (e.g. parents)
+  resolve(rows)                          -> (rows [T,B,...], extras): host rows [T,B*K,...] after
+                                            the last frame -> one row per object
 
 `SAM2` is today's tracker (every hook the default: the decoder's own choice, SAM 2's ring and
 view) and the default everywhere; parity is checked with it.
@@ -86,6 +94,23 @@ class MemoryPolicy:
 
   def ring_slot(self, state, bank, t, meta):
     return None, state
+
+  def reorder(self, bank, state, out):
+    return bank
+
+  def ptr_slot(self, state):
+    return None
+
+  @property
+  def rows_per_object(self) -> int:
+    """Bank rows per tracked object (object-major); > 1 needs whole-video tracking."""
+    return 1
+
+  def record(self, out) -> dict:
+    return {}
+
+  def resolve(self, rows: dict):
+    return rows, {}
 
   def options(self) -> dict:
     """The policy's options and their values (its dataclass fields)."""

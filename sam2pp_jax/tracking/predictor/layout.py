@@ -43,13 +43,17 @@ def memory_layout(
   """(cond frames, spatial slot frames, pointer slot frames by distance 1..max_ptrs-1) that
   frame f of object `o` attends to; EMPTY where absent. Spatial slots: SAM 2's frames by
   distance 1..num_maskmem-1, or (a gated policy such as SAMURAI) its chosen frames, newest
-  first (the policy's view then gives them temporal rows by rank)."""
+  first (the policy's view then gives them temporal rows by rank), or (DAM4SAM) the frames of
+  the slots of the object's policy state."""
   sel, unsel = select_cond(f, o.out["cond"], max_cond)
   unsel = set(unsel)
   sign = -1 if reverse else 1
   have = lambda t: t in o.out["non_cond"] or t in unsel
   gated = getattr(memory, "host_memory_frames", None)
-  if gated is not None:
+  own = getattr(memory, "host_memory_slots", None)  # a policy's own slot list (DAM4SAM)
+  if own is not None:
+    mem = tuple(own(o, f, sign, have, num_maskmem - 1))
+  elif gated is not None:
     got = gated(f, sign, t_total, o.out["non_cond"], have, max_obj_ptrs, num_maskmem - 1)
     mem = tuple(got) + (EMPTY,) * (num_maskmem - 1 - len(got))
   else:

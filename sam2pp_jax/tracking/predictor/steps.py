@@ -55,6 +55,8 @@ def frame_step(
   """track_step on frame t; the bank is built from host slots (None: no memory route).
   memory / policy_state: the memory policy and the objects' state before the frame."""
   bank = None if slots is None else MemoryBank.from_slots(slots, pos)
+  if bank is not None:  # the policy's view reads its state from the bank
+    bank = bank.replace(policy_state=policy_state)
   _, out = track_step(
     model,
     params,

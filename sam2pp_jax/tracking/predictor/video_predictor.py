@@ -22,9 +22,10 @@ from sam2pp_jax.model.presets import TASKS
 from sam2pp_jax.model.sam2pp import NO_OBJ_SCORE
 from sam2pp_jax.tracking import prompts
 from sam2pp_jax.tracking.memory import MemoryPolicy, get_policy
+from sam2pp_jax.tracking.memory.policy import RELEASED
 from sam2pp_jax.tracking.point_readout import check_readout
 from sam2pp_jax.tracking.postprocess import video_outputs
-from sam2pp_jax.tracking.predictor import inputs, layout
+from sam2pp_jax.tracking.predictor import inputs, layout, pathways
 from sam2pp_jax.tracking.predictor.state import InferenceState
 from sam2pp_jax.tracking.predictor.steps import frame_step, prompt_memory
 from sam2pp_jax.tracking.propagate import encode_frames
@@ -139,6 +140,7 @@ class VideoPredictor:
     """A mask [H,W] (video size) for one object on one frame. Returns (frame_idx, obj_ids,
     masks [O,H,W] logits of every object on that frame)."""
     frame_idx = prompts.check_frame_index(frame_idx, state.num_frames)
+    pathways.refuse_correction(self, state, obj_id, frame_idx)
     m = prompts.check_mask(mask, state.video_hw)
     o = state.objects[state.obj_or_new(obj_id)]
     m_model = prompts.mask_to_model_res(m, self.image_size).astype(np.float32)
@@ -176,6 +178,7 @@ class VideoPredictor:
         "add_new_points_and_generate_gaussian_mask"
       )
     frame_idx = prompts.check_frame_index(frame_idx, state.num_frames)
+    pathways.refuse_correction(self, state, obj_id, frame_idx)
     coords, labs = inputs.user_points(
       points,
       labels,
@@ -227,6 +230,7 @@ class VideoPredictor:
         f"or add_new_mask)"
       )
     frame_idx = prompts.check_frame_index(frame_idx, state.num_frames)
+    pathways.refuse_correction(self, state, obj_id, frame_idx)
     coords, labs = inputs.user_points(
       points, labels, state.video_hw, self.image_size, normalize_coords
     )
@@ -266,8 +270,14 @@ class VideoPredictor:
 
     Default start: the earliest conditioning frame. Forward: frames start..min(start+max,
     T-1); reverse: start down to max(start-max, 0) (nothing when start is 0). Conditioning
-    frames yield their prompt outputs unchanged.
+    frames yield their prompt outputs unchanged. A policy with several rows per object
+    (SAM2Long) tracks the whole range first, then yields (predictor/pathways.py).
     """
+    if self.memory.rows_per_object > 1:
+      yield from pathways.propagate_whole_video(
+        self, state, start_frame_idx, max_frame_num_to_track, reverse, with_info
+      )
+      return
     self._preflight(state)
     t_total = state.num_frames
     if start_frame_idx is None:
@@ -330,6 +340,8 @@ class VideoPredictor:
         objs, lay, (self.image_size // 16) ** 2, self.mem_dim, self.hidden_dim
       )
     route = "no_memory" if lay is None else "memory"
+    # prompt frames of a several-rows policy (SAM2Long) decode as SAM 2 does, one row each
+    memory = RELEASED if self.memory.rows_per_object > 1 else self.memory
     res = frame_step(
       self.model,
       self.params,
@@ -344,9 +356,9 @@ class VideoPredictor:
       multimask=bool(multimask),
       num_frames=state.num_frames,
       encode_memory=encode_memory,
-      memory=self.memory,
+      memory=memory,
       policy_state=_stack_states(
-        [self.memory.init_state(1) if o.policy_state is None else o.policy_state for o in objs]
+        [memory.init_state(1) if o.policy_state is None else o.policy_state for o in objs]
       ),
     )
     outs, states = _split(res, len(objs))

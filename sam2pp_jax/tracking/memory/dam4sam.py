@@ -1,0 +1,282 @@
+"""DAM4SAM (Videnovic et al. 2025): a distractor-aware memory, with the fixed capacities of its
+multi-object port d4sm. Read for the math only (see dam4sam_rules.py for the sources D and M):
+D = github:jovanavidenovic/DAM4SAM 9c95450, M = github:alanlukezic/d4sm 67d5dfe.
+
+Besides the prompt frame (conditioning slot 0), each object keeps a list of at most
+max_ram + max_drm memories in ring slots 0 .. max_ram + max_drm - 1, each slot a RAM (recent
+appearance) or DRM (distractor-resolving) entry, with its list position in the policy state.
+Tracked frame t (counted from the prompt frame, M's frame_index), per object, as M:440-576:
+  1. A frame admitted at t - 1 turns from RAM into DRM in place, visible or not at t; above
+     max_drm DRM entries the oldest one is dropped.
+  2. The candidate is the argmax predicted IoU. Only if its mask is non-empty (visible): no
+     RAM entry yet, or the newest RAM entry's frame a multiple of update_delta -> a new RAM
+     entry at the end of the list, else the newest RAM entry is overwritten in place; a full
+     list (max_ram + max_drm entries, M's len > num_maskmem) drops its oldest RAM entry, so
+     RAM borrows free DRM places. Invisible frames write nothing.
+  3. dam4sam_rules.admit, the "d4sm" variant (sizes pushed only when visible, inclusive
+     boxes): max IoU > iou_threshold, size ratio to the median of recent sizes in
+     [area_ratio_low, area_ratio_high], more than update_delta frames since the last
+     admission, and some alternative candidate's largest connected component outside the
+     chosen mask moves the box (IoU <= distractor_box_iou). The component labelling runs on
+     the host inside the scan (`jax.pure_callback`, OpenCV), only on frames where some object
+     passed the other tests. An admitted frame is the newest RAM entry, so it becomes DRM at
+     the next frame (1.), M's add_to_drm_next.
+Read (view): every list entry; DRM entries at the conditioning frames' temporal row
+num_maskmem - 1, a RAM entry at row = the number of entries after it in the list (M's
+sam2_base.py:717-724). Pointers: the standard window at real distances, without the frames
+where the object was invisible (D sam2_base.py:611; M stores no pointer for them).
+
+Where the variants differ, d4sm is followed (one list per object with fixed capacities,
+updates only when visible), except: pointers are read at their real distance over SAM 2's
+window (D), not as M's list of the last 15 visible frames at rank positions normalised by the
+list length; M's use_last=False branch is not offered. Masks are tested at model resolution
+(the candidates' S x S logits > 0) without hole filling, not at video resolution after
+filling holes of up to 8 px. In VideoPredictor the policy tracks forward from one prompt on
+frame 0 (its frame arithmetic counts from there); corrections on tracked frames are refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sam2pp_jax.tracking.memory import dam4sam_rules as rules
+from sam2pp_jax.tracking.memory.policy import MemoryPolicy, pick, take
+from sam2pp_jax.tracking.memory_bank import EMPTY, MemoryView
+
+FREE, RAM, DRM = 0, 1, 2  # kind of a list slot
+VIS_WINDOW = 64  # recent frames whose visibility the state keeps (for the pointer read)
+_BIG = jnp.iinfo(jnp.int32).max
+
+
+@flax.struct.dataclass
+class Dam4samState:
+  """Per object [B,...]: each list slot's kind [B,N] (FREE / RAM / DRM), list position key
+  order [B,N] (larger = later) and frame [B,N] (EMPTY when free), N = max_ram + max_drm;
+  pending [B] (the newest entry becomes DRM at the next frame); this frame's ring slot [B]
+  (-1: not written); the last frame chosen for [B]; visible [B,VIS_WINDOW] (entry k: frame
+  last - k had a non-empty mask); the admission test's size history."""
+
+  kind: jax.Array
+  order: jax.Array
+  frame: jax.Array
+  pending: jax.Array
+  slot: jax.Array
+  last: jax.Array
+  visible: jax.Array
+  history: rules.DrmHistory
+
+
+def _newest(order, where):
+  """Slot with the largest list key among `where` [B,N] -> [B] (0 when none)."""
+  return jnp.argmax(jnp.where(where, order, -1), axis=-1).astype(jnp.int32)
+
+
+def _oldest(order, where):
+  return jnp.argmin(jnp.where(where, order, _BIG), axis=-1).astype(jnp.int32)
+
+
+def _at(index, n):
+  return index[:, None] == jnp.arange(n)
+
+
+@dataclasses.dataclass(frozen=True)
+class DAM4SAM(MemoryPolicy):
+  """DAM4SAM's memory with d4sm's capacities (M:155-158) and DAM4SAM's admission thresholds
+  (D:211-254, the same in M); see the module docstring."""
+
+  name: ClassVar[str] = "dam4sam"
+  needs_candidates: ClassVar[bool] = True
+
+  update_delta: int = 5  # RAM chain stride and minimum admission spacing (D and M: 5)
+  max_ram: int = 3  # RAM entries kept when the list is full (M: 3)
+  max_drm: int = 3  # DRM entries kept (M: 3; D reads the 3 newest); 0: no admission
+  iou_threshold: float = rules.IOU_MIN  # admission: max predicted IoU > this (0.8)
+  area_ratio_low: float = rules.AREA_RATIO[0]  # admission: size / median >= this (0.8)
+  area_ratio_high: float = rules.AREA_RATIO[1]  # admission: size / median <= this (1.2)
+  median_of: int = rules.MEDIAN_OF  # newest non-empty sizes in the median (10)
+  size_window: int = rules.SIZE_WINDOW  # size entries searched for them (300)
+  distractor_box_iou: float = rules.DISTRACTOR_BOX_IOU_MAX  # admission: some box IoU <= (0.7)
+
+  def __post_init__(self):
+    if self.max_ram < 1 or self.max_drm < 0 or self.update_delta < 1:
+      raise ValueError(
+        f"dam4sam needs max_ram >= 1, max_drm >= 0 and update_delta >= 1 (got max_ram="
+        f"{self.max_ram}, max_drm={self.max_drm}, update_delta={self.update_delta})"
+      )
+
+  @property
+  def capacity(self) -> int:
+    """List entries besides the prompt frame (d4sm: num_maskmem - 1 = 6)."""
+    return int(self.max_ram) + int(self.max_drm)
+
+  def _check_ring(self, r: int):
+    if self.capacity > r:
+      raise ValueError(
+        f"dam4sam: max_ram + max_drm = {self.capacity} memories do not fit the model's "
+        f"{r} ring slots (num_maskmem - 1); lower max_ram / max_drm"
+      )
+
+  def init_state(self, batch: int) -> Dam4samState:
+    n = self.capacity
+    return Dam4samState(
+      kind=jnp.zeros((batch, n), jnp.int32),
+      order=jnp.zeros((batch, n), jnp.int32),
+      frame=jnp.full((batch, n), EMPTY, jnp.int32),
+      pending=jnp.zeros((batch,), bool),
+      slot=jnp.full((batch,), -1, jnp.int32),
+      last=jnp.zeros((batch,), jnp.int32),
+      visible=jnp.zeros((batch, VIS_WINDOW), bool),
+      history=rules.init_state(batch, int(self.size_window)),
+    )
+
+  # ------------------------------------------------------------------------------- choice
+  def choose(self, state, out, cands, t, multimask):
+    t = jnp.asarray(t, jnp.int32)
+    ious = jnp.where(cands.valid, out.ious, -jnp.inf)
+    index = jnp.argmax(ious, axis=-1).astype(jnp.int32)
+    iou = take(out.ious, index)
+    masks = cands.high_res > 0  # [B,M,S,S]
+    new = self._update(state, t, masks, cands.valid, index, iou)
+    # the prompt frame (the box task decodes it with candidates) changes nothing
+    idle = state.replace(slot=jnp.full_like(state.slot, -1))
+    new = jax.tree.map(lambda a, b: jnp.where(t >= 1, a, b), new, idle)
+    return pick(out, cands, index), new, {"iou": iou, "score": out.score}
+
+  def _update(self, st, t, masks, valid, index, iou):
+    """Steps 1-3 of the module docstring on tracked frame t."""
+    n = st.kind.shape[1]
+    m = masks.shape[1]
+    chosen = take(masks, index)  # [B,S,S]
+    visible = chosen.any((-2, -1))
+    kind, order, frame = st.kind, st.order, st.frame
+    # 1. the frame admitted at t - 1 (the newest entry) becomes DRM; the oldest extra DRM goes
+    convert = st.pending[:, None] & _at(_newest(order, kind != FREE), n) & (kind != FREE)
+    kind = jnp.where(convert, DRM, kind)
+    extra = jnp.sum(kind == DRM, axis=-1) > self.max_drm
+    kind = jnp.where(extra[:, None] & _at(_oldest(order, kind == DRM), n), FREE, kind)
+    # 2. the RAM write of a visible frame
+    ram = kind == RAM
+    newest_ram = _newest(order, ram)
+    chain = jnp.take_along_axis(frame, newest_ram[:, None], axis=1)[:, 0] % self.update_delta
+    append = ~ram.any(-1) | (chain == 0)
+    free = kind == FREE
+    target = jnp.where(free.any(-1), jnp.argmax(free, axis=-1), _oldest(order, ram))
+    slot = jnp.where(visible, jnp.where(append, target, newest_ram), -1).astype(jnp.int32)
+    at = _at(slot, n)
+    key = jnp.max(jnp.where(kind != FREE, order, -1), axis=-1) + 1
+    order = jnp.where(at & append[:, None], key[:, None], order)
+    kind = jnp.where(at, RAM, kind)
+    frame = jnp.where(at, t, jnp.where(kind == FREE, EMPTY, frame))
+    # 3. the admission test; the admitted frame is the newest (RAM) entry
+    if self.max_drm > 0:
+      alt = (index[:, None] + jnp.arange(1, m)) % m  # the other candidates [B,M-1]
+      alt_masks = jnp.take_along_axis(masks, alt[:, :, None, None], axis=1)
+      alt_masks = alt_masks & valid[alt][:, :, None, None]
+      admitted, history = rules.admit(
+        st.history,
+        t,
+        chosen,
+        alt_masks,
+        iou,
+        variant="d4sm",
+        iou_min=float(self.iou_threshold),
+        area_ratio=(float(self.area_ratio_low), float(self.area_ratio_high)),
+        median_of=int(self.median_of),
+        min_gap=int(self.update_delta),
+        max_box_iou=float(self.distractor_box_iou),
+      )
+    else:
+      n_px = chosen.sum((-2, -1), dtype=jnp.int32)
+      admitted = jnp.zeros_like(visible)
+      history = rules.push_size(st.history, t, n_px, where=n_px >= 1)
+    return st.replace(
+      kind=kind,
+      order=order,
+      frame=frame,
+      pending=admitted & visible,
+      slot=slot,
+      last=jnp.broadcast_to(t, st.last.shape),
+      visible=self._shift_visible(st, t, visible),
+      history=history,
+    )
+
+  @staticmethod
+  def _shift_visible(st, t, visible):
+    """The visibility window moved from frame st.last to t, with frame t's at entry 0."""
+    src = jnp.arange(VIS_WINDOW) - (t - st.last)[:, None]  # [B,V]
+    old = jnp.take_along_axis(st.visible, jnp.clip(src, 0, VIS_WINDOW - 1), axis=1)
+    old = old & (src >= 0)
+    return jnp.where(jnp.arange(VIS_WINDOW) == 0, visible[:, None], old)
+
+  def ring_slot(self, state, bank, t, meta):
+    self._check_ring(bank.mem_frame.shape[1])
+    return state.slot, state
+
+  # --------------------------------------------------------------------------------- read
+  def view(self, bank, t, reverse=False):
+    """Every list entry, DRM at the conditioning row, RAM by the entries after it; pointers
+    of the frames the object was visible in. `reverse` is not used (forward clips only)."""
+    st = bank.policy_state
+    b, r = bank.mem_frame.shape
+    self._check_ring(r)
+    n = st.kind.shape[1]
+    used = st.kind != FREE
+    after = jnp.sum(used[:, None, :] & (st.order[:, None, :] > st.order[:, :, None]), axis=-1)
+    row = jnp.where(st.kind == DRM, r, after).astype(jnp.int32)
+    pad = lambda x: jnp.pad(x, ((0, 0), (0, r - n)))
+    ok = pad(used) & (bank.mem_frame != EMPTY)
+    t = jnp.asarray(t, jnp.int32)
+    p = bank.ptr_frame.shape[0]
+    d = t - bank.ptr_frame  # [P]
+    back = st.last[:, None] - bank.ptr_frame[None, :]  # [B,P] entry of the visibility window
+    seen = jnp.take_along_axis(st.visible, jnp.clip(back, 0, VIS_WINDOW - 1), axis=1)
+    ptr_ok = (bank.ptr_frame != EMPTY) & (d >= 1) & (d <= p) & (back >= 0) & (back < VIS_WINDOW)
+    return MemoryView(
+      mem_ok=ok,
+      mem_tpos=pad(row),
+      ptr_ok=ptr_ok & seen,
+      ptr_rel=jnp.broadcast_to(d.astype(jnp.float32), (b, p)),
+    )
+
+  # ------------------------------------------------------------------- interactive predictor
+  def host_memory_slots(self, o, f: int, sign: int, have, r: int) -> list:
+    """The predictor's ring layout for object `o` (a predictor ObjectState) at frame f: slot j
+    holds the frame of the policy state's list slot j. A new pass from frame 1 restarts the
+    state; anything but forward tracking, frame by frame, from one prompt on frame 0 is
+    refused (the list is built frame by frame, counting from the prompt frame)."""
+    self._check_ring(r)
+    if sign != 1:
+      raise ValueError(
+        "the dam4sam memory policy tracks forward only in VideoPredictor; for reverse "
+        "tracking use track_video(..., reverse=True, memory='dam4sam')"
+      )
+    cond = sorted(o.out["cond"])
+    if cond != [0]:
+      raise ValueError(
+        f"the dam4sam memory policy in VideoPredictor needs each object's prompts on frame 0 "
+        f"only (this object has prompts on frames {cond}); use track_video(..., prompt_frame=k)"
+        " to start elsewhere"
+      )
+    st = o.policy_state
+    last = 0 if st is None else int(np.asarray(st.last)[0])
+    if f == 1 and last != 0:
+      o.policy_state = st = None  # a new pass from the prompt frame restarts the memory
+    elif f != last + 1:
+      raise ValueError(
+        f"the dam4sam memory policy builds its memory frame by frame: frame {f} cannot follow "
+        f"frame {last} (corrections on tracked frames are not supported; propagate from the "
+        "prompt frame again instead)"
+      )
+    slots = [EMPTY] * r
+    if st is not None:
+      kind, frame = np.asarray(st.kind)[0], np.asarray(st.frame)[0]
+      for j, (k, fr) in enumerate(zip(kind, frame)):
+        if k != FREE and have(int(fr)):
+          slots[j] = int(fr)
+    return slots
