@@ -41,7 +41,7 @@ from sam2pp_jax.model.random_params import random_params
 from sam2pp_jax.model.sam2pp import build_model
 from sam2pp_jax.tracking import cli as track_cli
 from sam2pp_jax.tracking import propagate
-from sam2pp_jax.tracking.memory import POLICIES, get_policy
+from sam2pp_jax.tracking.memory import POLICIES, get_policy, parse_options
 from sam2pp_jax.tracking.step import new_bank
 
 SMOKE = {
@@ -52,6 +52,7 @@ SMOKE = {
   "videos": 2,
   "quality_frames": 6,
   "tasks": "mask",
+  "memory_opt": ["dam4sam.max_ram=1", "dam4sam.max_drm=1"],  # the tiny model's ring: 2 slots
 }
 REDETECT_HIDDEN = 3  # frames fully hidden before a reappearance counts
 REDETECT_WITHIN = 5  # frames after the reappearance in which IoU >= 0.5 must be reached
@@ -141,12 +142,13 @@ def redetection(paths: dict, pred_mask_dir: str, videos) -> tuple:
   return hit, total
 
 
-def _track(ckpt, paths, out, policy, tasks) -> dict:
+def _track(ckpt, paths, out, policy, tasks, options=None) -> dict:
   """Every video at the granularities `tasks` with track.py --memory (argmax point readout);
   the other tasks get the copy-first-frame predictions."""
   outs = {t: os.path.join(out, f"{policy}_{t}") for t in tasks}
+  opts = [a for k, v in (options or {}).items() for a in ("--memory-opt", f"{k}={v}")]
   for name, vd in paths["videos"]:
-    common = ["--checkpoint", ckpt, "--video", vd, "--quiet", "--memory", policy]
+    common = ["--checkpoint", ckpt, "--video", vd, "--quiet", "--memory", policy, *opts]
     b = demo._first_box_xyxy(paths, name)
     prompts = {
       "mask": os.path.join(paths["gt_mask"], "Annotations", name, "00000.png"),
@@ -161,7 +163,9 @@ def _track(ckpt, paths, out, policy, tasks) -> dict:
   return outs
 
 
-def quality(ckpt: str, policies, suite: str, seed: int, count: int, frames=None, tasks=None):
+def quality(
+  ckpt: str, policies, suite: str, seed: int, count: int, frames=None, tasks=None, options=None
+):
   videos = demo.held_out_videos(seed, count, frames=frames, suite=suite)
   rows = []
   with tempfile.TemporaryDirectory() as tmp:
@@ -171,7 +175,8 @@ def quality(ckpt: str, policies, suite: str, seed: int, count: int, frames=None,
     hit, tot = redetection(paths, os.path.join(tmp, "copy_mask"), videos)
     rows.append(dict(policy="copy-first-frame", **copy, redetect=hit / tot if tot else None, n=tot))
     for p in policies:
-      outs = dict(copy_outs, **_track(ckpt, paths, os.path.join(tmp, "pred"), p, tasks))
+      pred = os.path.join(tmp, "pred")
+      outs = dict(copy_outs, **_track(ckpt, paths, pred, p, tasks, (options or {}).get(p)))
       res = demo.score_all(paths, outs, verbose=False)
       for task, key in (("mask", "J&F"), ("box", "AUC"), ("point", "delta_avg")):
         if task not in tasks:
@@ -193,13 +198,32 @@ def main(argv=None) -> int:
   ap.add_argument("--videos", type=int, default=6)
   ap.add_argument("--quality-frames", type=int, default=None, help="override the suite's")
   ap.add_argument("--tasks", default="mask,box,point", help="quality: tasks to track")
+  ap.add_argument(
+    "--memory-opt",
+    action="append",
+    default=[],
+    metavar="POLICY.KEY=VALUE",
+    help="a policy option for both tables (repeatable), e.g. dam4sam.max_ram=1 for a model "
+    "whose ring has 2 slots",
+  )
   ap.add_argument("--json", default=None, help="also write the tables here")
   args = parse_args(ap, argv, SMOKE)
   names = [n for n in args.policies.split(",") if n]
+  options = {}
+  for item in args.memory_opt:
+    policy, dot, kv = item.partition(".")
+    if not dot or "=" not in kv:
+      print(f"error: --memory-opt {item!r}: write it as POLICY.KEY=VALUE", file=sys.stderr)
+      return 2
+    options.setdefault(policy, {}).update(parse_options([kv]))
+  stray = sorted(set(options) - set(names))
+  if stray:
+    print(f"error: --memory-opt for {stray}, not among --policies {names}", file=sys.stderr)
+    return 2
   try:
-    policies = [get_policy(n) for n in names]
+    policies = [get_policy(n, **options.get(n, {})) for n in names]
   except ValueError as e:
-    print(f"error: --policies: {e}", file=sys.stderr)
+    print(f"error: --policies / --memory-opt: {e}", file=sys.stderr)
     return 2
   if "sam2" not in names:
     print("error: --policies must include sam2 (the baseline of every ratio)", file=sys.stderr)
@@ -229,7 +253,14 @@ def main(argv=None) -> int:
       print(f"error: --tasks {args.tasks!r}: choose from mask, box, point", file=sys.stderr)
       return 2
     rows = quality(
-      ckpt, names, args.suite, args.seed, args.videos, args.quality_frames, tasks=tasks
+      ckpt,
+      names,
+      args.suite,
+      args.seed,
+      args.videos,
+      args.quality_frames,
+      tasks=tasks,
+      options=options,
     )
     report["quality"] = rows
     print(f"\nquality: suite {args.suite}, seed {args.seed}, {args.videos} videos, {ckpt}")

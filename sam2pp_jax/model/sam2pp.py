@@ -333,11 +333,16 @@ class SAM2Plus(nn.Module):
     """Initial conditioning frame without a mask prompt: add the learned no-memory embedding."""
     return vision + self.no_mem_embed[0]
 
-  def encode_memory(self, vision, high_res_logits, object_score_logits, *, task: str):
-    """(vision [B,h,w,C], logits [B,S,S], score [B,1]) -> (memory [B,h,w,Cm], pos [B,h,w,Cm])."""
+  def encode_memory(
+    self, vision, high_res_logits, object_score_logits, *, task: str, binarize: bool = False
+  ):
+    """(vision [B,h,w,C], logits [B,S,S], score [B,1]) -> (memory [B,h,w,Cm], pos [B,h,w,Cm]).
+    binarize (static): encode the mask logits > 0 instead of their sigmoid (the reference's
+    binarize_mask_from_pts_for_mem_enc on prompted frames)."""
     _check_task(task)
     c = self.config
-    mask = jax.nn.sigmoid(high_res_logits.astype(jnp.float32))
+    logits = high_res_logits.astype(jnp.float32)
+    mask = (logits > 0).astype(jnp.float32) if binarize else jax.nn.sigmoid(logits)
     mask = mask * c.sigmoid_scale_for_mem_enc + c.sigmoid_bias_for_mem_enc
     feats, pos = self._memory_encoder(task)(vision, mask[..., None])
     absent = (object_score_logits <= 0).astype(feats.dtype)  # [B,1]

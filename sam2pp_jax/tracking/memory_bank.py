@@ -37,7 +37,9 @@ class MemoryView:
   the temporal encoding table (SAM 2: distance - 1; SAMURAI / DAM4SAM: rank from the newest).
   Optional (None: SAM 2's): ptr_ok [B,P] / ptr_rel [B,P] float, the pointer ring slots
   attended per object and their temporal offsets (SAM2Long: ranks in its gated list);
-  frame_key_scale [B,K+R] (cond slots, then ring slots) and ptr_key_scale [B,K+P] (cond
+  ptr_norm [B] float (with ptr_ok): each object's pointer normaliser, replacing SAM 2's
+  min(T, max_obj_ptrs) - 1 for its conditioning and ring pointers alike (DAM4SAM: its list
+  length); frame_key_scale [B,K+R] (cond slots, then ring slots) and ptr_key_scale [B,K+P] (cond
   pointers, then ring pointers), factors of the cross-attention keys (SAM2Long).
   """
 
@@ -45,6 +47,7 @@ class MemoryView:
   mem_tpos: jax.Array
   ptr_ok: jax.Array | None = None
   ptr_rel: jax.Array | None = None
+  ptr_norm: jax.Array | None = None
   frame_key_scale: jax.Array | None = None
   ptr_key_scale: jax.Array | None = None
 
@@ -295,7 +298,11 @@ class MemoryBank:
         [jnp.broadcast_to(d_cond.astype(jnp.float32), (b, k)), view.ptr_rel.astype(jnp.float32)],
         axis=1,
       )
-      pe2 = ptr_pos_encoding(jnp.where(ok2, rel2, 0.0).reshape(-1), t_diff_max)
+      norm = t_diff_max
+      if view.ptr_norm is not None:  # per-object normaliser: offsets pre-divided, then by 1
+        rel2 = rel2 / view.ptr_norm.astype(jnp.float32)[:, None]
+        norm = 1
+      pe2 = ptr_pos_encoding(jnp.where(ok2, rel2, 0.0).reshape(-1), norm)
       pe2 = pe2.reshape(b, ok2.shape[1], -1)
       memory_pos = jnp.concatenate([spatial_pos, jnp.repeat(pe2, split, axis=1)], axis=1)
       mask = jnp.concatenate([spatial_ok, jnp.repeat(ok2, split, axis=1)], axis=1)

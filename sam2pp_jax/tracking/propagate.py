@@ -136,6 +136,7 @@ def _first_frame(
     multimask=multimask,
     write="cond",
     cond_slot=0,
+    binarize_memory=memory.binarize_prompt_memory,
     memory=memory,
   )
   return bank, jax.tree.map(lambda a: a[None], _rows(out, task, memory)), out.maskmem_pos

@@ -314,11 +314,15 @@ def _write(
 
 
 # ---------------------------------------------------------------------------------- memory
-def frame_memory(model, params, vision, low_res, score, *, task: str):
+def frame_memory(model, params, vision, low_res, score, *, task: str, binarize: bool = False):
   """A frame's memory from its chosen low-res logits upsampled to SxS (as the reference's
-  predictor does): (features [B,HW,Cm] rounded to bf16, position encoding [HW,Cm])."""
+  predictor does): (features [B,HW,Cm] rounded to bf16, position encoding [HW,Cm]).
+  binarize (static): encode the upsampled logits > 0 instead of their sigmoid (a memory
+  policy's binarize_prompt_memory, on prompt frames)."""
   high = _apply(model, params, "upsample_to_image", low_res)
-  mem, pos = _apply(model, params, "encode_memory", vision, high, score[:, None], task=task)
+  mem, pos = _apply(
+    model, params, "encode_memory", vision, high, score[:, None], task=task, binarize=binarize
+  )
   b = mem.shape[0]
   return bf16_round(mem.reshape(b, -1, mem.shape[-1])), pos[0].reshape(-1, pos.shape[-1])
 
@@ -341,6 +345,7 @@ def track_step(
   write="ring",
   cond_slot=0,
   encode_memory: bool = True,
+  binarize_memory: bool = False,
   refine: Callable[[StepOut], StepOut] | None = None,
   dropout_key=None,
   memory: MemoryPolicy = RELEASED,
@@ -361,6 +366,8 @@ def track_step(
   conditioning frames after t (training; the reference's eval uses only past ones).
   write: "ring" | "cond" (slot `cond_slot`) | "none", or a traced index into WRITES.
   encode_memory: encode the chosen logits (upsampled to SxS) into the frame's memory.
+  binarize_memory (static): encode them binarised (logits > 0) instead of their sigmoid; the
+  callers pass the policy's binarize_prompt_memory on prompt frames (DAM4SAM, as d4sm).
   refine: a hook StepOut -> StepOut between decoding and memory encoding (training's clicks).
   dropout_key: training only: apply memory attention's dropout (key folded with t); None
   (inference) leaves every dropout off.
@@ -416,7 +423,9 @@ def track_step(
   if refine is not None:
     out = refine(out)
   if encode_memory:
-    mem, pos = frame_memory(model, params, feats["vision"], out.low_res, out.score, task=task)
+    mem, pos = frame_memory(
+      model, params, feats["vision"], out.low_res, out.score, task=task, binarize=binarize_memory
+    )
     out = out.replace(maskmem=mem, maskmem_pos=pos)
   if bank is not None and not (isinstance(write, str) and write == "none"):
     if not encode_memory:

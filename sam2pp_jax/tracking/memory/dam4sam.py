@@ -23,16 +23,22 @@ Tracked frame t (counted from the prompt frame, M's frame_index), per object, as
      the next frame (1.), M's add_to_drm_next.
 Read (view): every list entry; DRM entries at the conditioning frames' temporal row
 num_maskmem - 1, a RAM entry at row = the number of entries after it in the list (M's
-sam2_base.py:717-724). Pointers: the standard window at real distances, without the frames
-where the object was invisible (D sam2_base.py:611; M stores no pointer for them).
+sam2_base.py:717-724). Pointers (M:457-470, M sam2_base.py:726-739): the pointers of the last
+P = max_obj_ptrs_in_encoder - 1 frames where the object was visible (M stores none for the
+others), each in the pointer ring slot of its visible-frame count (the policy's own pointer
+writes), at position 1 + its rank from the newest, the prompt frame's at t; all divided by the
+number of listed pointers besides the prompt's (at least 1), not by min(T, max_obj_ptrs) - 1.
+The prompt frame's memory is encoded from its mask binarised (logits > 0; M:306-329 encodes
+the upsampled low-res mask with is_mask_from_pts=True and binarize_mask_from_pts_for_mem_enc),
+in track_video and in VideoPredictor alike (binarize_prompt_memory).
 
 Where the variants differ, d4sm is followed (one list per object with fixed capacities,
-updates only when visible), except: pointers are read at their real distance over SAM 2's
-window (D), not as M's list of the last 15 visible frames at rank positions normalised by the
-list length; M's use_last=False branch is not offered. Masks are tested at model resolution
-(the candidates' S x S logits > 0) without hole filling, not at video resolution after
-filling holes of up to 8 px. In VideoPredictor the policy tracks forward from one prompt on
-frame 0 (its frame arithmetic counts from there); corrections on tracked frames are refused.
+updates only when visible, its pointer list), except: M's use_last=False branch is not
+offered. Masks are tested at model resolution (the candidates' S x S logits > 0) without hole
+filling, not at video resolution after filling holes of up to 8 px. In VideoPredictor the
+policy tracks forward from one prompt on frame 0 (its frame arithmetic counts from there);
+prompts on frames the object was already tracked on (corrections) are refused before anything
+is stored.
 """
 
 from __future__ import annotations
@@ -50,7 +56,7 @@ from sam2pp_jax.tracking.memory.policy import MemoryPolicy, pick, take
 from sam2pp_jax.tracking.memory_bank import EMPTY, MemoryView
 
 FREE, RAM, DRM = 0, 1, 2  # kind of a list slot
-VIS_WINDOW = 64  # recent frames whose visibility the state keeps (for the pointer read)
+MAX_PTR_SLOTS = 32  # pointer list entries the state keeps (init_state cannot see the bank's P)
 _BIG = jnp.iinfo(jnp.int32).max
 
 
@@ -59,8 +65,10 @@ class Dam4samState:
   """Per object [B,...]: each list slot's kind [B,N] (FREE / RAM / DRM), list position key
   order [B,N] (larger = later) and frame [B,N] (EMPTY when free), N = max_ram + max_drm;
   pending [B] (the newest entry becomes DRM at the next frame); this frame's ring slot [B]
-  (-1: not written); the last frame chosen for [B]; visible [B,VIS_WINDOW] (entry k: frame
-  last - k had a non-empty mask); the admission test's size history."""
+  (-1: not written); the last frame chosen for [B]; the pointer list: the frames of the
+  object's visible tracked frames, newest first, ptr_list [B,MAX_PTR_SLOTS] (EMPTY-padded),
+  and their count n_ptr [B] (the k-th one's pointer is in pointer ring slot k % P); this
+  frame's pointer ring slot pslot [B] (-1: not written); the admission test's size history."""
 
   kind: jax.Array
   order: jax.Array
@@ -68,7 +76,9 @@ class Dam4samState:
   pending: jax.Array
   slot: jax.Array
   last: jax.Array
-  visible: jax.Array
+  ptr_list: jax.Array
+  n_ptr: jax.Array
+  pslot: jax.Array
   history: rules.DrmHistory
 
 
@@ -92,6 +102,8 @@ class DAM4SAM(MemoryPolicy):
 
   name: ClassVar[str] = "dam4sam"
   needs_candidates: ClassVar[bool] = True
+  binarize_prompt_memory: ClassVar[bool] = True  # M:316-329, is_mask_from_pts=True
+  corrections: ClassVar[bool] = False  # the lists are built frame by frame from the prompt
 
   update_delta: int = 5  # RAM chain stride and minimum admission spacing (D and M: 5)
   max_ram: int = 3  # RAM entries kept when the list is full (M: 3)
@@ -131,7 +143,9 @@ class DAM4SAM(MemoryPolicy):
       pending=jnp.zeros((batch,), bool),
       slot=jnp.full((batch,), -1, jnp.int32),
       last=jnp.zeros((batch,), jnp.int32),
-      visible=jnp.zeros((batch, VIS_WINDOW), bool),
+      ptr_list=jnp.full((batch, MAX_PTR_SLOTS), EMPTY, jnp.int32),
+      n_ptr=jnp.zeros((batch,), jnp.int32),
+      pslot=jnp.full((batch,), -1, jnp.int32),
       history=rules.init_state(batch, int(self.size_window)),
     )
 
@@ -144,7 +158,7 @@ class DAM4SAM(MemoryPolicy):
     masks = cands.high_res > 0  # [B,M,S,S]
     new = self._update(state, t, masks, cands.valid, index, iou)
     # the prompt frame (the box task decodes it with candidates) changes nothing
-    idle = state.replace(slot=jnp.full_like(state.slot, -1))
+    idle = state.replace(slot=jnp.full_like(state.slot, -1), pslot=jnp.full_like(state.pslot, -1))
     new = jax.tree.map(lambda a, b: jnp.where(t >= 1, a, b), new, idle)
     return pick(out, cands, index), new, {"iou": iou, "score": out.score}
 
@@ -202,26 +216,54 @@ class DAM4SAM(MemoryPolicy):
       pending=admitted & visible,
       slot=slot,
       last=jnp.broadcast_to(t, st.last.shape),
-      visible=self._shift_visible(st, t, visible),
+      # 4. the pointer of a visible frame joins the front of the pointer list
+      ptr_list=jnp.where(
+        visible[:, None],
+        jnp.concatenate([jnp.broadcast_to(t, visible.shape)[:, None], st.ptr_list[:, :-1]], 1),
+        st.ptr_list,
+      ),
+      n_ptr=st.n_ptr + visible.astype(jnp.int32),
+      pslot=jnp.full_like(st.pslot, -1),
       history=history,
     )
 
   @staticmethod
-  def _shift_visible(st, t, visible):
-    """The visibility window moved from frame st.last to t, with frame t's at entry 0."""
-    src = jnp.arange(VIS_WINDOW) - (t - st.last)[:, None]  # [B,V]
-    old = jnp.take_along_axis(st.visible, jnp.clip(src, 0, VIS_WINDOW - 1), axis=1)
-    old = old & (src >= 0)
-    return jnp.where(jnp.arange(VIS_WINDOW) == 0, visible[:, None], old)
+  def _check_ptrs(p: int):
+    if p > MAX_PTR_SLOTS:
+      raise ValueError(f"dam4sam keeps at most {MAX_PTR_SLOTS} pointers, the bank has {p} slots")
 
   def ring_slot(self, state, bank, t, meta):
     self._check_ring(bank.mem_frame.shape[1])
-    return state.slot, state
+    p = bank.ptr.shape[1]
+    self._check_ptrs(p)
+    # a visible frame's pointer (the n_ptr-th) goes to pointer slot (n_ptr - 1) % P, over the
+    # oldest of the last P visible frames' (M:457-470)
+    pslot = jnp.where(state.slot >= 0, (state.n_ptr - 1) % p, -1).astype(jnp.int32)
+    return state.slot, state.replace(pslot=pslot)
+
+  def ptr_slot(self, state):
+    return state.pslot
+
+  @staticmethod
+  def pointer_ranks(state, p: int):
+    """[B,P] each pointer ring slot's rank in the pointer list (0 = newest) and [B,P] whether
+    it holds one of the list's newest min(n_ptr, P) entries."""
+    rank = (state.n_ptr[:, None] - 1 - jnp.arange(p)) % p
+    return rank, rank < jnp.minimum(state.n_ptr, p)[:, None]
+
+  @classmethod
+  def pointer_frames(cls, state, p: int):
+    """[B,P] the frame of each pointer ring slot (EMPTY: none), from the state's list."""
+    cls._check_ptrs(p)
+    rank, ok = cls.pointer_ranks(state, p)
+    return jnp.where(ok, jnp.take_along_axis(state.ptr_list, rank, axis=1), EMPTY)
 
   # --------------------------------------------------------------------------------- read
   def view(self, bank, t, reverse=False):
-    """Every list entry, DRM at the conditioning row, RAM by the entries after it; pointers
-    of the frames the object was visible in. `reverse` is not used (forward clips only)."""
+    """Every list entry, DRM at the conditioning row, RAM by the entries after it. Pointers
+    (M sam2_base.py:726-739): the last P visible frames' at 1 + their rank from the newest,
+    the prompt frame's at t, all divided by the number of listed tracked pointers (at least
+    1). `reverse` is not used (forward clips only)."""
     st = bank.policy_state
     b, r = bank.mem_frame.shape
     self._check_ring(r)
@@ -231,17 +273,15 @@ class DAM4SAM(MemoryPolicy):
     row = jnp.where(st.kind == DRM, r, after).astype(jnp.int32)
     pad = lambda x: jnp.pad(x, ((0, 0), (0, r - n)))
     ok = pad(used) & (bank.mem_frame != EMPTY)
-    t = jnp.asarray(t, jnp.int32)
-    p = bank.ptr_frame.shape[0]
-    d = t - bank.ptr_frame  # [P]
-    back = st.last[:, None] - bank.ptr_frame[None, :]  # [B,P] entry of the visibility window
-    seen = jnp.take_along_axis(st.visible, jnp.clip(back, 0, VIS_WINDOW - 1), axis=1)
-    ptr_ok = (bank.ptr_frame != EMPTY) & (d >= 1) & (d <= p) & (back >= 0) & (back < VIS_WINDOW)
+    p = bank.ptr.shape[1]
+    self._check_ptrs(p)
+    rank, ptr_ok = self.pointer_ranks(st, p)
     return MemoryView(
       mem_ok=ok,
       mem_tpos=pad(row),
-      ptr_ok=ptr_ok & seen,
-      ptr_rel=jnp.broadcast_to(d.astype(jnp.float32), (b, p)),
+      ptr_ok=ptr_ok,
+      ptr_rel=(rank + 1).astype(jnp.float32),
+      ptr_norm=jnp.maximum(jnp.minimum(st.n_ptr, p), 1).astype(jnp.float32),
     )
 
   # ------------------------------------------------------------------- interactive predictor
@@ -280,3 +320,11 @@ class DAM4SAM(MemoryPolicy):
         if k != FREE and have(int(fr)):
           slots[j] = int(fr)
     return slots
+
+  def host_pointer_slots(self, o, have, p: int) -> list:
+    """The predictor's pointer ring layout for object `o` (after host_memory_slots): slot j
+    holds the frame whose pointer the scan's ring would hold there (pointer_frames)."""
+    if o.policy_state is None:
+      return [EMPTY] * p
+    frames = np.asarray(self.pointer_frames(o.policy_state, p))[0]
+    return [int(f) if f != EMPTY and have(int(f)) else EMPTY for f in frames]

@@ -77,6 +77,11 @@ class MemoryPolicy:
 
   name: ClassVar[str] = "sam2"
   needs_candidates: ClassVar[bool] = False  # track_step builds `Candidates` for choose()
+  # a prompt (conditioning) frame's memory is encoded from its mask logits > 0, not from their
+  # sigmoid (track_video's prompt frame and VideoPredictor's consolidation; DAM4SAM, as d4sm)
+  binarize_prompt_memory: ClassVar[bool] = False
+  # VideoPredictor may add prompts on frames the object was already tracked on (corrections)
+  corrections: ClassVar[bool] = True
 
   @property
   def presence_threshold(self) -> float:

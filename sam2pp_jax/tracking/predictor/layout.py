@@ -44,7 +44,8 @@ def memory_layout(
   frame f of object `o` attends to; EMPTY where absent. Spatial slots: SAM 2's frames by
   distance 1..num_maskmem-1, or (a gated policy such as SAMURAI) its chosen frames, newest
   first (the policy's view then gives them temporal rows by rank), or (DAM4SAM) the frames of
-  the slots of the object's policy state."""
+  the slots of the object's policy state. Pointer slots: by distance, or (DAM4SAM) the frames
+  of the pointer slots of its state."""
   sel, unsel = select_cond(f, o.out["cond"], max_cond)
   unsel = set(unsel)
   sign = -1 if reverse else 1
@@ -58,6 +59,9 @@ def memory_layout(
     mem = tuple(got) + (EMPTY,) * (num_maskmem - 1 - len(got))
   else:
     mem = tuple(f - d * sign if have(f - d * sign) else EMPTY for d in range(1, num_maskmem))
+  own_ptr = getattr(memory, "host_pointer_slots", None)  # a policy's own pointer list (DAM4SAM)
+  if own_ptr is not None:
+    return tuple(sel), mem, tuple(own_ptr(o, have, max_obj_ptrs - 1))
   ptr = [EMPTY] * (max_obj_ptrs - 1)
   for d in range(1, min(t_total, max_obj_ptrs)):
     t = f - d * sign

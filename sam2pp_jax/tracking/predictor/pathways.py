@@ -3,7 +3,8 @@
 Their outputs are known only after the last frame (the best pathway's lineage), so
 propagate_in_video runs the whole-video tracker (`track_video`) from the consolidated prompt
 outputs and then yields its frames. What this cannot express is refused with a clear error:
-prompts on more than one frame and corrections on tracked frames.
+prompts on more than one frame here, corrections on tracked frames by VideoPredictor before
+anything is stored.
 """
 
 from __future__ import annotations
@@ -13,20 +14,6 @@ import numpy as np
 
 from sam2pp_jax.tracking import prompts
 from sam2pp_jax.tracking.propagate import track_video
-
-
-def refuse_correction(pred, state, obj_id, frame_idx: int) -> None:
-  """A prompt on a frame this object was already tracked on: not possible with pathways."""
-  if pred.memory.rows_per_object <= 1 or obj_id not in state.obj_ids:
-    return
-  o = state.objects[state.obj_idx(obj_id)]
-  if frame_idx in o.tracked:
-    raise ValueError(
-      f"memory={pred.memory.name!r} cannot correct frame {frame_idx} of object {obj_id!r}: its "
-      "memory pathways are resolved only after the last frame, so a tracked frame has no "
-      "pathway to edit; call reset_state and prompt again, or use memory='sam2' or 'samurai' "
-      "for interactive corrections"
-    )
 
 
 def propagate_whole_video(pred, state, start_frame_idx, max_frame_num_to_track, reverse, with_info):

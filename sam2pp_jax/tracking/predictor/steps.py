@@ -77,8 +77,9 @@ def frame_step(
   return _stored(out)
 
 
-@partial(jax.jit, static_argnames=("model", "task"))
-def prompt_memory(model, params, vision, low_res, score, *, task):
-  """Memory of consolidated prompt outputs: ([B,HW,Cm] bfloat16, pos [HW,Cm])."""
-  mem, pos = frame_memory(model, params, vision, low_res, score, task=task)
+@partial(jax.jit, static_argnames=("model", "task", "binarize"))
+def prompt_memory(model, params, vision, low_res, score, *, task, binarize=False):
+  """Memory of consolidated prompt outputs: ([B,HW,Cm] bfloat16, pos [HW,Cm]); binarize: from
+  the logits > 0 (a memory policy's binarize_prompt_memory, on conditioning frames)."""
+  mem, pos = frame_memory(model, params, vision, low_res, score, task=task, binarize=binarize)
   return mem.astype(jnp.bfloat16), pos

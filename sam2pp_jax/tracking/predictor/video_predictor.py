@@ -140,7 +140,7 @@ class VideoPredictor:
     """A mask [H,W] (video size) for one object on one frame. Returns (frame_idx, obj_ids,
     masks [O,H,W] logits of every object on that frame)."""
     frame_idx = prompts.check_frame_index(frame_idx, state.num_frames)
-    pathways.refuse_correction(self, state, obj_id, frame_idx)
+    self._refuse_correction(state, obj_id, frame_idx)
     m = prompts.check_mask(mask, state.video_hw)
     o = state.objects[state.obj_or_new(obj_id)]
     m_model = prompts.mask_to_model_res(m, self.image_size).astype(np.float32)
@@ -178,7 +178,7 @@ class VideoPredictor:
         "add_new_points_and_generate_gaussian_mask"
       )
     frame_idx = prompts.check_frame_index(frame_idx, state.num_frames)
-    pathways.refuse_correction(self, state, obj_id, frame_idx)
+    self._refuse_correction(state, obj_id, frame_idx)
     coords, labs = inputs.user_points(
       points,
       labels,
@@ -230,7 +230,7 @@ class VideoPredictor:
         f"or add_new_mask)"
       )
     frame_idx = prompts.check_frame_index(frame_idx, state.num_frames)
-    pathways.refuse_correction(self, state, obj_id, frame_idx)
+    self._refuse_correction(state, obj_id, frame_idx)
     coords, labs = inputs.user_points(
       points, labels, state.video_hw, self.image_size, normalize_coords
     )
@@ -320,6 +320,30 @@ class VideoPredictor:
   # ---------------------------------------------------------------------------------------------
   # host-side bookkeeping
   # ---------------------------------------------------------------------------------------------
+  def _refuse_correction(self, state, obj_id, frame_idx: int) -> None:
+    """A prompt on a frame this object was already tracked on, under a memory policy that
+    cannot take one: refused before anything is stored on the object."""
+    if obj_id not in state.obj_ids:
+      return
+    o = state.objects[state.obj_idx(obj_id)]
+    if frame_idx not in o.tracked:
+      return
+    name = self.memory.name
+    if self.memory.rows_per_object > 1:
+      raise ValueError(
+        f"memory={name!r} cannot correct frame {frame_idx} of object {obj_id!r}: its memory "
+        "pathways are resolved only after the last frame, so a tracked frame has no pathway to "
+        "edit; call reset_state and prompt again, or use memory='sam2' or 'samurai' for "
+        "interactive corrections"
+      )
+    if not self.memory.corrections:
+      raise ValueError(
+        f"memory={name!r} cannot correct frame {frame_idx} of object {obj_id!r}: it builds its "
+        "memory frame by frame from the prompt frame (corrections on tracked frames are not "
+        "supported); call reset_state and prompt again, or use memory='sam2' or 'samurai' for "
+        "interactive corrections"
+      )
+
   def _layout(self, o, f, reverse, t_total):
     return layout.memory_layout(
       o,
@@ -426,6 +450,7 @@ class VideoPredictor:
               out["low_res"][None],
               out["score"][None],
               task=self.task,
+              binarize=key == "cond" and self.memory.binarize_prompt_memory,
             )
             out["maskmem"] = mem[0]
             if state.maskmem_pos is None:

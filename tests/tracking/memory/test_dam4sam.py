@@ -82,7 +82,8 @@ def new_bank(policy, b=1, num_maskmem=7):
 
 
 def _step(policy):
-  """One tracked frame as track_step runs it: choose, ring slot, the bank write."""
+  """One tracked frame as track_step runs it: choose, ring slot, the bank write (the pointer
+  written is the chosen candidate's plus t, so a pointer slot tells its frame)."""
 
   @jax.jit
   def step(bank, out, cands, t):
@@ -90,7 +91,8 @@ def _step(policy):
     slot, st = policy.ring_slot(st, bank, t, meta)
     b = out.score.shape[0]
     z = jnp.zeros((b, 1, 1, 4))
-    bank = bank.write(t, z, z[:1], o.obj_ptr, slot=slot, meta=meta)
+    ptr = o.obj_ptr + t.astype(jnp.float32)
+    bank = bank.write(t, z, z[:1], ptr, slot=slot, meta=meta, ptr_slot=policy.ptr_slot(st))
     return bank.replace(policy_state=st)
 
   return step
@@ -249,15 +251,44 @@ def test_list_follows_d4sm_over_random_frames(seed, opts):
 
 
 def test_pointers_of_invisible_frames_are_not_read():
-  """Frames 1..5 with frame 3 invisible: at frame 6 the pointers of 1, 2, 4, 5 are read, at
-  their real distance."""
+  """Frames 1..5 with frame 3 invisible: at frame 6 the pointers of 1, 2, 4, 5 are read at
+  1 + their rank from the newest (5 -> 1, 4 -> 2, 2 -> 3, 1 -> 4), over the list length 4."""
   policy = DAM4SAM()
   bank = run(policy, "PPIPP")
   v = policy.view(bank, jnp.int32(6))
-  frames = np.asarray(bank.ptr_frame)
+  frames = np.asarray(policy.pointer_frames(bank.policy_state, bank.ptr.shape[1]))[0]
   ok = np.asarray(v.ptr_ok[0])
   assert sorted(frames[ok].tolist()) == [1, 2, 4, 5]
-  np.testing.assert_array_equal(np.asarray(v.ptr_rel[0])[ok], 6 - frames[ok])
+  rel = dict(zip(frames[ok].tolist(), np.asarray(v.ptr_rel[0])[ok].tolist()))
+  assert rel == {5: 1.0, 4: 2.0, 2: 3.0, 1: 4.0}
+  assert float(v.ptr_norm[0]) == 4.0
+
+
+def test_pointer_list_follows_d4sm():
+  """40 frames, a third invisible, more than P = 15 visible ones: after every frame the
+  pointers read are d4sm's list (M:457-470: the last 15 visible frames, however old), each at
+  1 + its rank from the newest, over the list length (at least 1); the ring slots the policy
+  wrote hold exactly those frames' pointers."""
+  policy = DAM4SAM()
+  rng = np.random.default_rng(7)
+  step = _step(policy)
+  bank = new_bank(policy)
+  listed = []  # d4sm's pointer list without the prompt's, oldest first
+  base = float(np.asarray(inputs([frame("P")])[1].obj_ptr)[0, 0, 0])  # candidate 0's pointer
+  for t in range(1, 41):
+    k = "PI"[rng.choice(2, p=[0.65, 0.35])]
+    bank = step(bank, *inputs([frame(k)]), jnp.int32(t))
+    if k != "I":
+      listed = (listed + [t])[-15:]
+    v = policy.view(bank, jnp.int32(t + 1))
+    frames = np.asarray(policy.pointer_frames(bank.policy_state, bank.ptr.shape[1]))[0]
+    ok = np.asarray(v.ptr_ok[0])
+    assert sorted(frames[ok].tolist()) == listed, t
+    rank = {f: len(listed) - i for i, f in enumerate(listed)}
+    np.testing.assert_array_equal(np.asarray(v.ptr_rel[0])[ok], [rank[f] for f in frames[ok]])
+    assert float(v.ptr_norm[0]) == max(1, len(listed))
+    np.testing.assert_array_equal(np.asarray(bank.ptr[0, :, 0])[ok] - base, frames[ok])
+  assert listed[0] < 40 - 15  # the list reaches further back than the last 15 frames
 
 
 # ------------------------------------------------------------------ admission rules
@@ -435,7 +466,8 @@ def test_tracking_objects_independent_and_drm_used(tiny):
     )
     sa = alone["bank"].policy_state
     assert entries(st, o) == entries(sa)
-    np.testing.assert_array_equal(np.asarray(st.visible[o]), np.asarray(sa.visible[0]))
+    np.testing.assert_array_equal(np.asarray(st.ptr_list[o]), np.asarray(sa.ptr_list[0]))
+    assert int(st.n_ptr[o]) == int(sa.n_ptr[0])
 
 
 def test_predictor_equals_scan(tiny):
@@ -460,7 +492,17 @@ def test_predictor_equals_scan(tiny):
   # a second pass from the prompt frame restarts the memory and gives the same masks
   again = {f: m for f, _, m in pred.propagate_in_video(state)}
   np.testing.assert_allclose(again[T - 1], got[T - 1], atol=1e-5)
-  with pytest.raises(ValueError, match="corrections on tracked frames"):
+  # a correction on a tracked frame is refused before anything is stored on the object
+  o = state.objects[0]
+  before = (dict(o.point_inputs), dict(o.mask_inputs), o.temp["cond"].copy(), o.policy_state)
+  with pytest.raises(ValueError, match="dam4sam.*cannot correct frame 3.*corrections on tracked"):
     pred.add_new_points_or_box(state, 3, 10, points=[[40.0, 20.0]], labels=[0])
+  with pytest.raises(ValueError, match="dam4sam.*cannot correct frame 0"):
+    pred.add_new_mask(state, 0, 10, masks[1])
+  assert o.point_inputs == before[0] and 3 not in o.point_inputs
+  assert sorted(o.mask_inputs) == sorted(before[1]) == [0]
+  np.testing.assert_array_equal(o.mask_inputs[0], before[1][0])
+  assert not o.temp["cond"] and not o.temp["non_cond"]
+  assert o.policy_state is before[3]
   with pytest.raises(ValueError, match="forward only"):
     next(pred.propagate_in_video(state, start_frame_idx=T - 1, reverse=True))

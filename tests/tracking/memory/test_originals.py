@@ -81,6 +81,8 @@ def _read_frames(model, bank, t, memory, row=0, ptr_frame=None):
     ok = (mem_frame != EMPTY) & (t - mem_frame >= 1) & (t - mem_frame <= r)
   else:
     ok = np.asarray(view.mem_ok)[row]
+  if ptr_frame is None and hasattr(memory, "pointer_frames"):  # DAM4SAM: its own pointer list
+    ptr_frame = np.asarray(memory.pointer_frames(bank.policy_state, bank.ptr.shape[1]))[row]
   ptr_frame = np.asarray(bank.ptr_frame) if ptr_frame is None else ptr_frame
   ptr_ok = getattr(view, "ptr_ok", None) if view is not None else None
   if ptr_ok is not None:
@@ -312,15 +314,9 @@ def test_dam4sam_matches_d4sm():
   assert not bad, "dam4sam memory differs from d4sm:\n" + "\n".join(bad)
 
 
-@pytest.mark.xfail(
-  strict=True,
-  reason="d4sm encodes the prompt memory from its 64x64 low-res mask upsampled and binarised "
-  "(initialize, is_mask_from_pts=True) and places pointers at list ranks / (len - 1), the "
-  "prompt's at frame_idx; ours: SAM 2's prompt memory and pointer distances / 11. Decisions "
-  "all match; binarised masks drift to IoU 0.9988 (frame 9, a 1.6k-pixel mask)",
-)
 def test_dam4sam_masks_match_d4sm():
-  """Binarised masks at IoU >= 0.999 on every frame (see the xfail reason)."""
+  """Binarised masks at IoU >= 0.999 on every frame: the prompt memory from the binarised
+  mask and d4sm's pointer list (rank positions over its length) reproduce its masks."""
   if "dam4sam" not in POLICIES:
     pytest.skip("policy not implemented yet")
   check_common("dam4sam")

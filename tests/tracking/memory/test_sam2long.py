@@ -351,8 +351,16 @@ def test_predictor_equals_scan(setup):
   )
   ptr = np.stack([pred.frame_output(state, f, 11)["obj_ptr"] for f in range(T)])
   np.testing.assert_allclose(ptr, ref["obj_ptr"][:, 1], atol=2e-4)
+  # a correction on a tracked frame is refused before anything is stored on the object
+  o = state.objects[0]
+  before = (dict(o.point_inputs), dict(o.mask_inputs))
   with pytest.raises(ValueError, match="sam2long.*cannot correct frame 3"):
     pred.add_new_mask(state, 3, 10, masks[0])
+  with pytest.raises(ValueError, match="sam2long.*cannot correct frame 4"):
+    pred.add_new_points_or_box(state, 4, 10, points=[[40.0, 20.0]], labels=[1])
+  assert o.point_inputs == before[0] == {}
+  assert sorted(o.mask_inputs) == sorted(before[1]) == [0] and o.mask_inputs[0] is before[1][0]
+  assert not o.temp["cond"] and not o.temp["non_cond"]
   pred.add_new_mask(state, 2, 12, masks[1])  # a new object prompted on another frame
   with pytest.raises(ValueError, match="sam2long.*one prompted frame"):
     next(pred.propagate_in_video(state))
