@@ -80,7 +80,9 @@ def build_parser():
   r.add_argument("--sequences", default=None, help="comma-separated subset (default: all)")
   r.add_argument("--quiet", action="store_true", help="no progress bars")
   r.add_argument(
-    "--memory", default="sam2", help="memory policy: sam2 (default) or samurai (track.py --help)"
+    "--memory",
+    default="sam2",
+    help="memory policy: sam2 (default), samurai, sam2long or dam4sam (track.py --help)",
   )
   r.add_argument(
     "--memory-opt",

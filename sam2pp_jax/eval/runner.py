@@ -224,6 +224,10 @@ def run_benchmark(
     else:
       config, params = load_model(checkpoint)
       model = build_model(config)
+    try:
+      memory.check_model(model.config)
+    except ValueError as e:
+      raise MetricInputError(f"--memory {memory.name}: {e}") from None
   seq_bar = None if quiet else Progress(len(names), "sequences", unit="seqs")
   for i, name in enumerate(names):
     seq = ds.sequence(name)

@@ -187,7 +187,8 @@ def build_parser():
     default="sam2",
     choices=tuple(POLICIES),
     help="memory policy (sam2pp_jax/tracking/memory): 'sam2' the released tracker (default), "
-    "'samurai' Kalman-filter motion-aware memory",
+    "'samurai' Kalman-filter motion-aware memory, 'sam2long' memory pathways (tree search), "
+    "'dam4sam' distractor-aware memory",
   )
   p.add_argument(
     "--memory-opt",
@@ -213,7 +214,11 @@ def run(args) -> int:
     memory = get_policy(args.memory, **parse_options(args.memory_opt))
   except ValueError as e:
     raise InputError(f"--memory / --memory-opt: {e}") from None
-  load_config(args.checkpoint)  # cheap: config errors before the video loads
+  config = load_config(args.checkpoint)  # cheap: config errors before the video loads
+  try:
+    memory.check_model(config)
+  except ValueError as e:
+    raise InputError(f"--memory {args.memory} on {args.checkpoint}: {e}") from None
   vf = load_video(args.video)
   t_total, hw = vf.num_frames, (vf.height, vf.width)
   frame = None if args.frame is None else _check(prompts.check_frame_index, args.frame, t_total)

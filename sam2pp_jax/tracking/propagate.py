@@ -274,6 +274,7 @@ def track_video(
   """
   check_readout(point_readout)
   memory = get_policy(memory) if isinstance(memory, str) else memory
+  memory.check_model(model.config)
   s = int(model.config.image_size)
   h, w = int(video_hw[0]), int(video_hw[1])
   chunk = int(chunk)

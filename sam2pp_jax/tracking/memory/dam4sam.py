@@ -134,6 +134,15 @@ class DAM4SAM(MemoryPolicy):
         f"{r} ring slots (num_maskmem - 1); lower max_ram / max_drm"
       )
 
+  def check_model(self, config) -> None:
+    r = int(config.num_maskmem) - 1
+    if self.capacity > r:
+      raise ValueError(
+        f"memory policy 'dam4sam': max_ram + max_drm = {self.capacity} memories do not fit "
+        f"this model's {r} ring slots (num_maskmem - 1 = {r}); give max_ram + max_drm <= {r}, "
+        f"e.g. --memory-opt max_ram={max(1, r - r // 2)} --memory-opt max_drm={r // 2}"
+      )
+
   def init_state(self, batch: int) -> Dam4samState:
     n = self.capacity
     return Dam4samState(

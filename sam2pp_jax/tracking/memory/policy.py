@@ -88,6 +88,10 @@ class MemoryPolicy:
     """Object-score logit above which a candidate's mask and pointer count as present."""
     return 0.0
 
+  def check_model(self, config) -> None:
+    """Refuse (ValueError naming the fix) a model config this policy cannot run on; called by
+    every tracking path before any frame is read."""
+
   def init_state(self, batch: int):
     return None
 

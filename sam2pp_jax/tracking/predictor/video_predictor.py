@@ -61,6 +61,7 @@ class VideoPredictor:
     self.point_readout = check_readout(point_readout)
     self.memory = get_policy(memory) if isinstance(memory, str) else memory
     c = model.config
+    self.memory.check_model(c)
     self.model, self.params, self.task = model, params, task
     self.image_size = int(c.image_size)
     self.hidden_dim, self.mem_dim = int(c.hidden_dim), int(c.mem_dim)

@@ -10,8 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from sam2pp_jax.checkpoint import save_model
 from sam2pp_jax.model.random_params import random_params
 from sam2pp_jax.model.sam2pp import build_model
+from sam2pp_jax.tracking import cli as track_cli
 from sam2pp_jax.tracking.memory import DAM4SAM, get_policy
 from sam2pp_jax.tracking.memory.dam4sam import DRM, FREE, RAM
 from sam2pp_jax.tracking.memory.policy import Candidates
@@ -506,3 +508,23 @@ def test_predictor_equals_scan(tiny):
   assert o.policy_state is before[3]
   with pytest.raises(ValueError, match="forward only"):
     next(pred.propagate_in_video(state, start_frame_idx=T - 1, reverse=True))
+
+
+def test_a_list_larger_than_the_ring_is_refused_before_any_frame(tmp_path, capsys):
+  """The defaults (3 + 3 entries) need num_maskmem 7; on the tiny model (2 ring slots) every
+  path refuses at once with the fix, track.py before it reads the video."""
+  model = build_model("tiny")
+  params = random_params(model, 0)
+  ckpt = save_model(tmp_path / "ckpt", params, "tiny")
+  argv = ["--checkpoint", str(ckpt), "--video", "nowhere", "--task", "mask", "--prompt", "x"]
+  assert track_cli.main([*argv, "--out", str(tmp_path / "o"), "--memory", "dam4sam"]) == 2
+  err = capsys.readouterr().err
+  assert "do not fit this model's 2 ring slots" in err and "max_ram=1" in err
+  assert "nowhere" not in err  # refused before the video was opened
+  with pytest.raises(ValueError, match="2 ring slots"):
+    VideoPredictor(model, params, "mask", memory="dam4sam")
+  frames = np.zeros((3, 64, 64, 3), np.float32)
+  masks = np.ones((1, 64, 64), bool)
+  with pytest.raises(ValueError, match="2 ring slots"):
+    track_video(model, params, frames, (64, 64), "mask", {"mask": masks}, memory="dam4sam")
+  VideoPredictor(model, params, "mask", memory=DAM4SAM(max_ram=1, max_drm=1))  # fits
