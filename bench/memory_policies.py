@@ -87,7 +87,7 @@ def cost(presets, policies, frames: int, repeats: int) -> list:
         jax.block_until_ready(run(p)["low_res_mask_logits"])
         times[p.name].append((time.perf_counter() - t0) / frames)
     for p in policies:
-      bank = new_bank(model, 2, 2, p)
+      bank = new_bank(model, 2 * p.rows_per_object, 2, p)  # SAM2Long: K rows per object
       chunk = min(4, frames - 1)
       lowered = propagate._chunk_step.lower(
         model,
