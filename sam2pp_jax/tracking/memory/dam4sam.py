@@ -35,10 +35,19 @@ in track_video and in VideoPredictor alike (binarize_prompt_memory).
 Where the variants differ, d4sm is followed (one list per object with fixed capacities,
 updates only when visible, its pointer list), except: M's use_last=False branch is not
 offered. Masks are tested at model resolution (the candidates' S x S logits > 0) without hole
-filling, not at video resolution after filling holes of up to 8 px. In VideoPredictor the
-policy tracks forward from one prompt on frame 0 (its frame arithmetic counts from there);
-prompts on frames the object was already tracked on (corrections) are refused before anything
-is stored.
+filling, not at video resolution after filling holes of up to 8 px.
+
+Frames are counted in clip frames from the prompt frame in the tracking direction: the state's
+frames (list, pointer list, sizes) and its arithmetic (update_delta spacing, the RAM chain) see
+t = (video frame - origin) * step, origin the prompt frame and step +1 forward / -1 reverse
+(track_video: 0 and +1, its clip frames being counted already). In VideoPredictor every object
+is prompted on one frame k and propagate_in_video tracks forward or in reverse from k (also
+with max_frame_num_to_track, or continuing a pass where it stopped): each pass from k restarts
+the state from the prompt frame's (a reverse pass after a forward one does not continue it),
+so its outputs equal track_video(prompt_frame=k, reverse=...) on the same video and prompt.
+D and M track forward only; reverse tracking is ours, track_video(reverse=True) (the frames
+k, k-1, .., 0 tracked as a forward clip). Prompts on a second frame and prompts on frames the
+object was already tracked on (corrections) are refused before anything is stored.
 """
 
 from __future__ import annotations
@@ -68,7 +77,10 @@ class Dam4samState:
   (-1: not written); the last frame chosen for [B]; the pointer list: the frames of the
   object's visible tracked frames, newest first, ptr_list [B,MAX_PTR_SLOTS] (EMPTY-padded),
   and their count n_ptr [B] (the k-th one's pointer is in pointer ring slot k % P); this
-  frame's pointer ring slot pslot [B] (-1: not written); the admission test's size history."""
+  frame's pointer ring slot pslot [B] (-1: not written); the admission test's size history;
+  origin [B] and step [B]: tracked video frame f is clip frame (f - origin) * step, the frame
+  every other field counts in (0 and +1 in track_video; the prompt frame and the direction in
+  VideoPredictor)."""
 
   kind: jax.Array
   order: jax.Array
@@ -80,6 +92,8 @@ class Dam4samState:
   n_ptr: jax.Array
   pslot: jax.Array
   history: rules.DrmHistory
+  origin: jax.Array
+  step: jax.Array
 
 
 def _newest(order, where):
@@ -104,6 +118,7 @@ class DAM4SAM(MemoryPolicy):
   needs_candidates: ClassVar[bool] = True
   binarize_prompt_memory: ClassVar[bool] = True  # M:316-329, is_mask_from_pts=True
   corrections: ClassVar[bool] = False  # the lists are built frame by frame from the prompt
+  one_prompt_frame: ClassVar[bool] = True  # ... counting frames from the one prompted frame
 
   update_delta: int = 5  # RAM chain stride and minimum admission spacing (D and M: 5)
   max_ram: int = 3  # RAM entries kept when the list is full (M: 3)
@@ -143,7 +158,8 @@ class DAM4SAM(MemoryPolicy):
         f"e.g. --memory-opt max_ram={max(1, r - r // 2)} --memory-opt max_drm={r // 2}"
       )
 
-  def init_state(self, batch: int) -> Dam4samState:
+  def init_state(self, batch: int, origin: int = 0, step: int = 1) -> Dam4samState:
+    """A fresh state (the prompt frame's); origin / step: see Dam4samState."""
     n = self.capacity
     return Dam4samState(
       kind=jnp.zeros((batch, n), jnp.int32),
@@ -156,11 +172,13 @@ class DAM4SAM(MemoryPolicy):
       n_ptr=jnp.zeros((batch,), jnp.int32),
       pslot=jnp.full((batch,), -1, jnp.int32),
       history=rules.init_state(batch, int(self.size_window)),
+      origin=jnp.full((batch,), origin, jnp.int32),
+      step=jnp.full((batch,), step, jnp.int32),
     )
 
   # ------------------------------------------------------------------------------- choice
   def choose(self, state, out, cands, t, multimask):
-    t = jnp.asarray(t, jnp.int32)
+    t = (jnp.asarray(t, jnp.int32) - state.origin) * state.step  # [B] clip frames
     ious = jnp.where(cands.valid, out.ious, -jnp.inf)
     index = jnp.argmax(ious, axis=-1).astype(jnp.int32)
     iou = take(out.ious, index)
@@ -168,11 +186,12 @@ class DAM4SAM(MemoryPolicy):
     new = self._update(state, t, masks, cands.valid, index, iou)
     # the prompt frame (the box task decodes it with candidates) changes nothing
     idle = state.replace(slot=jnp.full_like(state.slot, -1), pslot=jnp.full_like(state.pslot, -1))
-    new = jax.tree.map(lambda a, b: jnp.where(t >= 1, a, b), new, idle)
+    on = lambda a: (t >= 1).reshape((-1,) + (1,) * (a.ndim - 1))
+    new = jax.tree.map(lambda a, b: jnp.where(on(a), a, b), new, idle)
     return pick(out, cands, index), new, {"iou": iou, "score": out.score}
 
   def _update(self, st, t, masks, valid, index, iou):
-    """Steps 1-3 of the module docstring on tracked frame t."""
+    """Steps 1-3 of the module docstring on tracked clip frame t [B]."""
     n = st.kind.shape[1]
     m = masks.shape[1]
     chosen = take(masks, index)  # [B,S,S]
@@ -195,7 +214,7 @@ class DAM4SAM(MemoryPolicy):
     key = jnp.max(jnp.where(kind != FREE, order, -1), axis=-1) + 1
     order = jnp.where(at & append[:, None], key[:, None], order)
     kind = jnp.where(at, RAM, kind)
-    frame = jnp.where(at, t, jnp.where(kind == FREE, EMPTY, frame))
+    frame = jnp.where(at, t[:, None], jnp.where(kind == FREE, EMPTY, frame))
     # 3. the admission test; the admitted frame is the newest (RAM) entry
     if self.max_drm > 0:
       alt = (index[:, None] + jnp.arange(1, m)) % m  # the other candidates [B,M-1]
@@ -224,11 +243,11 @@ class DAM4SAM(MemoryPolicy):
       frame=frame,
       pending=admitted & visible,
       slot=slot,
-      last=jnp.broadcast_to(t, st.last.shape),
+      last=t,
       # 4. the pointer of a visible frame joins the front of the pointer list
       ptr_list=jnp.where(
         visible[:, None],
-        jnp.concatenate([jnp.broadcast_to(t, visible.shape)[:, None], st.ptr_list[:, :-1]], 1),
+        jnp.concatenate([t[:, None], st.ptr_list[:, :-1]], 1),
         st.ptr_list,
       ),
       n_ptr=st.n_ptr + visible.astype(jnp.int32),
@@ -272,7 +291,7 @@ class DAM4SAM(MemoryPolicy):
     """Every list entry, DRM at the conditioning row, RAM by the entries after it. Pointers
     (M sam2_base.py:726-739): the last P visible frames' at 1 + their rank from the newest,
     the prompt frame's at t, all divided by the number of listed tracked pointers (at least
-    1). `reverse` is not used (forward clips only)."""
+    1). `t` and `reverse` are not used (the state counts in clip frames)."""
     st = bank.policy_state
     b, r = bank.mem_frame.shape
     self._check_ring(r)
@@ -295,45 +314,54 @@ class DAM4SAM(MemoryPolicy):
 
   # ------------------------------------------------------------------- interactive predictor
   def host_memory_slots(self, o, f: int, sign: int, have, r: int) -> list:
-    """The predictor's ring layout for object `o` (a predictor ObjectState) at frame f: slot j
-    holds the frame of the policy state's list slot j. A new pass from frame 1 restarts the
-    state; anything but forward tracking, frame by frame, from one prompt on frame 0 is
-    refused (the list is built frame by frame, counting from the prompt frame)."""
+    """The predictor's ring layout for object `o` (a predictor ObjectState) at frame f, tracked
+    in direction `sign` from the object's one prompted frame k: slot j holds the video frame of
+    the policy state's list slot j. Frame f is clip frame (f - k) * sign; its first (k + sign)
+    restarts the state from the prompt frame's, any other must follow the state's last frame
+    of a pass from k in the same direction (the list is built frame by frame)."""
     self._check_ring(r)
-    if sign != 1:
-      raise ValueError(
-        "the dam4sam memory policy tracks forward only in VideoPredictor; for reverse "
-        "tracking use track_video(..., reverse=True, memory='dam4sam')"
-      )
     cond = sorted(o.out["cond"])
-    if cond != [0]:
+    if len(cond) != 1:  # the predictor refuses a second prompt frame before storing it
       raise ValueError(
-        f"the dam4sam memory policy in VideoPredictor needs each object's prompts on frame 0 "
-        f"only (this object has prompts on frames {cond}); use track_video(..., prompt_frame=k)"
-        " to start elsewhere"
+        f"the dam4sam memory policy tracks each object from one prompted frame (this object "
+        f"has prompts on frames {cond}); call reset_state and prompt on one frame"
+      )
+    k = cond[0]
+    t = (f - k) * sign
+    way = "reverse" if sign < 0 else "forward"
+    if t < 1:
+      raise ValueError(
+        f"the dam4sam memory policy tracks from the prompt frame {k}: frame {f} does not come "
+        f"after it in {way} tracking; propagate from frame {k} (start_frame_idx={k}, or None), "
+        f"reverse={sign > 0} for the frames on the other side"
       )
     st = o.policy_state
-    last = 0 if st is None else int(np.asarray(st.last)[0])
-    if f == 1 and last != 0:
-      o.policy_state = st = None  # a new pass from the prompt frame restarts the memory
-    elif f != last + 1:
-      raise ValueError(
-        f"the dam4sam memory policy builds its memory frame by frame: frame {f} cannot follow "
-        f"frame {last} (corrections on tracked frames are not supported; propagate from the "
-        "prompt frame again instead)"
-      )
+    if t == 1:  # a new pass from the prompt frame: the prompt frame's state
+      o.policy_state = st = self.init_state(1, origin=k, step=sign)
+    else:
+      at = None if st is None else [int(np.asarray(x)[0]) for x in (st.origin, st.step, st.last)]
+      if at != [k, sign, t - 1]:
+        prev = "no tracked frame" if at is None else f"frame {at[0] + at[1] * at[2]}"
+        raise ValueError(
+          f"the dam4sam memory policy builds its memory frame by frame from the prompt frame "
+          f"{k}: frame {f} ({way}) cannot follow {prev} (corrections on tracked frames are not "
+          f"supported; propagate from the prompt frame again instead)"
+        )
     slots = [EMPTY] * r
-    if st is not None:
-      kind, frame = np.asarray(st.kind)[0], np.asarray(st.frame)[0]
-      for j, (k, fr) in enumerate(zip(kind, frame)):
-        if k != FREE and have(int(fr)):
-          slots[j] = int(fr)
+    kind, frame = np.asarray(st.kind)[0], np.asarray(st.frame)[0]
+    for j, (kd, fr) in enumerate(zip(kind, frame)):
+      v = k + sign * int(fr)  # clip frame -> video frame
+      if kd != FREE and have(v):
+        slots[j] = v
     return slots
 
   def host_pointer_slots(self, o, have, p: int) -> list:
     """The predictor's pointer ring layout for object `o` (after host_memory_slots): slot j
-    holds the frame whose pointer the scan's ring would hold there (pointer_frames)."""
-    if o.policy_state is None:
+    holds the video frame whose pointer the scan's ring would hold there (pointer_frames)."""
+    st = o.policy_state
+    if st is None:
       return [EMPTY] * p
-    frames = np.asarray(self.pointer_frames(o.policy_state, p))[0]
-    return [int(f) if f != EMPTY and have(int(f)) else EMPTY for f in frames]
+    k, sign = int(np.asarray(st.origin)[0]), int(np.asarray(st.step)[0])
+    frames = np.asarray(self.pointer_frames(st, p))[0]
+    video = [k + sign * int(fr) for fr in frames]
+    return [v if fr != EMPTY and have(v) else EMPTY for fr, v in zip(frames, video)]

@@ -82,6 +82,8 @@ class MemoryPolicy:
   binarize_prompt_memory: ClassVar[bool] = False
   # VideoPredictor may add prompts on frames the object was already tracked on (corrections)
   corrections: ClassVar[bool] = True
+  # VideoPredictor takes prompts on one frame only (every object's), refusing a second frame
+  one_prompt_frame: ClassVar[bool] = False
 
   @property
   def presence_threshold(self) -> float:

@@ -141,7 +141,7 @@ class VideoPredictor:
     """A mask [H,W] (video size) for one object on one frame. Returns (frame_idx, obj_ids,
     masks [O,H,W] logits of every object on that frame)."""
     frame_idx = prompts.check_frame_index(frame_idx, state.num_frames)
-    self._refuse_correction(state, obj_id, frame_idx)
+    self._refuse_prompt(state, obj_id, frame_idx)
     m = prompts.check_mask(mask, state.video_hw)
     o = state.objects[state.obj_or_new(obj_id)]
     m_model = prompts.mask_to_model_res(m, self.image_size).astype(np.float32)
@@ -179,7 +179,7 @@ class VideoPredictor:
         "add_new_points_and_generate_gaussian_mask"
       )
     frame_idx = prompts.check_frame_index(frame_idx, state.num_frames)
-    self._refuse_correction(state, obj_id, frame_idx)
+    self._refuse_prompt(state, obj_id, frame_idx)
     coords, labs = inputs.user_points(
       points,
       labels,
@@ -231,7 +231,7 @@ class VideoPredictor:
         f"or add_new_mask)"
       )
     frame_idx = prompts.check_frame_index(frame_idx, state.num_frames)
-    self._refuse_correction(state, obj_id, frame_idx)
+    self._refuse_prompt(state, obj_id, frame_idx)
     coords, labs = inputs.user_points(
       points, labels, state.video_hw, self.image_size, normalize_coords
     )
@@ -321,6 +321,23 @@ class VideoPredictor:
   # ---------------------------------------------------------------------------------------------
   # host-side bookkeeping
   # ---------------------------------------------------------------------------------------------
+  def _refuse_prompt(self, state, obj_id, frame_idx: int) -> None:
+    """A prompt the memory policy cannot take, refused before anything is stored: on a frame
+    this object was already tracked on (a correction), or (a one-prompt-frame policy, DAM4SAM)
+    on a frame other than the one where the objects' prompts are."""
+    self._refuse_correction(state, obj_id, frame_idx)
+    if not self.memory.one_prompt_frame:
+      return
+    others = {f for o in state.objects for f in (*o.point_inputs, *o.mask_inputs)}
+    others = sorted(others - {frame_idx})
+    if others:
+      raise ValueError(
+        f"memory={self.memory.name!r} tracks every object from one prompted frame: the "
+        f"prompts are on frame {others[0]}, so object {obj_id!r} cannot be prompted on frame "
+        f"{frame_idx}; prompt it on frame {others[0]}, call reset_state to start on another "
+        "frame, or use memory='sam2' or 'samurai' for prompts on several frames"
+      )
+
   def _refuse_correction(self, state, obj_id, frame_idx: int) -> None:
     """A prompt on a frame this object was already tracked on, under a memory policy that
     cannot take one: refused before anything is stored on the object."""

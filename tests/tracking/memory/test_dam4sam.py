@@ -450,10 +450,19 @@ def tiny():
   return model, params, frames, masks
 
 
-def _track(tiny, masks, policy=TINY):
+def _track(tiny, masks, policy=TINY, **kw):
   model, params, frames, _ = tiny
   return track_video(
-    model, params, frames, HW, "mask", {"mask": masks}, chunk=3, memory=policy, return_bank=True
+    model,
+    params,
+    frames,
+    HW,
+    "mask",
+    {"mask": masks},
+    chunk=3,
+    memory=policy,
+    return_bank=True,
+    **kw,
   )
 
 
@@ -506,8 +515,66 @@ def test_predictor_equals_scan(tiny):
   np.testing.assert_array_equal(o.mask_inputs[0], before[1][0])
   assert not o.temp["cond"] and not o.temp["non_cond"]
   assert o.policy_state is before[3]
-  with pytest.raises(ValueError, match="forward only"):
+  with pytest.raises(ValueError, match="prompt frame 0: frame 7 does not come after it"):
     next(pred.propagate_in_video(state, start_frame_idx=T - 1, reverse=True))
+  assert list(pred.propagate_in_video(state, reverse=True)) == []  # nothing before frame 0
+
+
+def test_predictor_equals_scan_from_a_middle_frame(tiny):
+  """Prompts on frame K = 3: propagating forward, then in reverse (each pass from the prompt
+  frame's state, not continuing the other) == track_video(prompt_frame=K, reverse=...), the
+  lists in clip frames from K alike; start_frame_idx=K with max_frame_num_to_track gives the
+  first frames of a pass, and continuing from where it stopped the rest. Then the refusals
+  of prompts on a second frame and of passes that do not start at K."""
+  model, params, frames, masks = tiny
+  k0 = 3
+  pred = VideoPredictor(model, params, "mask", encode_chunk=2, memory=TINY)
+  state = pred.init_state(frames, video_hw=HW)
+  for k in (0, 1):
+    pred.add_new_mask(state, k0, 10 + k, masks[k])
+  refs, drm = {}, False
+  for reverse in (False, True):
+    got = {f: m for f, _, m in pred.propagate_in_video(state, reverse=reverse)}
+    ref = refs[reverse] = _track(tiny, masks, prompt_frame=k0, reverse=reverse)
+    idx = [int(f) for f in ref["frame_idx"]]
+    assert list(got) == idx == (list(range(k0, -1, -1)) if reverse else list(range(k0, T)))
+    np.testing.assert_allclose(
+      np.stack([got[f] for f in idx]), ref["video_res_mask_logits"], atol=5e-4, rtol=1e-4
+    )
+    st = ref["bank"].policy_state
+    for k in (0, 1):
+      ptr = np.stack([pred.frame_output(state, f, 10 + k)["obj_ptr"] for f in idx])
+      np.testing.assert_allclose(ptr, ref["obj_ptr"][:, k], atol=5e-4, rtol=1e-4)
+      mine = state.objects[k].policy_state
+      assert entries(mine) == entries(st, k)
+      np.testing.assert_array_equal(np.asarray(mine.ptr_list[0]), np.asarray(st.ptr_list[k]))
+      assert int(mine.origin[0]) == k0 and int(mine.step[0]) == (-1 if reverse else 1)
+      drm = drm or any(kd == "drm" for _, kd in entries(st, k))
+  assert drm
+  # forward again from K in two pieces: 2 frames after K, then on from the frame after them
+  part = {f: m for f, _, m in pred.propagate_in_video(state, k0, max_frame_num_to_track=2)}
+  rest = {f: m for f, _, m in pred.propagate_in_video(state, k0 + 3)}
+  assert list(part) == [3, 4, 5] and list(rest) == [6, 7]
+  part.update(rest)
+  np.testing.assert_allclose(
+    np.stack([part[f] for f in range(k0, T)]),
+    refs[False]["video_res_mask_logits"],
+    atol=5e-4,
+    rtol=1e-4,
+  )
+  # a prompt on a second frame (a new object too) is refused before anything is stored
+  with pytest.raises(ValueError, match="dam4sam.*one prompted frame.*frame 3.*frame 5"):
+    pred.add_new_mask(state, 5, 12, masks[0])
+  assert state.obj_ids == [10, 11] and all(sorted(o.mask_inputs) == [3] for o in state.objects)
+  # a pass that does not start at K, or does not follow the last frame of one in its direction
+  for start, reverse in ((1, False), (6, True)):
+    way = "reverse" if reverse else "forward"
+    with pytest.raises(ValueError, match=f"frame 3: frame {start} does not come after it in {way}"):
+      next(pred.propagate_in_video(state, start_frame_idx=start, reverse=reverse))
+  for start, reverse in ((6, False), (1, True)):
+    way = "reverse" if reverse else "forward"
+    with pytest.raises(ValueError, match=rf"frame {start} \({way}\) cannot follow frame 7"):
+      next(pred.propagate_in_video(state, start_frame_idx=start, reverse=reverse))
 
 
 def test_a_list_larger_than_the_ring_is_refused_before_any_frame(tmp_path, capsys):
