@@ -746,17 +746,31 @@ def main(argv=None) -> int:
   sys.path.insert(0, ROOT)
   import numpy as np
 
+  from sam2pp_jax.io.atomic import atomic_path, atomic_write_text
+
   info, arrays = record(args.policy, args)
   os.makedirs(args.out, exist_ok=True)
   frames_u8, prompt_mask = make_video(args.video_seed, args.frames)
-  vpath = os.path.join(args.out, "video.npz")
-  np.savez_compressed(vpath, frames_u8=frames_u8, prompt_mask=prompt_mask)
-  np.savez_compressed(os.path.join(args.out, f"{args.policy}.npz"), **arrays)
+  # fixtures of one folder share video.npz; another video gets its own file, so a run with
+  # other --frames / --video-seed never changes the frames an earlier fixture refers to
+  name = "video.npz"
+  vpath = os.path.join(args.out, name)
+  if os.path.exists(vpath):
+    with np.load(vpath) as z:
+      same = z["frames_u8"].shape == frames_u8.shape and np.array_equal(z["frames_u8"], frames_u8)
+    if not same:
+      name = f"video_v{args.video_seed}_t{args.frames}.npz"
+      vpath = os.path.join(args.out, name)
+  info["video"]["file"] = name
+  with atomic_path(vpath, suffix=".npz") as tmp:
+    np.savez_compressed(tmp, frames_u8=frames_u8, prompt_mask=prompt_mask)
+  with atomic_path(os.path.join(args.out, f"{args.policy}.npz"), suffix=".npz") as tmp:
+    np.savez_compressed(tmp, **arrays)
   man = {k: list(v.shape) for k, v in det_weights(args.seed).items()}
-  with open(os.path.join(args.out, "manifest_sam2.1_t.json"), "w") as f:
-    json.dump(man, f, separators=(",", ":"))
-  with open(os.path.join(args.out, f"{args.policy}.json"), "w") as f:
-    json.dump(info, f, indent=1)
+  atomic_write_text(
+    os.path.join(args.out, "manifest_sam2.1_t.json"), json.dumps(man, separators=(",", ":"))
+  )
+  atomic_write_text(os.path.join(args.out, f"{args.policy}.json"), json.dumps(info, indent=1))
   print(json.dumps({r["frame"]: [r.get("chosen"), r.get("mem_frames")] for r in info["frames"]}))
   return 0
 

@@ -247,7 +247,16 @@ class SAM2Plus(nn.Module):
     return resize_bilinear(low_res[..., None], (s, s))[..., 0]
 
   def prompt_as_output(
-    self, vision, s0, s1, mask_input, point_coords=None, point_labels=None, *, task: str
+    self,
+    vision,
+    s0,
+    s1,
+    mask_input,
+    point_coords=None,
+    point_labels=None,
+    *,
+    task: str,
+    presence_threshold: float = 0.0,
   ) -> dict:
     """Prompted frame whose prompt itself is the output (no memory, no decoding of the mask).
 
@@ -255,6 +264,8 @@ class SAM2Plus(nn.Module):
     clean-box frame, as the reference's `_use_box_as_output`) or the Gaussian heatmap in [0,1]
     (point task). The decoder runs once, single-mask, only for the object pointer: from the
     mask (mask task), the point + heatmap (point task) or the box alone (box task).
+    presence_threshold (static): the decoder's object-score gate on that pointer (SAM 2: 0;
+    SAMURAI's min_obj_score_logits lowers it, in its _forward_sam_heads on every call).
     """
     _check_task(task)
     m = mask_input.astype(jnp.float32)
@@ -284,7 +295,12 @@ class SAM2Plus(nn.Module):
     )
     present = jnp.any(m.reshape(m.shape[0], -1) > 0, axis=1, keepdims=True)
     lam = present.astype(jnp.float32)
-    obj_ptr = lam * ptr_out["obj_ptr"] + (1.0 - lam) * self.no_obj_ptr
+    ptr = ptr_out["obj_ptr"]
+    if float(presence_threshold) != 0.0:
+      tokens = ptr_out["raw"]["sam_tokens_out"][:, :1]  # the single-mask token
+      score = ptr_out["object_score_logits"]
+      ptr = self.candidate_pointers(tokens, score, float(presence_threshold))[:, 0]
+    obj_ptr = lam * ptr + (1.0 - lam) * self.no_obj_ptr
     return {
       "low_res_masks": low,
       "high_res_masks": high,

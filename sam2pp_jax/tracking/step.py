@@ -227,6 +227,7 @@ def _decode(
       prompt.point_coords,
       prompt.point_labels,
       task=task,
+      presence_threshold=memory.presence_threshold,  # SAMURAI: its gate on every pointer
     )
     m = int(model.config.decoder.num_multimask_outputs)
     pad = lambda a: jnp.pad(a, [(0, 0), (0, m - 1)] + [(0, 0)] * (a.ndim - 2))

@@ -466,6 +466,7 @@ def _track(tiny, masks, policy=TINY, **kw):
   )
 
 
+@pytest.mark.slow  # ~20 s of tracking; CI runs it (make test-slow)
 def test_tracking_objects_independent_and_drm_used(tiny):
   both = _track(tiny, tiny[3])
   st = both["bank"].policy_state

@@ -309,6 +309,7 @@ def test_one_pathway_admitting_every_frame_is_sam2(setup):
   assert got["pathway_parents"].shape == (T, 2, 1)
 
 
+@pytest.mark.slow  # ~20 s of tracking; CI runs it (make test-slow)
 def test_always_confident_pathways_stay_one(setup):
   """uncertainty < 0 (every frame confident): the K pathways, identical after the first
   tracked frame, keep (p, best) for every p, so the result is one pathway's."""
@@ -318,6 +319,7 @@ def test_always_confident_pathways_stay_one(setup):
   assert many["low_res_mask_logits"].shape == one["low_res_mask_logits"].shape
 
 
+@pytest.mark.slow  # ~20 s of tracking; CI runs it (make test-slow)
 def test_objects_are_independent(setup):
   """Per-object pathways: two objects tracked together == each alone (uncertain frames, so the
   pathways diverge and the backtrack matters)."""
