@@ -1,4 +1,6 @@
 """`python -m sam2pp_jax.parity [--components] FIXTURE.npz [...]`: parity against PyTorch.
+`python -m sam2pp_jax.parity live --checkpoint X.pt --video PATH --task T --prompt P ...`: the
+same checks live against the official predictor on your checkpoint and video (`live --help`).
 
 --components: recompute every frame0/* and frame1/* dump block by block (one line per array).
 Without it: the end-to-end tracker comparison of outputs/* (provided by the tracker).
@@ -13,12 +15,16 @@ import time
 
 import jax
 
+from sam2pp_jax.parity import live
 from sam2pp_jax.parity.components import NEEDS_TRACKER, ComponentChecker
 from sam2pp_jax.parity.end_to_end import check_end_to_end
 from sam2pp_jax.parity.fixture import load_fixture
 
 
 def main(argv=None) -> int:
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if argv[:1] == ["live"]:
+    return live.main(argv[1:])
   ap = argparse.ArgumentParser(
     prog="python -m sam2pp_jax.parity",
     description=__doc__,

@@ -95,11 +95,13 @@ def compare(name: str, got, ref, rel_tol: float) -> Row:
 class ComponentChecker:
   """Holds a fixture, its model and params, and jitted block functions."""
 
-  def __init__(self, fx: Fixture, rel_tol: float = 2e-4):
+  def __init__(self, fx: Fixture, rel_tol: float = 2e-4, model=None, params=None):
     self.fx = fx
     self.rel_tol = rel_tol
     self.task = fx.task
-    self.model, self.params = model_and_params(fx)
+    if model is None:
+      model, params = model_and_params(fx)
+    self.model, self.params = model, params
     self.S = fx.image_size
     self.hw = tuple(int(v) for v in fx["inputs/video_hw"])
     self.frames = fx.frames()

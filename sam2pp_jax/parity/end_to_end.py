@@ -42,13 +42,16 @@ def fixture_prompt(fx: Fixture) -> dict:
   return {"points_xy": xy, "point_labels": lab}
 
 
-def scan_path(fx: Fixture, model=None, params=None, chunk: int = 4) -> dict:
-  """outputs/* names -> arrays in the reference layout, from `track_video` (object 0)."""
+def scan_path(fx: Fixture, model=None, params=None, chunk: int = 4, progress=None) -> dict:
+  """outputs/* names -> arrays in the reference layout, from `track_video` (object 0).
+  `progress(frame)` is called as frames complete."""
   if model is None:
     model, params = model_and_params(fx)
   frames = fx.frames().transpose(0, 2, 3, 1)
   hw = tuple(int(v) for v in fx["inputs/video_hw"])
-  r = track_video(model, params, frames, hw, fx.task, fixture_prompt(fx), chunk=chunk)
+  r = track_video(
+    model, params, frames, hw, fx.task, fixture_prompt(fx), chunk=chunk, progress=progress
+  )
   out = {
     "video_res_mask_logits": r["video_res_mask_logits"][:, 0],
     "low_res_mask_logits": r["low_res_mask_logits"][:, 0],
@@ -66,8 +69,9 @@ def scan_path(fx: Fixture, model=None, params=None, chunk: int = 4) -> dict:
   return {f"outputs/{k}": v for k, v in out.items()}
 
 
-def predictor_path(fx: Fixture, model=None, params=None, chunk: int = 4) -> dict:
-  """outputs/* from the interactive VideoPredictor: prompt on frame 0, propagate forward."""
+def predictor_path(fx: Fixture, model=None, params=None, chunk: int = 4, progress=None) -> dict:
+  """outputs/* from the interactive VideoPredictor: prompt on frame 0, propagate forward.
+  `progress(frame)` is called as frames complete."""
   if model is None:
     model, params = model_and_params(fx)
   frames = fx.frames().transpose(0, 2, 3, 1)
@@ -91,6 +95,8 @@ def predictor_path(fx: Fixture, model=None, params=None, chunk: int = 4) -> dict
   rows = {}
   for f, _, masks, info in pred.propagate_in_video(state, with_info=True):
     rows[f] = (masks[0], info, pred.frame_output(state, f, 1))
+    if progress is not None:
+      progress(f)
   ts = sorted(rows)
   get = lambda fn: np.stack([fn(*rows[t]) for t in ts])
   out = {

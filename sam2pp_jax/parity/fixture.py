@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pathlib
@@ -10,9 +11,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from sam2pp_jax.convert.torch_reader import extract_state_dict, read_torch_checkpoint
+from sam2pp_jax.io.atomic import atomic_path
 from sam2pp_jax.parity import det_init
 
 PARITY_ENV = "SAM2PP_PARITY_DIR"
+WEIGHTS_PREFIX = "weights/"  # embedded state-dict tensors of a `parity live --save` fixture
 # Large maps are stored as strided spot checks named "X[...,::k,::k]".
 SPOT_CHECK = re.compile(r"^(?P<base>.*)\[\.\.\.,::(?P<k>\d+),::(?P=k)\]$")
 
@@ -77,10 +81,56 @@ class Fixture:
     raise KeyError(f"{self.path}: no inputs/frames nor inputs/frames_u8 + inputs/frames_lut")
 
   def state_dict(self) -> dict:
-    """Deterministic reference weights rebuilt from the fixture's own manifest."""
+    """The reference's weights: embedded `weights/*` arrays, else the checkpoint file named in
+    info["weights"] (sha256-checked), else rebuilt from the manifest by the det_init rule."""
     if self._weights is None:
-      self._weights = det_init.det_state_dict(self.manifest, self.base_seed)
+      emb = {
+        k[len(WEIGHTS_PREFIX) :]: v for k, v in self.arrays.items() if k.startswith("weights/")
+      }
+      ref = self.info.get("weights") or {}
+      if emb:
+        self._weights = {k: emb[k] for k in self.manifest}
+      elif ref.get("kind") == "checkpoint":
+        self._weights = _checkpoint_weights(self.path, ref)
+      else:
+        self._weights = det_init.det_state_dict(self.manifest, self.base_seed)
     return self._weights
+
+
+def file_sha256(path) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      h.update(block)
+  return h.hexdigest()
+
+
+def _checkpoint_weights(fixture_path, ref: dict) -> dict:
+  """The state dict of the checkpoint a live fixture refers to, after checking it is that file."""
+  path = ref.get("path", "")
+  if not os.path.isfile(path):
+    raise ValueError(
+      f"{fixture_path}: its weights are the checkpoint {path!r}, which is not there; put the file "
+      "back, or re-export the fixture with `parity live ... --save F --embed-weights`"
+    )
+  got = file_sha256(path)
+  if got != ref.get("sha256"):
+    raise ValueError(
+      f"{fixture_path}: checkpoint {path} has sha256 {got[:12]}... but the fixture was recorded "
+      f"with {str(ref.get('sha256'))[:12]}...; the file changed: re-record the fixture"
+    )
+  return extract_state_dict(read_torch_checkpoint(path), path)
+
+
+def save_fixture(path, arrays: dict) -> pathlib.Path:
+  """Write a fixture .npz (flat names -> arrays) atomically: a temp file beside it, then rename."""
+  path = pathlib.Path(path)
+  if path.suffix != ".npz":
+    raise ValueError(f"{path}: a parity fixture is an .npz file; name it *.npz")
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as f:
+    np.savez(f, **arrays)
+  return path
 
 
 def load_fixture(path) -> Fixture:

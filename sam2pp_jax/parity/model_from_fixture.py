@@ -7,6 +7,7 @@ import ast
 import ml_collections
 
 from sam2pp_jax.convert import key_map
+from sam2pp_jax.convert.sources import detect_source, fill_missing, sam2_to_sam2pp
 from sam2pp_jax.model.presets import get_model_config
 from sam2pp_jax.model.sam2pp import SAM2Plus, build_model, param_shapes
 from sam2pp_jax.parity.fixture import Fixture
@@ -62,10 +63,16 @@ def config_from_overrides(overrides: list[str], base: str = "b+") -> ml_collecti
 
 
 def model_and_params(fx: Fixture) -> tuple[SAM2Plus, dict]:
-  """(model, params) for a fixture: structure from its overrides, weights from its manifest."""
-  cfg = config_from_overrides(fx.overrides)
+  """(model, params) for a fixture: structure from its preset (live fixtures; B+ otherwise) and
+  overrides, weights from its state dict (a SAM 2.x one brought into our layout as the converter
+  does)."""
+  cfg = config_from_overrides(fx.overrides, base=fx.config.get("preset", "b+"))
   if int(cfg.image_size) != fx.image_size:
     raise ValueError(f"{fx.path}: config image_size {cfg.image_size} != info {fx.image_size}")
   model = build_model(cfg)
-  params = key_map.torch_to_flax(fx.state_dict(), template=param_shapes(model))
+  template = param_shapes(model)
+  sd = fx.state_dict()
+  if detect_source(sd.keys()) == "sam2":
+    sd, _ = fill_missing(sam2_to_sam2pp(sd), key_map.reference_keys(template), 0)
+  params = key_map.torch_to_flax(sd, template=template)
   return model, params
