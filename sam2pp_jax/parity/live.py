@@ -52,6 +52,7 @@ from sam2pp_jax.parity.fixture import WEIGHTS_PREFIX, Fixture, file_sha256, save
 from sam2pp_jax.parity.model_from_fixture import config_from_overrides, model_and_params
 from sam2pp_jax.progress import Progress
 from sam2pp_jax.tracking import cli as track_cli
+from sam2pp_jax.tracking import prompts
 
 PATH_PRODUCERS = {"predictor": predictor_path, "scan": scan_path}
 # Block order along one frame: the first of these out of tolerance is "the first diverging block".
@@ -65,10 +66,13 @@ BLOCK_ORDER = (
   "memory_encoder",
 )
 EMBED_AUTO_BYTES = 64 << 20  # --save embeds weights up to this size unless told otherwise
-# Reference in torch.autocast(bfloat16) vs our float32: bf16 has 8 significant bits, and its
-# rounding runs through every block, so logits are compared at 5% of their scale and the stored
-# memory at 1/16 of its scale; decisions (presence, choice, point, visibility) must still match.
+# Reference under torch.autocast(bfloat16) vs our float32: bf16 keeps 8 significant bits and its
+# rounding runs through every block. Logits, scores, pointers and stored memory are compared at
+# 5% of max(1, max|ref|), boxes at 1% of the longer video side (measured on B+ det weights at 256:
+# <= 2% and 0.5%); binarised masks are not required to match (they move wherever logits are near
+# 0); object presence, point argmax and visibility stay exact.
 BF16_LOGIT_REL_TOL = 5e-2
+BF16_BOX_FRACTION = 1e-2
 
 
 class LiveError(ValueError):
@@ -221,12 +225,9 @@ def _parse_prompt(args, hw, model_cfg):
     if task == "box":
       box = np.asarray(track_cli.parse_box_prompt(args.prompt, hw)[0], np.float32)
       return {"box_xyxy": box}, {"inputs/prompt_box_xyxy": box}
-    groups, n = track_cli.parse_point_prompt(args.prompt, hw, 1, None)
+    xy = _point_prompt(args, hw)
   except track_cli.InputError as e:
     raise LiveError(str(e)) from None
-  if n != 1:
-    raise LiveError(f"--prompt {args.prompt!r}: give one point x,y (one object)")
-  xy = np.asarray(groups[0][2][0], np.float32)
   radius, sigma = int(model_cfg.point_gaussian_radius), float(model_cfg.point_gaussian_sigma)
   ref = {"points_xy": xy[None], "point_labels": np.ones(1, np.int32), "radius": radius}
   ref["sigma"] = sigma
@@ -237,6 +238,31 @@ def _parse_prompt(args, hw, model_cfg):
     "inputs/point_sigma": np.asarray(sigma, np.float64),
   }
   return ref, arrays
+
+
+def _point_prompt(args, hw):
+  """'x,y', or track --object-id (default 0) of a TAP-Vid npz at frame 0 -> float32 [2]."""
+  text = args.prompt
+  if not text.lower().endswith(".npz"):
+    groups, n = track_cli.parse_point_prompt(text, hw, 1, None)
+    if n != 1:
+      raise LiveError(f"--prompt {text!r}: give one point x,y (one object)")
+    return np.asarray(groups[0][2][0], np.float32)
+  if not os.path.isfile(text):
+    raise LiveError(f"--prompt {text!r}: point file does not exist")
+  try:
+    with np.load(text) as z:
+      trajs, vis = np.asarray(z["trajs_2d"], np.float64), np.asarray(z["visibs"], bool)
+  except (KeyError, OSError, ValueError) as e:
+    raise LiveError(f"--prompt {text!r}: not a TAP-Vid npz with trajs_2d/visibs ({e})") from None
+  k = 0 if args.object_id is None else args.object_id
+  if trajs.ndim != 3 or not 0 <= k < trajs.shape[1]:
+    raise LiveError(f"--prompt {text!r}: no track {k} in trajs_2d {trajs.shape}")
+  if not vis[0, k]:
+    raise LiveError(f"--prompt {text!r}: track {k} is not visible on frame 0; pick another")
+  xy = trajs[0, k]
+  track_cli._check(prompts.check_points, xy[None], None, hw)
+  return xy.astype(np.float32)
 
 
 def _overrides(args):
@@ -290,26 +316,22 @@ def _frame_rows(fx, ref_frame: dict, produced: dict, t: int, logit_tol=None):
     got = np.asarray(produced[name][t])[None]
     r = compare_array(fx, name, got, np.asarray(ref)[None])
     if logit_tol is not None and r.status == "FAIL" and leaf not in ("point_xy", "point_visible"):
-      r = _bf16_mode_row(name, leaf, got, np.asarray(ref)[None], r)
+      r = _bf16_mode_row(fx, name, leaf, got, np.asarray(ref)[None], r)
     rows[leaf] = r
   return rows
 
 
-def _bf16_mode_row(name, leaf, got, ref, row):
-  """Re-judge a float32-rule failure under the bf16-reference tolerance (decisions stay exact)."""
+def _bf16_mode_row(fx, name, leaf, got, ref, row):
+  """Re-judge a float32-rule failure under the bf16-reference tolerances (`BF16_*`); the object
+  presence stays exact (point and visibility rows are never re-judged)."""
   if leaf == "object_score_logits" and not np.array_equal(got > 0, ref > 0):
     return row
-  if leaf == "video_res_mask_logits":
-    g, r = got > 0, ref > 0
-    u = np.count_nonzero(g | r)
-    iou = 1.0 if u == 0 else np.count_nonzero(g & r) / u
-    if iou < 0.99:
-      return Row(name, "FAIL", row.max_abs, row.rel, BF16_LOGIT_REL_TOL, f"iou={iou:.4f} < 0.99")
   if leaf == "pred_box_xyxy":
-    scale = max(1.0, float(np.abs(ref).max()))
-    return Row(name, "ok" if row.max_abs <= BF16_LOGIT_REL_TOL * scale else "FAIL", row.max_abs)
-  tol = BF16_LOGIT_REL_TOL if leaf != "maskmem_features_bf16" else 1.0 / 16
-  return compare(name, got, ref, tol)
+    tol = BF16_BOX_FRACTION * max(int(v) for v in fx["inputs/video_hw"])
+    return Row(name, "ok" if row.max_abs <= tol else "FAIL", row.max_abs, row.rel, tol, "px")
+  if leaf == "pred_box_xyxy_norm":
+    return compare(name, got, ref, BF16_BOX_FRACTION)
+  return compare(name, got, ref, BF16_LOGIT_REL_TOL)
 
 
 def _our_choice(low, frame: reference_run.Frame):
@@ -414,6 +436,7 @@ def run(args) -> int:
       "no reference checkout: pass --reference-repo DIR (a clone of github.com/MCG-NJU/SAM2-Plus, "
       "or facebookresearch/sam2 for SAM 2.x checkpoints) or set SAM2PLUS_REPO"
     )
+  overrides = _overrides(args)
   repo_kind = reference_run.checkout_kind(args.reference_repo)
   sd, source, preset = _read_checkpoint(args.checkpoint)
   if source == reference_run.SAM2PLUS and repo_kind != reference_run.SAM2PLUS:
@@ -421,7 +444,6 @@ def run(args) -> int:
       f"--checkpoint {args.checkpoint} is a SAM2-Plus checkpoint but {args.reference_repo} is "
       "Meta's sam2; pass a SAM2-Plus checkout"
     )
-  overrides = _overrides(args)
   work = tempfile.mkdtemp(prefix="parity_live_")
   try:
     return _run(args, paths, sd, source, preset, overrides, work, t_start)
@@ -453,7 +475,7 @@ def _run(args, paths, sd, source, preset, overrides, work, t_start) -> int:
   hw = ref.video_hw
   frames = ref.frames_nchw()
   report = {
-    "command": "python -m sam2pp_jax.parity live " + " ".join(sys.argv[2:] or []),
+    "command": "python -m sam2pp_jax.parity live " + " ".join(args.argv),
     "checkpoint": {"path": os.path.abspath(args.checkpoint), "source": source, "preset": preset},
     "reference": {
       "repo": os.path.abspath(args.reference_repo),
@@ -471,13 +493,27 @@ def _run(args, paths, sd, source, preset, overrides, work, t_start) -> int:
     "image_size": S,
     "task": task,
     "tolerances": {
-      "logits_rel": LOGIT_REL_TOL if args.reference_dtype == "float32" else BF16_LOGIT_REL_TOL,
+      "logits_rel": LOGIT_REL_TOL,
       "mask_iou_min": MASK_IOU_MIN,
       "box_px": BOX_PX_TOL,
       "memory_bf16_flip_fraction": BF16_FLIP_FRACTION,
       "blocks_rel": args.rel_tol,
+    }
+    if args.reference_dtype == "float32"
+    else {
+      "reference": "torch.autocast(cpu, bfloat16)",
+      "logits_scores_pointers_memory_rel": BF16_LOGIT_REL_TOL,
+      "box_fraction_of_longer_side": BF16_BOX_FRACTION,
+      "exact": ["object presence", "point argmax", "visibility"],
+      "blocks_rel": args.rel_tol,
     },
   }
+  if args.reference_dtype == "bfloat16":
+    print(
+      f"bfloat16 reference: logits/scores/pointers/memory within {BF16_LOGIT_REL_TOL:g} x "
+      f"max(1, max|ref|), boxes within {BF16_BOX_FRACTION:g} x the longer video side; presence, "
+      "point argmax and visibility exact; binarised masks and result files reported only"
+    )
   # 1. preprocessing: our loader on the same files vs what the reference model consumed
   ours_u8 = load_video(frame_dir).frames
   ours_frames = preprocess(ours_u8, S).transpose(0, 3, 1, 2)
@@ -585,6 +621,7 @@ def _run(args, paths, sd, source, preset, overrides, work, t_start) -> int:
         r
         if r.status == "ok"
         else _bf16_mode_row(
+          fx,
           r.name,
           r.name.split("/")[-1],
           produced[pname][r.name.split("] ")[1]],
@@ -620,11 +657,18 @@ def _run(args, paths, sd, source, preset, overrides, work, t_start) -> int:
       task, os.path.join(out_dir, f"ours_{pname}"), name, frame_names, hw, ours
     )
     cmp = live_files.compare_files(task, ref_files, our_files)
+    judged = args.reference_dtype == "float32"
+    cmp["judged"] = judged
     report["files"][pname] = cmp
-    print(
-      f"{'ok  ' if cmp['ok'] else 'FAIL'} [{pname}] result files: {cmp['what']}: {cmp['detail']}"
-    )
-    ok_all &= cmp["ok"]
+    tag = ("ok  " if cmp["ok"] else "FAIL") if judged else "info"
+    print(f"{tag} [{pname}] result files: {cmp['what']}: {cmp['detail']}")
+    if judged:
+      ok_all &= cmp["ok"]
+    elif not cmp["ok"]:
+      print(
+        "     (bfloat16 reference: values at the threshold move with bf16 rounding; the files are "
+        "reported, the per-frame rows above judge)"
+      )
 
   # 6. blocks on the first diverging frame
   if args.blocks:
@@ -713,7 +757,9 @@ def _save(args, fx, arrays, sd, report):
 
 
 def main(argv=None) -> int:
+  argv = sys.argv[2:] if argv is None else list(argv)
   args = build_parser().parse_args(argv)
+  args.argv = argv
   try:
     return run(args)
   except (LiveError, reference_run.ReferenceError) as e:

@@ -288,8 +288,18 @@ class ReferencePredictor:
         f"the reference could not load {checkpoint} with config {self.config_file}: "
         f"{str(e).splitlines()[0]} ... (pass the matching --config-file)"
       ) from None
+    self._quiet_progress()
     self.image_size = int(self.pred.image_size)
     self.recorder = Recorder(self.pred, self.kind, task)
+
+  def _quiet_progress(self):
+    """The reference's own tqdm bars (frame loading, propagation) would interleave with ours: the
+    module attribute `tqdm` of its predictor and loader is set to a pass-through (a runtime
+    attribute, the code is untouched); `parity live` draws one bar per side instead."""
+    for mod in ("sam2_plus.sam2_video_predictor", "sam2.sam2_video_predictor", "sam2.utils.misc"):
+      m = sys.modules.get(mod)
+      if m is not None and hasattr(m, "tqdm"):
+        m.tqdm = lambda it, *a, **k: it
 
   def _autocast(self):
     import contextlib
