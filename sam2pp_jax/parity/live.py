@@ -656,7 +656,7 @@ def _run(args, paths, sd, source, preset, overrides, work, t_start) -> int:
     our_files = live_files.write_our_files(
       task, os.path.join(out_dir, f"ours_{pname}"), name, frame_names, hw, ours
     )
-    cmp = live_files.compare_files(task, ref_files, our_files)
+    cmp = live_files.compare_files(task, ref_files, our_files, ref_out, LOGIT_REL_TOL, BOX_PX_TOL)
     judged = args.reference_dtype == "float32"
     cmp["judged"] = judged
     report["files"][pname] = cmp

@@ -23,10 +23,11 @@ from conftest import get_fixture
 
 from sam2pp_jax.data.synthetic import generate_video
 from sam2pp_jax.io.png import save_palette_png
-from sam2pp_jax.parity import live, reference_run
+from sam2pp_jax.parity import live, live_files, reference_run
 from sam2pp_jax.parity.components import ComponentChecker
 from sam2pp_jax.parity.det_init import det_state_dict
 from sam2pp_jax.parity.fixture import Fixture, file_sha256, load_fixture, save_fixture
+from sam2pp_jax.tracking import outputs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -247,3 +248,40 @@ def test_live_perturbed_memory_attention_fails_and_blocks_name_it(bplus_case, tm
   assert rc == 1 and not r["ok"]
   assert r["first_diverging_frame"] == 1  # frame 0 reads no memory
   assert r["blocks"]["first_block"] == "memory_attention"
+
+
+def test_result_files_differ_only_where_float_noise_decides(tmp_path):
+  """Mask PNGs may differ only at pixels whose reference logit is within the logit tolerance of 0,
+  box integers only by one at reference values within the box tolerance of an integer."""
+  logits = np.full((2, 6, 8), -5.0, np.float32)
+  logits[:, 2:4, 2:6] = 5.0
+  logits[1, 0, 0] = 1e-4  # a float-noise pixel: the reference says object, ours may not
+  ref = {"video_res_mask_logits": logits}
+  names = ["a.jpg", "b.jpg"]
+  rdir, odir = tmp_path / "r", tmp_path / "o"
+
+  def write(d, lg):
+    ids = [outputs.ids_from_logits(m[None], [1]) for m in lg]
+    return {"masks": outputs.write_mask_dir(d, names, ids)}
+
+  r = write(rdir, logits)
+  noisy = logits.copy()
+  noisy[1, 0, 0] = -1e-4
+  assert live_files.compare_files("mask", r, write(odir, noisy), ref, 2e-3, 0.05)["ok"]
+  wrong = noisy.copy()
+  wrong[0, 2, 2] = -5.0
+  c = live_files.compare_files("mask", r, write(tmp_path / "o2", wrong), ref, 2e-3, 0.05)
+  assert not c["ok"] and "1 beyond" in c["detail"]
+
+  boxes = np.asarray([[10.0, 20.0, 30.99, 40.5], [1.5, 2.5, 3.5, 4.5]], np.float32)
+  rb, ob = tmp_path / "r.txt", tmp_path / "o.txt"
+  outputs.write_box_txt(rb, outputs.xyxy_to_xywh_int(boxes))
+  near = boxes.copy()
+  near[0, 2] = 31.01  # w = 21.01 vs 20.99: reference value within 0.05 of 21
+  outputs.write_box_txt(ob, outputs.xyxy_to_xywh_int(near))
+  ref_b = {"pred_box_xyxy": boxes}
+  assert live_files.compare_files("box", {"boxes": rb}, {"boxes": ob}, ref_b, 2e-3, 0.05)["ok"]
+  far = boxes.copy()
+  far[1, 0] = 2.6  # x = 2 vs 1: the reference's 1.5 is half a pixel from an integer
+  outputs.write_box_txt(ob, outputs.xyxy_to_xywh_int(far))
+  assert not live_files.compare_files("box", {"boxes": rb}, {"boxes": ob}, ref_b, 2e-3, 0.05)["ok"]
