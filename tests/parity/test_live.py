@@ -178,21 +178,28 @@ def bplus_case(tmp_path_factory):
 
 
 def _run_live(d, task, prompt, *extra):
-  return live.main(
-    [
-      "--checkpoint",
-      str(d / "bplus_det0.pt"),
-      "--video",
-      str(d / "frames"),
-      "--task",
-      task,
-      "--prompt",
-      prompt,
-      "--reference-repo",
-      os.environ["SAM2PLUS_REPO"],
-      *extra,
-    ]
-  )
+  """`python -m sam2pp_jax.parity live ...` in a subprocess (the b+ compiles and the reference
+  leave with it, so the three tasks do not pile up in the test process's memory)."""
+  cmd = [
+    sys.executable,
+    "-m",
+    "sam2pp_jax.parity",
+    "live",
+    "--checkpoint",
+    str(d / "bplus_det0.pt"),
+    "--video",
+    str(d / "frames"),
+    "--task",
+    task,
+    "--prompt",
+    prompt,
+    "--reference-repo",
+    os.environ["SAM2PLUS_REPO"],
+    *extra,
+  ]
+  r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+  print(r.stdout[-6000:], r.stderr[-3000:])
+  return r.returncode
 
 
 NO_TORCH = (
