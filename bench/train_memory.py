@@ -33,6 +33,7 @@ def main(argv=None):
   ap.add_argument("--frames", type=int, default=8)
   ap.add_argument("--devices", type=int, default=0, help="fake CPU devices (sets XLA_FLAGS)")
   ap.add_argument("--no-compile", action="store_true", help="stop after lowering")
+  ap.add_argument("--dtype", default=None, choices=("float32", "bfloat16"), help="compute_dtype")
   a = parse_args(ap, argv, SMOKE)
   if a.devices:
     os.environ["XLA_FLAGS"] = (
@@ -42,14 +43,15 @@ def main(argv=None):
   import jax.numpy as jnp
 
   from configs.train import get_config
-  from sam2pp_jax.model.sam2pp import build_model
   from sam2pp_jax.train import trainer
 
   cfg = get_config(a.config)
   cfg.data.global_batch = a.batch
   cfg.data.num_frames = a.frames
   mesh = trainer.make_mesh(cfg.mesh)
-  model = build_model(cfg.model)
+  if a.dtype:
+    cfg.compute_dtype = a.dtype
+  model = trainer.build_train_model(cfg)
   s = int(cfg.model.image_size)
   o = 1 if a.task == "box" else int(cfg.data.max_objects)
 
@@ -63,7 +65,7 @@ def main(argv=None):
 
   abstract_state = jax.eval_shape(make_state, jax.random.key(0))
   tx = holder["tx"]
-  state_sh = trainer.state_shardings(abstract_state, mesh)
+  state_sh = trainer.state_shardings(abstract_state, mesh, cfg.mesh)
   f32, b = jnp.float32, a.batch
   sds = jax.ShapeDtypeStruct
   batch = {

@@ -42,6 +42,12 @@ def test_helpers_are_not_scripts():
   assert "_reference.py" not in _scripts() and "propagate.py" in _scripts()
 
 
+def test_train_input_is_a_smoke_script():
+  """bench/train_input.py (input pipeline: steps/s and data wait) is collected with --smoke."""
+  assert "train_input.py" in _scripts()
+  assert "--smoke" in (BENCH / "train_input.py").read_text(encoding="utf-8")
+
+
 @pytest.mark.parametrize("script", _scripts())
 def test_smoke(script):
   path = BENCH / script

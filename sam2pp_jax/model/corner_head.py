@@ -9,11 +9,13 @@ out with a soft-argmax.  Layer names follow the reference `conv(...)` blocks:
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sam2pp_jax.model.layers import conv2d
+from sam2pp_jax.model.layers import conv2d, dot_f32
 
 
 class FrozenBatchNorm(nn.Module):
@@ -60,9 +62,10 @@ class PyramidCornerHead(nn.Module):
   channel: int = 256
   stride: int = 4
   bn_eps: float = 1e-5
+  dtype: Any = None  # the convs' computation dtype; score maps and soft-argmax are float32
 
   def _cbr(self, x, features: int, name: str):
-    x = conv2d(features, 3, padding=1, name=f"{name}_0")(x)
+    x = conv2d(features, 3, padding=1, name=f"{name}_0", dtype=self.dtype)(x)
     x = FrozenBatchNorm(self.bn_eps, name=f"{name}_1")(x)
     return jax.nn.relu(x)
 
@@ -98,7 +101,7 @@ class PyramidCornerHead(nn.Module):
     maps = []
     for corner in ("tl", "br"):
       feat = self._branch(corner, feat_s0, feat_s1, feat_s16)
-      maps.append(jnp.einsum("bnc,bhwc->bnhw", hyper_in, feat))
+      maps.append(dot_f32("bnc,bhwc->bnhw", hyper_in, feat))
     scores = jnp.stack(maps, axis=2)  # [B, N, 2, H, W]
     corners = soft_argmax_xy(scores, float(self.stride))  # [B, N, 2, 2]
     boxes = corners.reshape(*corners.shape[:2], 4) / jnp.float32(img_size)

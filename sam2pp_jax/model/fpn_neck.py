@@ -6,7 +6,7 @@ the LOWEST-resolution level, matching the reference's top-down loop order.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -48,10 +48,12 @@ class _Lateral(nn.Module):
   kernel_size: int
   stride: int
   padding: int
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x):
-    return conv2d(self.features, self.kernel_size, self.stride, self.padding, name="conv")(x)
+    k, s, p = self.kernel_size, self.stride, self.padding
+    return conv2d(self.features, k, s, p, name="conv", dtype=self.dtype)(x)
 
 
 class FpnNeck(nn.Module):
@@ -69,6 +71,7 @@ class FpnNeck(nn.Module):
   fuse_type: str = "sum"
   fpn_top_down_levels: tuple[int, ...] | None = None
   num_pos_feats: int | None = None  # sine encoding width; None -> d_model
+  dtype: Any = None  # the laterals' computation dtype (top-down sums stay float32, as torch's)
 
   @nn.compact
   def __call__(self, xs: Sequence):
@@ -83,7 +86,12 @@ class FpnNeck(nn.Module):
     prev = None
     for i in range(n - 1, -1, -1):
       lateral = _Lateral(
-        self.d_model, self.kernel_size, self.stride, self.padding, name=f"convs_{n - 1 - i}"
+        self.d_model,
+        self.kernel_size,
+        self.stride,
+        self.padding,
+        self.dtype,
+        name=f"convs_{n - 1 - i}",
       )(xs[i])
       if i in top_down and prev is not None:
         prev = lateral + upsample2x(prev.astype(jnp.float32), self.fpn_interp_model)

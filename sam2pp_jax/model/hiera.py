@@ -8,14 +8,14 @@ interpolation are resolved in Python from the input shape.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sam2pp_jax.model.layers import MLP, conv2d, gelu, layer_norm
+from sam2pp_jax.model.layers import MLP, conv2d, dot_f32, gelu, layer_norm
 
 _LN_EPS = 1e-6
 
@@ -144,10 +144,12 @@ class PatchEmbed(nn.Module):
   kernel_size: int = 7
   stride: int = 4
   padding: int = 3
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x):
-    return conv2d(self.embed_dim, self.kernel_size, self.stride, self.padding, name="proj")(x)
+    k, s, p = self.kernel_size, self.stride, self.padding
+    return conv2d(self.embed_dim, k, s, p, name="proj", dtype=self.dtype)(x)
 
 
 class MultiScaleAttention(nn.Module):
@@ -163,13 +165,14 @@ class MultiScaleAttention(nn.Module):
   num_heads: int
   q_stride: tuple[int, int] | None = None
   window_size: int = 0
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x, out_hw: tuple[int, int]):
     b, h, w, _ = x.shape
     nh = self.num_heads
     hd = self.dim_out // nh
-    dense = nn.Dense(3 * self.dim_out, name="qkv")
+    dense = nn.Dense(3 * self.dim_out, dtype=self.dtype, name="qkv")
     qkv = dense(x)
     window = self.window_size
     if window > 0:
@@ -191,8 +194,9 @@ class MultiScaleAttention(nn.Module):
     q = q.reshape(bw, hh * ww, nh, hd)
     k = k.reshape(bw, -1, nh, hd)
     v = v.reshape(bw, -1, nh, hd)
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * jnp.asarray(1.0 / math.sqrt(hd), x.dtype)
-    attn = jax.nn.softmax(logits, axis=-1)
+    # scores and softmax in float32, as a fused (flash) attention keeps them under autocast
+    logits = dot_f32("bqhd,bkhd->bhqk", q, k) * jnp.float32(1.0 / math.sqrt(hd))
+    attn = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     out = jnp.einsum("bhqk,bkhd->bqhd", attn, v).reshape(bw, hh, ww, self.dim_out)
     if window > 0:
       # Queries were pooled: windows shrank and the map now has the shortcut's size.
@@ -200,7 +204,7 @@ class MultiScaleAttention(nn.Module):
       oh, ow = out_hw
       pad_hw = (oh + (-oh) % win, ow + (-ow) % win)
       out = window_unpartition(out, win, pad_hw, (oh, ow))
-    return nn.Dense(self.dim_out, name="proj")(out)
+    return nn.Dense(self.dim_out, dtype=self.dtype, name="proj")(out)
 
 
 class MultiScaleBlock(nn.Module):
@@ -213,13 +217,14 @@ class MultiScaleBlock(nn.Module):
   drop_path: float = 0.0
   q_stride: tuple[int, int] | None = None
   window_size: int = 0
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x, deterministic: bool = True):
     shortcut = x
-    x = layer_norm(_LN_EPS, name="norm1")(x)
+    x = layer_norm(_LN_EPS, name="norm1", dtype=self.dtype)(x)
     if self.dim != self.dim_out:
-      shortcut = nn.Dense(self.dim_out, name="proj")(x)
+      shortcut = nn.Dense(self.dim_out, dtype=self.dtype, name="proj")(x)
       if self.q_stride:
         shortcut = max_pool(shortcut, self.q_stride)
     if self.q_stride:
@@ -227,13 +232,14 @@ class MultiScaleBlock(nn.Module):
     else:
       out_hw = x.shape[1:3]
     x = MultiScaleAttention(
-      self.dim_out, self.num_heads, self.q_stride, self.window_size, name="attn"
+      self.dim_out, self.num_heads, self.q_stride, self.window_size, self.dtype, name="attn"
     )(x, out_hw)
 
     drop = nn.Dropout(self.drop_path, broadcast_dims=(1, 2, 3), name="drop_path")
     x = shortcut + drop(x, deterministic=deterministic)
-    y = layer_norm(_LN_EPS, name="norm2")(x)
-    y = MLP(int(self.dim_out * self.mlp_ratio), self.dim_out, 2, activation=gelu, name="mlp")(y)
+    y = layer_norm(_LN_EPS, name="norm2", dtype=self.dtype)(x)
+    hidden = int(self.dim_out * self.mlp_ratio)
+    y = MLP(hidden, self.dim_out, 2, activation=gelu, dtype=self.dtype, name="mlp")(y)
     return x + drop(y, deterministic=deterministic)
 
 
@@ -255,6 +261,7 @@ class Hiera(nn.Module):
   window_spec: tuple[int, ...] = (8, 4, 14, 7)
   global_att_blocks: tuple[int, ...] | None = (12, 16, 20)
   return_interm_layers: bool = True
+  dtype: Any = None  # computation dtype (None: float32, nothing cast)
 
   def _specs(self):
     return hiera_block_specs(
@@ -290,7 +297,7 @@ class Hiera(nn.Module):
 
   @nn.compact
   def __call__(self, x, deterministic: bool = True) -> list:
-    x = PatchEmbed(self.embed_dim, name="patch_embed")(x)
+    x = PatchEmbed(self.embed_dim, dtype=self.dtype, name="patch_embed")(x)
     x = x + self._pos_embed(x.shape[1:3]).astype(x.dtype)
     specs, ends = self._specs()
     rates = np.linspace(0.0, self.drop_path_rate, len(specs), dtype=np.float32)
@@ -303,6 +310,7 @@ class Hiera(nn.Module):
         drop_path=float(rates[i]),
         q_stride=q_stride,
         window_size=window,
+        dtype=self.dtype,
         name=f"blocks_{i}",
       )(x, deterministic)
       if i == ends[-1] or (i in ends and self.return_interm_layers):

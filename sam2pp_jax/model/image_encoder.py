@@ -6,6 +6,8 @@ fusion on levels 2 and 3 with nearest upsampling, scalp 1).
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 
 from sam2pp_jax.model.fpn_neck import FpnNeck
@@ -39,6 +41,7 @@ class ImageEncoder(nn.Module):
   fuse_type: str = "sum"
   # wrapper
   scalp: int = 1
+  dtype: Any = None  # computation dtype (None: float32, nothing cast)
 
   def _trunk(self) -> Hiera:
     return Hiera(
@@ -53,6 +56,7 @@ class ImageEncoder(nn.Module):
       window_pos_embed_bkg_spatial_size=tuple(self.window_pos_embed_bkg_spatial_size),
       window_spec=tuple(self.window_spec),
       global_att_blocks=(None if self.global_att_blocks is None else tuple(self.global_att_blocks)),
+      dtype=self.dtype,
       name="trunk",
     )
 
@@ -73,6 +77,7 @@ class ImageEncoder(nn.Module):
       fpn_top_down_levels=(
         None if self.fpn_top_down_levels is None else tuple(self.fpn_top_down_levels)
       ),
+      dtype=self.dtype,
       name="neck",
     )
     features, pos = neck(trunk(images, deterministic))

@@ -2,12 +2,16 @@
 
 Names of sub-modules follow the reference state-dict names so that the key map in
 `sam2pp_jax.convert.key_map` is a mechanical translation (index `N` -> suffix `_N`).
+
+Mixed precision follows flax's convention: a module's `dtype` is the dtype its matmuls,
+convolutions and outputs compute in, while params stay float32 (`param_dtype`). `dtype=None`
+casts nothing, so the float32 path is exactly the code without a dtype.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -19,9 +23,42 @@ def gelu(x):
   return jax.nn.gelu(x, approximate=False)
 
 
-def layer_norm(eps: float, name: str | None = None) -> nn.LayerNorm:
-  """LayerNorm that computes the variance as mean((x-mean)^2), like torch."""
-  return nn.LayerNorm(epsilon=eps, use_fast_variance=False, name=name)
+def cast(x, dtype):
+  """x in the computation dtype; None leaves it as it is (the float32 path casts nothing)."""
+  return x if dtype is None else x.astype(dtype)
+
+
+def dot_f32(spec: str, a, b):
+  """einsum(spec, a, b) with a float32 result (attention scores, mask logits). For bf16 a, b
+  the backward rounds the incoming gradient to bf16, so the gradient matmuls run in bf16 too,
+  as a fused attention's backward does; float32 operands take the plain einsum."""
+  if jnp.result_type(a, b) == jnp.float32:
+    return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
+  return _dot_f32_low(spec, a, b)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _dot_f32_low(spec, a, b):
+  return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
+
+
+def _dot_f32_fwd(spec, a, b):
+  return _dot_f32_low(spec, a, b), (a, b)
+
+
+def _dot_f32_bwd(spec, res, g):
+  a, b = res
+  _, vjp = jax.vjp(lambda x, y: jnp.einsum(spec, x, y), a, b)
+  return vjp(g.astype(jnp.result_type(a, b)))
+
+
+_dot_f32_low.defvjp(_dot_f32_fwd, _dot_f32_bwd)
+
+
+def layer_norm(eps: float, name: str | None = None, dtype: Any = None) -> nn.LayerNorm:
+  """LayerNorm that computes the variance as mean((x-mean)^2), like torch. Its statistics and
+  normalisation run in float32 whatever `dtype` (the output's dtype) is, as under autocast."""
+  return nn.LayerNorm(epsilon=eps, use_fast_variance=False, dtype=dtype, name=name)
 
 
 def torch_bias_init(fan_in: int):
@@ -43,12 +80,14 @@ class MLP(nn.Module):
   num_layers: int
   activation: Callable = jax.nn.relu
   sigmoid_output: bool = False
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x):
     for i in range(self.num_layers):
       last = i == self.num_layers - 1
-      x = nn.Dense(self.output_dim if last else self.hidden_dim, name=f"layers_{i}")(x)
+      features = self.output_dim if last else self.hidden_dim
+      x = nn.Dense(features, dtype=self.dtype, name=f"layers_{i}")(x)
       if not last:
         x = self.activation(x)
     if self.sigmoid_output:
@@ -63,9 +102,11 @@ class ConvTranspose2x2(nn.Module):
   """
 
   features: int
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x):
+    x = cast(x, self.dtype)
     cin = x.shape[-1]
     kernel = self.param("kernel", nn.initializers.lecun_normal(), (2, 2, cin, self.features))
     bias = self.param("bias", torch_bias_init(4 * cin), (self.features,))
@@ -84,9 +125,11 @@ class DepthwiseConv2d(nn.Module):
   features: int
   kernel_size: int = 7
   padding: int = 3
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x):
+    x = cast(x, self.dtype)
     k, p = self.kernel_size, self.padding
     c = x.shape[-1]
     if c != self.features:
@@ -95,14 +138,16 @@ class DepthwiseConv2d(nn.Module):
     bias = self.param("bias", torch_bias_init(k * k), (c,))
     _, h, w, _ = x.shape
     ho, wo = h + 2 * p - k + 1, w + 2 * p - k + 1
-    xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
-    kernel = kernel.astype(x.dtype)
+    # the K*K-term sum accumulates in at least float32 (a bf16 running sum would round 49x)
+    acc = jnp.promote_types(x.dtype, jnp.float32)
+    xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0))).astype(acc)
+    kernel = kernel.astype(acc)
     out = None
     for i in range(k):
       for j in range(k):
         term = xp[:, i : i + ho, j : j + wo, :] * kernel[i, j, 0]
         out = term if out is None else out + term
-    return out + bias.astype(x.dtype)
+    return (out + bias.astype(acc)).astype(x.dtype)
 
 
 def _conv_native(x, kernel, stride: int, padding: int):
@@ -164,9 +209,11 @@ class Conv2d(nn.Module):
   kernel_size: int
   stride: int = 1
   padding: int = 0
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x):
+    x = cast(x, self.dtype)
     k, s, p = self.kernel_size, self.stride, self.padding
     cin = x.shape[-1]
     kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, k, cin, self.features))
@@ -194,6 +241,7 @@ def conv2d(
   padding: int = 0,
   groups: int = 1,
   name: str | None = None,
+  dtype: Any = None,
 ) -> nn.Module:
   """A torch-style Conv2d (symmetric integer padding) in NHWC; grouped ones use `nn.Conv`."""
   if groups != 1:
@@ -203,6 +251,7 @@ def conv2d(
       strides=(stride, stride),
       padding=((padding, padding), (padding, padding)),
       feature_group_count=groups,
+      dtype=dtype,
       name=name,
     )
-  return Conv2d(features, kernel_size, stride, padding, name=name)
+  return Conv2d(features, kernel_size, stride, padding, dtype=dtype, name=name)

@@ -11,14 +11,14 @@ long as spatial memories are masked frame by frame (RoPE positions repeat per fr
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sam2pp_jax.model.layers import layer_norm
+from sam2pp_jax.model.layers import dot_f32, layer_norm
 from sam2pp_jax.model.position_encoding import apply_rope, axial_rope_tables
 
 # torch.nn.LayerNorm default epsilon (the memory-attention norms use it).
@@ -70,6 +70,7 @@ class RoPEAttention(nn.Module):
   dropout: float = 0.1
   rope_theta: float = 10000.0
   rope_k_repeat: bool = False
+  dtype: Any = None
 
   @nn.compact
   def __call__(
@@ -86,9 +87,9 @@ class RoPEAttention(nn.Module):
     if internal % self.num_heads:
       raise ValueError("num_heads must divide the internal dim")
     hd = internal // self.num_heads
-    q = nn.Dense(internal, name="q_proj")(q)
-    k = nn.Dense(internal, name="k_proj")(k)
-    v = nn.Dense(internal, name="v_proj")(v)
+    q = nn.Dense(internal, dtype=self.dtype, name="q_proj")(q)
+    k = nn.Dense(internal, dtype=self.dtype, name="k_proj")(k)
+    v = nn.Dense(internal, dtype=self.dtype, name="v_proj")(v)
 
     def heads(x):  # [B, N, C] -> [B, H, N, hd]
       b, n, _ = x.shape
@@ -105,7 +106,8 @@ class RoPEAttention(nn.Module):
     q = apply_rope(q.astype(jnp.float32), cos, sin).astype(q.dtype)
     k = apply_rope(k.astype(jnp.float32), cos_k, sin_k).astype(k.dtype)
 
-    logits = jnp.einsum("bhqd,bhkd->bhqk", q, k) / jnp.sqrt(jnp.asarray(hd, q.dtype))
+    # scores and softmax in float32 (as a fused attention keeps them under autocast)
+    logits = dot_f32("bhqd,bhkd->bhqk", q, k) / jnp.sqrt(jnp.asarray(hd, jnp.float32))
     if key_mask is not None:
       valid = key_mask[:, None, None, :]
       logits = jnp.where(valid, logits, jnp.finfo(logits.dtype).min)
@@ -116,7 +118,7 @@ class RoPEAttention(nn.Module):
     out = jnp.einsum("bhqk,bhkd->bhqd", probs, v)
     b = out.shape[0]
     out = out.transpose(0, 2, 1, 3).reshape(b, nq, internal)
-    return nn.Dense(self.embedding_dim, name="out_proj")(out)
+    return nn.Dense(self.embedding_dim, dtype=self.dtype, name="out_proj")(out)
 
 
 class MemoryAttentionLayer(nn.Module):
@@ -130,6 +132,7 @@ class MemoryAttentionLayer(nn.Module):
   pos_enc_at_attn: bool = False
   pos_enc_at_cross_attn_keys: bool = True
   pos_enc_at_cross_attn_queries: bool = False
+  dtype: Any = None
 
   @nn.compact
   def __call__(
@@ -151,16 +154,18 @@ class MemoryAttentionLayer(nn.Module):
       dropout=self.dropout,
       rope_theta=self.rope_theta,
       rope_k_repeat=repeat,
+      dtype=self.dtype,
       name=name,
     )
+    norm = lambda name: layer_norm(TORCH_LN_EPS, name=name, dtype=self.dtype)
 
-    x = layer_norm(TORCH_LN_EPS, name="norm1")(tgt)
+    x = norm("norm1")(tgt)
     qk = x + query_pos if self.pos_enc_at_attn else x
     tgt = tgt + drop(
       attn("self_attn", False)(qk, qk, x, feat_hw=feat_hw, deterministic=deterministic)
     )
 
-    x = layer_norm(TORCH_LN_EPS, name="norm2")(tgt)
+    x = norm("norm2")(tgt)
     q = x + query_pos if self.pos_enc_at_cross_attn_queries else x
     k = memory + memory_pos if self.pos_enc_at_cross_attn_keys else memory
     if key_scale is not None:  # SAM2Long: per-token key factors (values stay unscaled)
@@ -177,9 +182,9 @@ class MemoryAttentionLayer(nn.Module):
       )
     )
 
-    x = layer_norm(TORCH_LN_EPS, name="norm3")(tgt)
-    x = jax.nn.relu(nn.Dense(self.dim_feedforward, name="linear1")(x))
-    x = nn.Dense(self.d_model, name="linear2")(drop(x))
+    x = norm("norm3")(tgt)
+    x = jax.nn.relu(nn.Dense(self.dim_feedforward, dtype=self.dtype, name="linear1")(x))
+    x = nn.Dense(self.d_model, dtype=self.dtype, name="linear2")(drop(x))
     return tgt + drop(x)
 
 
@@ -199,6 +204,7 @@ class MemoryAttention(nn.Module):
   pos_enc_at_attn: bool = False
   pos_enc_at_cross_attn_keys: bool = True
   pos_enc_at_cross_attn_queries: bool = False
+  dtype: Any = None  # computation dtype (None: float32, nothing cast)
 
   @nn.compact
   def __call__(
@@ -230,6 +236,7 @@ class MemoryAttention(nn.Module):
         pos_enc_at_attn=self.pos_enc_at_attn,
         pos_enc_at_cross_attn_keys=self.pos_enc_at_cross_attn_keys,
         pos_enc_at_cross_attn_queries=self.pos_enc_at_cross_attn_queries,
+        dtype=self.dtype,
         name=f"layers_{i}",
       )(
         x,
@@ -242,4 +249,4 @@ class MemoryAttention(nn.Module):
         deterministic=deterministic,
         key_scale=key_scale,
       )
-    return layer_norm(TORCH_LN_EPS, name="norm")(x)
+    return layer_norm(TORCH_LN_EPS, name="norm", dtype=self.dtype)(x)

@@ -8,6 +8,7 @@ encoder applies no sigmoid of its own unless `apply_sigmoid` is set.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -28,19 +29,22 @@ class MaskDownSampler(nn.Module):
   stride: int = 2
   padding: int = 1
   total_stride: int = 16
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x):
+    dt = self.dtype
     num_layers = int(math.log2(self.total_stride) // math.log2(self.stride))
     if self.stride**num_layers != self.total_stride:
       raise ValueError("total_stride must be a power of stride")
     chans, idx = 1, 0
     for _ in range(num_layers):
       chans *= self.stride**2
-      x = conv2d(chans, self.kernel_size, self.stride, self.padding, name=f"encoder_{idx}")(x)
-      x = gelu(layer_norm(1e-6, name=f"encoder_{idx + 1}")(x))
+      k, s, p = self.kernel_size, self.stride, self.padding
+      x = conv2d(chans, k, s, p, name=f"encoder_{idx}", dtype=dt)(x)
+      x = gelu(layer_norm(1e-6, name=f"encoder_{idx + 1}", dtype=dt)(x))
       idx += 3
-    return conv2d(self.embed_dim, 1, name=f"encoder_{idx}")(x)
+    return conv2d(self.embed_dim, 1, name=f"encoder_{idx}", dtype=dt)(x)
 
 
 class CXBlock(nn.Module):
@@ -51,16 +55,18 @@ class CXBlock(nn.Module):
   padding: int = 3
   layer_scale_init_value: float = 1e-6
   use_dwconv: bool = True
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x):
+    dt = self.dtype
     if self.use_dwconv:
-      y = DepthwiseConv2d(self.dim, self.kernel_size, self.padding, name="dwconv")(x)
+      y = DepthwiseConv2d(self.dim, self.kernel_size, self.padding, dt, name="dwconv")(x)
     else:
-      y = conv2d(self.dim, self.kernel_size, padding=self.padding, name="dwconv")(x)
-    y = layer_norm(1e-6, name="norm")(y)
-    y = nn.Dense(4 * self.dim, name="pwconv1")(y)
-    y = nn.Dense(self.dim, name="pwconv2")(gelu(y))
+      y = conv2d(self.dim, self.kernel_size, padding=self.padding, name="dwconv", dtype=dt)(x)
+    y = layer_norm(1e-6, name="norm", dtype=dt)(y)
+    y = nn.Dense(4 * self.dim, dtype=dt, name="pwconv1")(y)
+    y = nn.Dense(self.dim, dtype=dt, name="pwconv2")(gelu(y))
     if self.layer_scale_init_value > 0:
       gamma = self.param(
         "gamma", nn.initializers.constant(self.layer_scale_init_value), (self.dim,)
@@ -74,11 +80,12 @@ class Fuser(nn.Module):
 
   dim: int = 256
   num_layers: int = 2
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x):
     for i in range(self.num_layers):
-      x = CXBlock(self.dim, name=f"layers_{i}")(x)
+      x = CXBlock(self.dim, dtype=self.dtype, name=f"layers_{i}")(x)
     return x
 
 
@@ -96,6 +103,7 @@ class MemoryEncoder(nn.Module):
   ds_padding: int = 1
   ds_total_stride: int = 16
   apply_sigmoid: bool = False
+  dtype: Any = None  # computation dtype (None: float32, nothing cast)
 
   @nn.compact
   def __call__(self, pix_feat, masks):
@@ -107,12 +115,14 @@ class MemoryEncoder(nn.Module):
       self.ds_stride,
       self.ds_padding,
       self.ds_total_stride,
+      self.dtype,
       name="mask_downsampler",
     )(masks)
-    x = conv2d(self.in_dim, 1, name="pix_feat_proj")(pix_feat.astype(masks.dtype))
-    x = Fuser(self.in_dim, self.fuser_layers, name="fuser")(x + masks)
+    dt = self.dtype
+    x = conv2d(self.in_dim, 1, name="pix_feat_proj", dtype=dt)(pix_feat.astype(masks.dtype))
+    x = Fuser(self.in_dim, self.fuser_layers, dt, name="fuser")(x + masks)
     if self.out_dim != self.in_dim:
-      x = conv2d(self.out_dim, 1, name="out_proj")(x)
+      x = conv2d(self.out_dim, 1, name="out_proj", dtype=dt)(x)
     b, h, w, c = x.shape
     pos = jnp.asarray(sine_position_encoding(h, w, c), x.dtype)
     return x, jnp.broadcast_to(pos[None], (b, h, w, c))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -46,6 +48,7 @@ class PromptEncoder(nn.Module):
   input_image_size: tuple[int, int] = (1024, 1024)
   mask_in_chans: int = 16
   num_point_embeddings: int = 4
+  dtype: Any = None  # the mask path's computation dtype; point/box encodings stay float32
 
   def setup(self):
     self.pe_layer = PositionEmbeddingRandom(self.embed_dim // 2)
@@ -54,11 +57,12 @@ class PromptEncoder(nn.Module):
     self.no_mask_embed = nn.Embed(1, self.embed_dim)
     # Reference Sequential slots: 0 conv, 1 LayerNorm2d, 2 GELU, 3 conv, 4 LayerNorm2d, 5 GELU,
     # 6 conv.
-    self.mask_downscaling_0 = conv2d(self.mask_in_chans // 4, 2, stride=2)
-    self.mask_downscaling_1 = layer_norm(1e-6)
-    self.mask_downscaling_3 = conv2d(self.mask_in_chans, 2, stride=2)
-    self.mask_downscaling_4 = layer_norm(1e-6)
-    self.mask_downscaling_6 = conv2d(self.embed_dim, 1)
+    dt = self.dtype
+    self.mask_downscaling_0 = conv2d(self.mask_in_chans // 4, 2, stride=2, dtype=dt)
+    self.mask_downscaling_1 = layer_norm(1e-6, dtype=dt)
+    self.mask_downscaling_3 = conv2d(self.mask_in_chans, 2, stride=2, dtype=dt)
+    self.mask_downscaling_4 = layer_norm(1e-6, dtype=dt)
+    self.mask_downscaling_6 = conv2d(self.embed_dim, 1, dtype=dt)
 
   @property
   def mask_input_size(self) -> tuple[int, int]:

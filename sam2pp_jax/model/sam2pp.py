@@ -4,6 +4,11 @@ Every entry point takes `task` ("mask" | "box" | "point") as a static Python arg
 the active memory encoder / memory attention / decoder head is traced. Parameter names equal the
 reference state dict (see `sam2pp_jax.convert.key_map`). The tracker (tracking/) strings these
 steps together; this file only holds the per-frame math.
+
+Mixed precision (`build_model(..., compute_dtype="bfloat16")`, training): params stay float32;
+matmuls, convolutions and activations run in bf16, while LayerNorm statistics, attention scores
+and softmax, RoPE, and everything the heads return (mask / IoU / score logits, boxes, pointers)
+are float32, where the reference's torch.autocast keeps float32 or casts back (`.float()`).
 """
 
 from __future__ import annotations
@@ -15,8 +20,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from sam2pp_jax.model import lora
 from sam2pp_jax.model.image_encoder import ImageEncoder
-from sam2pp_jax.model.layers import MLP, conv2d
+from sam2pp_jax.model.layers import MLP, cast, conv2d
 from sam2pp_jax.model.memory_attention import MemoryAttention
 from sam2pp_jax.model.memory_encoder import MemoryEncoder
 from sam2pp_jax.model.position_encoding import sine_encode_1d
@@ -27,6 +33,8 @@ from sam2pp_jax.model.unified_decoder import UnifiedDecoder
 
 NO_OBJ_SCORE = -1024.0  # logits written where the object is judged absent
 MASK_OUT_SCALE, MASK_OUT_BIAS = 20.0, -10.0  # binary mask -> +-10 logits
+# compute_dtype names -> the modules' dtype (None: float32 params and inputs, nothing cast)
+COMPUTE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
 
 
 def _check_task(task: str) -> None:
@@ -42,6 +50,7 @@ class SAM2Plus(nn.Module):
   """The whole SAM 2++ parameter tree and its per-frame computations."""
 
   config: ml_collections.FrozenConfigDict
+  dtype: Any = None  # computation dtype of every submodule (see the module docstring)
 
   # ------------------------------------------------------------------------------------------
   # construction
@@ -50,6 +59,7 @@ class SAM2Plus(nn.Module):
     c = self.config
     validate_model_config(c)
     s, d, m = int(c.image_size), int(c.hidden_dim), int(c.mem_dim)
+    dt = self.dtype
     self.image_encoder = ImageEncoder(
       embed_dim=c.trunk.embed_dim,
       num_heads=c.trunk.num_heads,
@@ -67,12 +77,14 @@ class SAM2Plus(nn.Module):
       fpn_top_down_levels=tuple(c.neck.fpn_top_down_levels),
       fpn_interp_model=c.neck.fpn_interp_model,
       scalp=c.scalp,
+      dtype=dt,
     )
     self.sam_prompt_encoder = PromptEncoder(
       embed_dim=d,
       image_embedding_size=(s // 16, s // 16),
       input_image_size=(s, s),
       mask_in_chans=c.decoder.mask_in_chans,
+      dtype=dt,
     )
     self.sam_unified_decoder = UnifiedDecoder(
       transformer_dim=d,
@@ -85,6 +97,7 @@ class SAM2Plus(nn.Module):
       transformer_mlp_dim=c.decoder.transformer_mlp_dim,
       attention_downsample_rate=c.decoder.attention_downsample_rate,
       box_head_inner_dim=c.decoder.box_head_inner_dim,
+      dtype=dt,
     )
     ma, me = c.memory_attention, c.memory_encoder
     for t in TASKS:
@@ -99,6 +112,7 @@ class SAM2Plus(nn.Module):
           dropout=ma.dropout,
           num_heads=ma.num_heads,
           rope_theta=ma.rope_theta,
+          dtype=dt,
         ),
       )
       setattr(
@@ -112,11 +126,12 @@ class SAM2Plus(nn.Module):
           ds_stride=me.mask_stride,
           ds_padding=me.mask_padding,
           ds_total_stride=me.mask_total_stride,
+          dtype=dt,
         ),
       )
-    self.obj_ptr_proj = MLP(d, d, 3)
-    self.obj_ptr_tpos_proj = nn.Dense(m)
-    self.mask_downsample = conv2d(1, 4, stride=4)
+    self.obj_ptr_proj = MLP(d, d, 3, dtype=dt)
+    self.obj_ptr_tpos_proj = nn.Dense(m, dtype=dt)
+    self.mask_downsample = conv2d(1, 4, stride=4, dtype=dt)
     self.maskmem_tpos_enc = self.param(
       "maskmem_tpos_enc", _trunc_normal(), (c.num_maskmem, 1, 1, m)
     )
@@ -124,6 +139,12 @@ class SAM2Plus(nn.Module):
     self.no_mem_pos_enc = self.param("no_mem_pos_enc", _trunc_normal(), (1, 1, d))
     self.no_obj_ptr = self.param("no_obj_ptr", _trunc_normal(), (1, d))
     self.no_obj_embed_spatial = self.param("no_obj_embed_spatial", _trunc_normal(), (1, m))
+
+  def apply(self, variables, *args, **kwargs):
+    """Module.apply that also runs LoRA factors attached to a layer's params (training with
+    peft's dropout, model/lora.py); plain params are untouched."""
+    with nn.intercept_methods(lora.forward_interceptor):
+      return super().apply(variables, *args, **kwargs)
 
   @property
   def image_size(self) -> int:
@@ -142,14 +163,15 @@ class SAM2Plus(nn.Module):
     """images [B,S,S,3] (normalised) -> features for one task.
 
     Returns dict: vision [B,S/16,S/16,C] (raw level 2, shared by tasks), vision_pos (its sine
-    PE), s0 [B,S/4,S/4,C/8] and s1 [B,S/8,S/8,C/4] (task-projected high-res levels).
-    deterministic=False applies the trunk's drop-path (training; needs a "dropout" rng).
+    PE), s0 [B,S/4,S/4,C/8] and s1 [B,S/8,S/8,C/4] (task-projected high-res levels), all in
+    the computation dtype. deterministic=False applies the trunk's drop-path (training; needs a
+    "dropout" rng).
     """
     _check_task(task)
     out = self.image_encoder(images, deterministic)
     fpn, pos = out["backbone_fpn"], out["vision_pos_enc"]
     s0, s1 = self.sam_unified_decoder.project_high_res_features(fpn[0], fpn[1], task)
-    return {
+    feats = {
       "vision": fpn[-1],
       "vision_pos": pos[-1],
       "s0": s0,
@@ -157,6 +179,8 @@ class SAM2Plus(nn.Module):
       "fpn0": fpn[0],
       "fpn1": fpn[1],
     }
+    # one dtype for every level (the neck's top-down sums are float32, as torch's)
+    return {k: cast(v, self.dtype) for k, v in feats.items()}
 
   # ------------------------------------------------------------------------------------------
   # prompts + decoder
@@ -178,7 +202,7 @@ class SAM2Plus(nn.Module):
     vision [B,h,w,C] is the (memory-conditioned) S/16 embedding; points [B,P,2] in model pixels
     with labels [B,P] (None -> one not-a-point token); mask_prompt [B,H',W',1] logits or None.
     multimask_output may be a traced bool (training): then M candidates are always returned,
-    the single-mask case as M copies of candidate 0.
+    the single-mask case as M copies of candidate 0. Every returned array but `raw` is float32.
     """
     _check_task(task)
     b = vision.shape[0]
@@ -200,13 +224,14 @@ class SAM2Plus(nn.Module):
       multimask_output=multimask_output,
       repeat_image=False,
     )
-    obj_logit = dec["object_score_logits"]  # [B,1]
+    f32 = lambda a: None if a is None else a.astype(jnp.float32)  # as the reference's .float()
+    obj_logit = f32(dec["object_score_logits"])  # [B,1]
     is_obj = obj_logit > 0
-    masks = jnp.where(is_obj[:, :, None, None], dec["masks"], NO_OBJ_SCORE)
-    boxes = dec["boxes"]
+    masks = jnp.where(is_obj[:, :, None, None], f32(dec["masks"]), NO_OBJ_SCORE)
+    boxes = f32(dec["boxes"])
     if boxes is not None:
       boxes = jnp.where(is_obj[:, :, None], boxes, 0.0)
-    ious = dec["iou_pred"]
+    ious = f32(dec["iou_pred"])
     tokens = dec["sam_tokens_out"]
     if not isinstance(multimask_output, bool) or multimask_output:
       # (a traced multimask_output gives M padded candidates; see the decoder)
@@ -219,7 +244,7 @@ class SAM2Plus(nn.Module):
       best = jnp.zeros((b,), jnp.int32)
       low_res, box, token = masks, boxes, tokens[:, 0]
     lam = is_obj.astype(jnp.float32)
-    obj_ptr = self.obj_ptr_proj(token)
+    obj_ptr = f32(self.obj_ptr_proj(token))
     obj_ptr = lam * obj_ptr + (1.0 - lam) * self.no_obj_ptr
     return {
       "multi_masks": masks,  # [B,M,S/4,S/4]
@@ -239,7 +264,8 @@ class SAM2Plus(nn.Module):
     (SAM 2 uses 0; SAMURAI's min_obj_score_logits lowers it): [B,M,C]. A memory policy
     that picks a candidate other than the decoder's best takes its pointer from here."""
     lam = (object_score_logits > threshold).astype(jnp.float32)[:, :, None]  # [B,1,1]
-    return lam * self.obj_ptr_proj(tokens) + (1.0 - lam) * self.no_obj_ptr
+    ptr = self.obj_ptr_proj(tokens).astype(jnp.float32)
+    return lam * ptr + (1.0 - lam) * self.no_obj_ptr
 
   def upsample_to_image(self, low_res):
     """[B,h,w] logits -> [B,S,S] (bilinear, align_corners=False, no antialias)."""
@@ -329,7 +355,8 @@ class SAM2Plus(nn.Module):
   ):
     """Memory attention: [B,h,w,C] frame features attend to [B,M,Cm] memory tokens.
     deterministic=False applies its dropout (training; needs a "dropout" rng). key_scale
-    [B,M]: optional per-token factors of the cross-attention keys (SAM2Long)."""
+    [B,M]: optional per-token factors of the cross-attention keys (SAM2Long). Returns the
+    conditioned features in the computation dtype."""
     _check_task(task)
     b, h, w, c = vision.shape
     out = self._memory_attention(task)(
@@ -346,8 +373,9 @@ class SAM2Plus(nn.Module):
     return out.reshape(b, h, w, c)
 
   def no_memory_features(self, vision):
-    """Initial conditioning frame without a mask prompt: add the learned no-memory embedding."""
-    return vision + self.no_mem_embed[0]
+    """Initial conditioning frame without a mask prompt: add the learned no-memory embedding
+    (in the computation dtype, like the memory route's features)."""
+    return cast(vision + self.no_mem_embed[0], self.dtype)
 
   def encode_memory(
     self, vision, high_res_logits, object_score_logits, *, task: str, binarize: bool = False
@@ -410,12 +438,20 @@ class SAM2Plus(nn.Module):
     return outs
 
 
-def build_model(config: ml_collections.ConfigDict | str) -> SAM2Plus:
-  """A SAM2Plus module from a preset name or a model ConfigDict."""
+def build_model(
+  config: ml_collections.ConfigDict | str, compute_dtype: str = "float32"
+) -> SAM2Plus:
+  """A SAM2Plus module from a preset name or a model ConfigDict. compute_dtype "bfloat16" is
+  mixed precision (float32 params, bf16 compute; see the module docstring); "float32" (inference
+  and parity) casts nothing."""
+  if compute_dtype not in COMPUTE_DTYPES:
+    raise ValueError(
+      f"compute_dtype must be one of {', '.join(COMPUTE_DTYPES)}, got {compute_dtype!r}"
+    )
   if isinstance(config, str):
     config = get_model_config(config)
   validate_model_config(config)
-  return SAM2Plus(ml_collections.FrozenConfigDict(config))
+  return SAM2Plus(ml_collections.FrozenConfigDict(config), COMPUTE_DTYPES[compute_dtype])
 
 
 def param_shapes(model: SAM2Plus) -> Any:

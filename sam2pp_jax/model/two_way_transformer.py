@@ -6,19 +6,21 @@ Tokens are [B, N, C]; the image enters as an NHWC map and leaves as [B, h*w, C] 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sam2pp_jax.model.layers import MLP, layer_norm
+from sam2pp_jax.model.layers import MLP, dot_f32, layer_norm
 
 
 def scaled_dot_product_attention(q, k, v):
-  """softmax(q k^T / sqrt(d)) v over [B, heads, N, d] arrays (no mask, no dropout)."""
+  """softmax(q k^T / sqrt(d)) v over [B, heads, N, d] arrays (no mask, no dropout). Scores and
+  softmax are float32 whatever the inputs' dtype (as a fused attention keeps them)."""
   scale = 1.0 / math.sqrt(q.shape[-1])
-  logits = jnp.einsum("bhqd,bhkd->bhqk", q, k) * jnp.asarray(scale, q.dtype)
-  weights = jax.nn.softmax(logits, axis=-1)
+  logits = dot_f32("bhqd,bhkd->bhqk", q, k)
+  weights = jax.nn.softmax(logits * jnp.float32(scale), axis=-1).astype(v.dtype)
   return jnp.einsum("bhqk,bhkd->bhqd", weights, v)
 
 
@@ -28,15 +30,16 @@ class Attention(nn.Module):
   embedding_dim: int
   num_heads: int
   downsample_rate: int = 1
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, q, k, v):
     internal = self.embedding_dim // self.downsample_rate
     if internal % self.num_heads:
       raise ValueError(f"num_heads {self.num_heads} must divide the internal dim {internal}")
-    q = nn.Dense(internal, name="q_proj")(q)
-    k = nn.Dense(internal, name="k_proj")(k)
-    v = nn.Dense(internal, name="v_proj")(v)
+    q = nn.Dense(internal, dtype=self.dtype, name="q_proj")(q)
+    k = nn.Dense(internal, dtype=self.dtype, name="k_proj")(k)
+    v = nn.Dense(internal, dtype=self.dtype, name="v_proj")(v)
 
     def split(x):
       b, n, c = x.shape
@@ -45,7 +48,7 @@ class Attention(nn.Module):
     out = scaled_dot_product_attention(split(q), split(k), split(v))
     b, h, n, d = out.shape
     out = out.transpose(0, 2, 1, 3).reshape(b, n, h * d)
-    return nn.Dense(self.embedding_dim, name="out_proj")(out)
+    return nn.Dense(self.embedding_dim, dtype=self.dtype, name="out_proj")(out)
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -56,29 +59,31 @@ class TwoWayAttentionBlock(nn.Module):
   mlp_dim: int = 2048
   attention_downsample_rate: int = 2
   skip_first_layer_pe: bool = False
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, queries, keys, query_pe, key_pe):
-    d, nh, r = self.embedding_dim, self.num_heads, self.attention_downsample_rate
+    d, nh, r, dt = self.embedding_dim, self.num_heads, self.attention_downsample_rate, self.dtype
+    norm = lambda name: layer_norm(1e-5, name=name, dtype=dt)
     if self.skip_first_layer_pe:
-      queries = Attention(d, nh, name="self_attn")(queries, queries, queries)
+      queries = Attention(d, nh, dtype=dt, name="self_attn")(queries, queries, queries)
     else:
       q = queries + query_pe
-      queries = queries + Attention(d, nh, name="self_attn")(q, q, queries)
-    queries = layer_norm(1e-5, name="norm1")(queries)
+      queries = queries + Attention(d, nh, dtype=dt, name="self_attn")(q, q, queries)
+    queries = norm("norm1")(queries)
 
     q = queries + query_pe
     k = keys + key_pe
-    queries = queries + Attention(d, nh, r, name="cross_attn_token_to_image")(q, k, keys)
-    queries = layer_norm(1e-5, name="norm2")(queries)
+    queries = queries + Attention(d, nh, r, dt, name="cross_attn_token_to_image")(q, k, keys)
+    queries = norm("norm2")(queries)
 
-    queries = queries + MLP(self.mlp_dim, d, 2, name="mlp")(queries)
-    queries = layer_norm(1e-5, name="norm3")(queries)
+    queries = queries + MLP(self.mlp_dim, d, 2, dtype=dt, name="mlp")(queries)
+    queries = norm("norm3")(queries)
 
     q = queries + query_pe
     k = keys + key_pe
-    keys = keys + Attention(d, nh, r, name="cross_attn_image_to_token")(k, q, queries)
-    keys = layer_norm(1e-5, name="norm4")(keys)
+    keys = keys + Attention(d, nh, r, dt, name="cross_attn_image_to_token")(k, q, queries)
+    keys = norm("norm4")(keys)
     return queries, keys
 
 
@@ -90,6 +95,7 @@ class TwoWayTransformer(nn.Module):
   num_heads: int = 8
   mlp_dim: int = 2048
   attention_downsample_rate: int = 2
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, image_embedding, image_pe, point_embedding):
@@ -105,6 +111,7 @@ class TwoWayTransformer(nn.Module):
         self.mlp_dim,
         self.attention_downsample_rate,
         skip_first_layer_pe=(i == 0),
+        dtype=self.dtype,
         name=f"layers_{i}",
       )(queries, keys, point_embedding, key_pe)
     q = queries + point_embedding
@@ -113,7 +120,8 @@ class TwoWayTransformer(nn.Module):
       self.embedding_dim,
       self.num_heads,
       self.attention_downsample_rate,
+      self.dtype,
       name="final_attn_token_to_image",
     )(q, k, keys)
-    queries = layer_norm(1e-5, name="norm_final_attn")(queries)
+    queries = layer_norm(1e-5, name="norm_final_attn", dtype=self.dtype)(queries)
     return queries, keys

@@ -9,11 +9,13 @@ static, so only the active head is traced.  Maps are NHWC, tokens [B, N, C].
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax.numpy as jnp
 
 from sam2pp_jax.model.corner_head import PyramidCornerHead, soft_argmax_xy
-from sam2pp_jax.model.layers import MLP, ConvTranspose2x2, conv2d, gelu, layer_norm
+from sam2pp_jax.model.layers import MLP, ConvTranspose2x2, cast, conv2d, dot_f32, gelu, layer_norm
 from sam2pp_jax.model.presets import TASKS
 from sam2pp_jax.model.two_way_transformer import TwoWayTransformer
 
@@ -44,13 +46,14 @@ class UnifiedDecoder(nn.Module):
   attention_downsample_rate: int = 2
   box_head_inner_dim: int = 256
   box_head_bn_eps: float = 1e-5
+  dtype: Any = None  # computation dtype (None: float32, nothing cast); mask logits stay f32
 
   @property
   def num_mask_tokens(self) -> int:
     return self.num_multimask_outputs + 1
 
   def setup(self):
-    d = self.transformer_dim
+    d, dt = self.transformer_dim, self.dtype
     if self.image_size % 16:
       raise ValueError(f"image_size must be a multiple of 16, got {self.image_size}")
     if self.box_head_inner_dim // 8 != d // 8:
@@ -64,6 +67,7 @@ class UnifiedDecoder(nn.Module):
       num_heads=self.transformer_num_heads,
       mlp_dim=self.transformer_mlp_dim,
       attention_downsample_rate=self.attention_downsample_rate,
+      dtype=dt,
     )
     self.obj_score_token = nn.Embed(1, d)
     self.iou_token = nn.Embed(1, d)
@@ -73,22 +77,27 @@ class UnifiedDecoder(nn.Module):
       self.num_mask_tokens,
       self.iou_head_depth,
       sigmoid_output=self.iou_prediction_use_sigmoid,
+      dtype=dt,
     )
-    self.pred_obj_score_head = MLP(d, 1, 3)
+    self.pred_obj_score_head = MLP(d, 1, 3, dtype=dt)
     # Per-task heads, registered under the reference names (setattr keeps the exact names).
     for t in TASKS:
-      setattr(self, f"conv_s0_{t}", conv2d(d // 8, 1))
-      setattr(self, f"conv_s1_{t}", conv2d(d // 4, 1))
-      setattr(self, f"output_upscaling_{t}_0", ConvTranspose2x2(d // 4))
-      setattr(self, f"output_upscaling_{t}_1", layer_norm(1e-6))
-      setattr(self, f"output_upscaling_{t}_3", ConvTranspose2x2(d // 8))
+      setattr(self, f"conv_s0_{t}", conv2d(d // 8, 1, dtype=dt))
+      setattr(self, f"conv_s1_{t}", conv2d(d // 4, 1, dtype=dt))
+      setattr(self, f"output_upscaling_{t}_0", ConvTranspose2x2(d // 4, dtype=dt))
+      setattr(self, f"output_upscaling_{t}_1", layer_norm(1e-6, dtype=dt))
+      setattr(self, f"output_upscaling_{t}_3", ConvTranspose2x2(d // 8, dtype=dt))
       setattr(
         self,
         f"output_hypernetworks_mlps_{t}",
-        [MLP(d, d // 8, 3) for _ in range(self.num_mask_tokens)],
+        [MLP(d, d // 8, 3, dtype=dt) for _ in range(self.num_mask_tokens)],
       )
     self.box_head = PyramidCornerHead(
-      inplanes=d, channel=self.box_head_inner_dim, stride=4, bn_eps=self.box_head_bn_eps
+      inplanes=d,
+      channel=self.box_head_inner_dim,
+      stride=4,
+      bn_eps=self.box_head_bn_eps,
+      dtype=dt,
     )
 
   def _head(self, name: str, task: str):
@@ -136,15 +145,17 @@ class UnifiedDecoder(nn.Module):
     tokens = jnp.concatenate(
       [out_tokens.astype(sparse_prompt_embeddings.dtype), sparse_prompt_embeddings], axis=1
     )
+    tokens = cast(tokens, self.dtype)
     if repeat_image:
       src = jnp.repeat(image_embeddings, bs, axis=0)
     else:
       if image_embeddings.shape[0] != bs:
         raise ValueError(f"image batch {image_embeddings.shape[0]} != prompt batch {bs}")
       src = image_embeddings
-    src = src + dense_prompt_embeddings
+    src = cast(src + dense_prompt_embeddings, self.dtype)
     if image_pe.shape[0] != 1:
       raise ValueError("image_pe must have batch size 1 (from get_dense_pe)")
+    image_pe = cast(image_pe, self.dtype)
     b, h, w, _ = src.shape
 
     hs, src_tokens = self.transformer(src, image_pe, tokens)
@@ -158,7 +169,8 @@ class UnifiedDecoder(nn.Module):
     hyper_in = jnp.stack(
       [mlps[i](mask_tokens_out[:, i]) for i in range(self.num_mask_tokens)], axis=1
     )
-    masks = jnp.einsum("bnc,bhwc->bnhw", hyper_in, upscaled)
+    # mask logits accumulate into float32 (the loss and the 4x upsampling read them)
+    masks = dot_f32("bnc,bhwc->bnhw", hyper_in, upscaled)
     boxes = None
     if task == "box":
       boxes = self.box_head(feat_s0, feat_s1, src, hyper_in)

@@ -30,10 +30,14 @@ point, the reference's one-pixel segment; the trainer draws the Gaussian targets
 [T,O,4] xyxy model pixels (0 where absent); points float32 [T,O,2] model pixels (point task, 0
 where absent); visible bool [T,O]; obj_valid bool [O]. A batch stacks them with a leading B.
 
-Pipeline: `grain.MapDataset.range(start_step, ...)` -> `.map(step -> (task, batch))` ->
-`.to_iter_dataset(ReadOptions(num_threads=0, prefetch_buffer_size=0))`; every batch is a pure
-function of (seed, step), so the iterator's index state is an exact checkpoint, and clip j of a
-step draws from SeedSequence((seed, step, j)) whatever the number of processes.
+Pipeline (grain): `MapDataset.range` over this process's clips of steps start_step, ... ->
+`.map(clip)` (one element = one clip, a pure function of (seed, step, global clip index, task);
+all clips of a step share the step's task) -> `.batch(local batch)` (one element = one step) ->
+`.to_iter_dataset(ReadOptions(num_threads, prefetch_buffer_size))` (batches built ahead in
+threads) -> optionally `.mp_prefetch(num_workers)` (in worker processes, each a slice of the
+steps). Batching before the slicing keeps every batch one step whatever the number of workers,
+and clip j of a step draws from SeedSequence((seed, step, j)) whatever the number of processes,
+so `TrainIterator`'s state is just the next step: a checkpoint valid across threads / workers.
 
 Differences from the reference (on purpose): numpy/OpenCV instead of PIL/torchvision, so
 resampling and colour blends match in kind but not bit for bit; points are moved with the exact
@@ -55,6 +59,7 @@ import cv2
 import grain
 import ml_collections
 import numpy as np
+from absl import flags as absl_flags
 
 from sam2pp_jax.data import synthetic
 from sam2pp_jax.data.formats import open_dataset
@@ -127,8 +132,12 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.box_min_pixels = 4  # BoxDataset: a box exists when its mask has >= 4 pixels
   c.clip_attempts = 4  # windows / augmentations tried per video before another video
   c.video_attempts = 32  # videos tried per clip before giving up
-  c.num_threads = 0  # grain ReadOptions: 0 = batches built in the consuming thread
-  c.prefetch_buffer_size = 0
+  # input pipeline: batches are built ahead of the trainer so the device does not wait on them
+  c.num_threads = 2  # grain ReadOptions threads building batches (0: in the training thread);
+  # per process, and per worker process when num_workers > 0
+  c.prefetch_buffer_size = 4  # batches built ahead (>= num_threads keeps them busy; 0 with 0)
+  c.num_workers = 0  # grain mp_prefetch worker processes (0: none; for a GIL-bound pipeline)
+  c.worker_buffer_size = 2  # batches each worker process keeps ready
   return c
 
 
@@ -221,8 +230,7 @@ def check_data_config(cfg) -> None:
   _num("box_min_pixels", cfg.box_min_pixels, 1)
   _num("clip_attempts", cfg.clip_attempts, 1)
   _num("video_attempts", cfg.video_attempts, 1)
-  _num("num_threads", cfg.num_threads, 0)
-  _num("prefetch_buffer_size", cfg.prefetch_buffer_size, 0)
+  _check_pipeline(cfg)
   check_task_probs(cfg.task_probs)
   _check_task_stages(cfg.get("task_stages", ()))
   if not cfg.sources:
@@ -242,6 +250,20 @@ def check_data_config(cfg) -> None:
       )
   if not set(a.affine_tasks) <= set(TASKS):
     raise ValueError(f"augment.affine_tasks must be a subset of {TASKS}, got {a.affine_tasks!r}")
+
+
+def _check_pipeline(cfg) -> None:
+  """Threads without a buffer (or a buffer without threads) would silently build nothing ahead
+  in grain; refuse them."""
+  threads = _num("num_threads", cfg.get("num_threads", 0), 0)
+  buffer = _num("prefetch_buffer_size", cfg.get("prefetch_buffer_size", 0), 0)
+  if bool(threads) != bool(buffer):
+    raise ValueError(
+      f"num_threads={threads} and prefetch_buffer_size={buffer}: both must be > 0 (batches "
+      "built ahead in threads) or both 0 (built in the training thread)"
+    )
+  _num("num_workers", cfg.get("num_workers", 0), 0)
+  _num("worker_buffer_size", cfg.get("worker_buffer_size", 1), 1)
 
 
 def _check_task_stages(stages) -> tuple:
@@ -735,6 +757,11 @@ def _local_range(cfg, process_index: int, process_count: int) -> range:
   return range(index * local, (index + 1) * local)
 
 
+def _stack(clips) -> dict:
+  """Clips stacked on a leading batch axis (make_batch and the pipeline's batches alike)."""
+  return {k: np.stack([c[k] for c in clips]) for k in CLIP_KEYS}
+
+
 def make_batch(
   seed: int, step: int, task: str, cfg, *, process_index: int = 0, process_count: int = 1
 ) -> dict:
@@ -743,62 +770,128 @@ def make_batch(
   check_data_config(cfg)
   seed, step = _num("seed", seed, 0), _num("step", step, 0)
   _check_task(task)
-  clips = [
-    _make_one(seed, step, j, task, cfg) for j in _local_range(cfg, process_index, process_count)
-  ]
-  return {k: np.stack([c[k] for c in clips]) for k in CLIP_KEYS}
+  return _stack(
+    [_make_one(seed, step, j, task, cfg) for j in _local_range(cfg, process_index, process_count)]
+  )
 
 
 # ------------------------------------------------------------------------------ grain pipeline
-class _StepToBatch(grain.transforms.Map):
-  """step -> (task, this process's batch); a pure function of the step, so grain's index-based
-  iterator state is a complete checkpoint."""
+class _IndexToClip(grain.transforms.Map):
+  """Element i = step * local + k -> (step, task, clip local_range[k] of step): a pure function
+  of the index, so grain may build elements in any thread or process, in any order."""
 
-  def __init__(self, cfg, seed: int, process_index: int, process_count: int):
-    self.cfg, self.seed = cfg, seed
-    self.process_index, self.process_count = process_index, process_count
+  def __init__(self, cfg, seed: int, local: range):
+    self.cfg, self.seed, self.local = cfg, seed, local
 
-  def map(self, step):
-    task = task_for_step(self.seed, int(step), task_probs_at(self.cfg, int(step)))
-    return task, make_batch(
-      self.seed,
-      int(step),
-      task,
-      self.cfg,
-      process_index=self.process_index,
-      process_count=self.process_count,
-    )
+  def map(self, index):
+    step, k = divmod(int(index), len(self.local))
+    task = task_for_step(self.seed, step, task_probs_at(self.cfg, step))
+    return step, task, _make_one(self.seed, step, self.local[k], task, self.cfg)
+
+
+def _collate(elements) -> Tuple[str, dict]:
+  """grain batch_fn: the clips of one step -> (task, batch)."""
+  steps = {e[0] for e in elements}
+  tasks = {e[1] for e in elements}
+  if len(steps) != 1 or len(tasks) != 1:  # the index arithmetic keeps a batch to one step
+    raise RuntimeError(f"a batch mixes steps {sorted(steps)} / tasks {sorted(tasks)}")
+  return tasks.pop(), _stack([e[2] for e in elements])
+
+
+def _check_sources_serve(cfg, start_step: int) -> None:
+  """Every curriculum stage from start_step on has a source for every task it may draw: fail at
+  construction, not thousands of steps in."""
+  edges = [int(src["steps"][0]) for src in cfg.sources if src.get("steps")]
+  for (first, stop), _ in _check_task_stages(cfg.get("task_stages", ())):
+    edges += [first, stop]
+  bounds = {start_step} | {e for e in edges if e > start_step}
+  for step in sorted(bounds):
+    for task, p in zip(TASKS, task_probs_at(cfg, step)):
+      if p > 0:
+        _task_sources(cfg, task, step)
 
 
 def make_train_dataset(
   cfg, seed: int, *, process_index: int = 0, process_count: int = 1, start_step: int = 0
 ) -> grain.IterDataset:
-  """grain IterDataset of (task, batch) for steps start_step, start_step + 1, ..."""
+  """grain IterDataset of (task, batch) for steps start_step, start_step + 1, ... (module
+  docstring: per-clip map, batch, thread prefetch, optional worker processes)."""
   check_data_config(cfg)
   seed, start_step = _num("seed", seed, 0), _num("start_step", start_step, 0)
-  _local_range(cfg, process_index, process_count)
-  edges = [int(src["steps"][0]) for src in cfg.sources if src.get("steps")]
-  for (first, stop), _ in _check_task_stages(cfg.get("task_stages", ())):
-    edges += [first, stop]
-  bounds = {start_step} | {e for e in edges if e > start_step}
-  for step in sorted(bounds):  # every curriculum stage serves every task it may draw
-    for task, p in zip(TASKS, task_probs_at(cfg, step)):
-      if p > 0:
-        _task_sources(cfg, task, step)
-  ds = grain.MapDataset.range(start_step, start_step + _NUM_STEPS)
-  ds = ds.map(_StepToBatch(cfg, seed, process_index, process_count))
+  local = _local_range(cfg, process_index, process_count)
+  _check_sources_serve(cfg, start_step)
+  n = len(local)
+  ds = grain.MapDataset.range(start_step * n, (start_step + _NUM_STEPS // n) * n)
+  ds = ds.map(_IndexToClip(cfg, seed, local))
+  # batched as a MapDataset: the worker slices of mp_prefetch are then whole steps
+  ds = ds.batch(n, drop_remainder=True, batch_fn=_collate)
   opts = grain.ReadOptions(
-    num_threads=int(cfg.num_threads), prefetch_buffer_size=int(cfg.prefetch_buffer_size)
+    num_threads=int(cfg.get("num_threads", 0)),
+    prefetch_buffer_size=int(cfg.get("prefetch_buffer_size", 0)),
   )
-  return ds.to_iter_dataset(opts)
+  out = ds.to_iter_dataset(opts)
+  workers = int(cfg.get("num_workers", 0))
+  if workers:
+    if not absl_flags.FLAGS.is_parsed():
+      # grain 0.2.18 reads an absl flag when starting workers (google/grain#1355): scripts
+      # without absl.app (tests, bench) would fail; defaults are what they would get anyway
+      absl_flags.FLAGS.mark_as_parsed()
+    out = out.mp_prefetch(
+      grain.multiprocessing.MultiprocessingOptions(
+        num_workers=workers, per_worker_buffer_size=int(cfg.get("worker_buffer_size", 1))
+      )
+    )
+  return out
+
+
+class TrainIterator:
+  """Iterator of (task, batch) per step. Every batch is a pure function of (seed, step), so the
+  state is {"next_step": n}: exact, and valid whatever the threads / workers / processes."""
+
+  def __init__(
+    self, cfg, seed: int, *, process_index: int = 0, process_count: int = 1, start_step: int = 0
+  ):
+    self._make = functools.partial(
+      make_train_dataset, cfg, seed, process_index=process_index, process_count=process_count
+    )
+    self._make(start_step=start_step)  # a bad config fails here, not at the first next()
+    self._next_step = _num("start_step", start_step, 0)
+    self._it = None  # the grain iterator, made at the first next(): workers start then
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> Tuple[str, dict]:
+    if self._it is None:
+      self._it = iter(self._make(start_step=self._next_step))
+    out = next(self._it)
+    self._next_step += 1
+    return out
+
+  def get_state(self) -> dict:
+    return {"next_step": self._next_step}
+
+  def set_state(self, state: Mapping) -> None:
+    """Continue at state's step; also reads the grain state {"next_index": n} of checkpoints
+    written before this class (an iterator from step 0, where the index is the step)."""
+    key = next((k for k in ("next_step", "next_index") if k in (state or {})), None)
+    if not isinstance(state, Mapping) or key is None:
+      raise ValueError(f"data iterator state must be {{'next_step': int}}, got {state!r}")
+    step = _num(f"data iterator state {key}", state[key], 0)
+    self.close()
+    self._next_step = step
+
+  def close(self) -> None:
+    """Stop the grain threads / worker processes (a later next() starts new ones)."""
+    if self._it is not None:
+      self._it.close()
+      self._it = None
 
 
 def make_train_iterator(
   cfg, seed: int, *, process_index: int = 0, process_count: int = 1, start_step: int = 0
-):
+) -> TrainIterator:
   """Iterator of (task, batch); `get_state()` / `set_state()` checkpoint its position exactly."""
-  return iter(
-    make_train_dataset(
-      cfg, seed, process_index=process_index, process_count=process_count, start_step=start_step
-    )
+  return TrainIterator(
+    cfg, seed, process_index=process_index, process_count=process_count, start_step=start_step
   )

@@ -16,6 +16,10 @@ Box task, clean-box conditioning frames: as the reference's `_use_box_as_output`
 (+-10 logits) is the frame's output and memory, and the clean box runs through the heads only
 for the object pointer (noisy-box and click frames take the inference path).
 
+Mixed precision (config.compute_dtype "bfloat16", `trainer.build_train_model`): the model
+computes in bf16 with float32 params; the clip's frame features are kept in bf16, and the heads
+return float32 logits, scores and pointers, so the loss inputs and the memory bank are float32.
+
 Known differences from the reference (documented, not hidden):
   * peft's LoRA dropout is not modelled (LoRA factors are merged before the apply);
   * stored memories are bf16-rounded as in the tracker (MemoryBank), a straight-through cast.

@@ -276,7 +276,8 @@ def multistep_loss(
 ) -> dict:
   """The reference's per-task training loss for one clip, summed over frames and steps.
 
-  outputs (float logits, stacked over frames T and prediction steps S):
+  outputs (float logits of any float dtype, read as float32; stacked over frames T and
+  prediction steps S):
     multistep_pred_multimasks_high_res  [T, S, N, M, H, W]
     multistep_pred_ious                 [T, S, N, M]
     multistep_object_score_logits       [T, S, N, 1]

@@ -1,7 +1,8 @@
 """Training recipes (full training ConfigDicts), by name:
 
-  reference  the released SAM 2++ three-task recipe (b+ at 1024, LoRA on memory attention,
-             lr 5e-5 / vision 5e-6, corrections, 1:4:5 tasks); needs init_from
+  reference  the released SAM 2++ three-task recipe (b+ at 1024; peft: LoRA r 128, alpha 32,
+             dropout 0.1 on the frozen image encoder and per task on the frozen memory
+             attentions; lr 5e-5 / vision 5e-6, corrections, 1:4:5 tasks); needs init_from
   pretrain_tiny  the tiny preset from scratch on synthetic video: the recipe of the shipped
              checkpoint (checkpoints/tiny); every difference from `reference` is listed below
   finetune_tiny  a short fine-tune of the shipped checkpoint (what `make demo` runs)
@@ -11,9 +12,9 @@
 
 Intentional differences of the from-scratch recipes (pretrain_tiny, demo) from `reference`, each
 because nothing is pretrained here (SAM 2++ itself fine-tunes SAM 2.1):
-  * every weight trains (no peft freezing); the per-task memory attentions and memory encoders
-    share one base (lora.share_memory_base) with per-task LoRA on the attention, so all three
-    tasks' steps train the memory pathway;
+  * every weight trains (no peft freezing, no LoRA on the image encoder, no LoRA dropout); the
+    per-task memory attentions and memory encoders share one base (lora.share_memory_base)
+    with per-task LoRA on the attention, so all three tasks' steps train the memory pathway;
   * a RoPE locality prior initialises the memory cross-attention (train/init_priors.py);
   * lr 1e-3 / vision 1e-4 (no layer decay), grad clip 1.0, short warm-up, cosine to 0.1 over
     the run;
@@ -38,6 +39,7 @@ from sam2pp_jax.train.data import default_data_config
 from sam2pp_jax.train.forward import default_prompt_config
 from sam2pp_jax.train.losses import default_loss_config
 from sam2pp_jax.train.optimizer import default_optimizer_config
+from sam2pp_jax.train.peft import REFERENCE_PEFT
 
 RECIPES = ("reference", "pretrain_tiny", "finetune_tiny", "demo", "test")
 
@@ -52,12 +54,25 @@ def _base(preset: str) -> ml_collections.ConfigDict:
   for t in ("box", "point"):
     c.loss[t].size = c.model.image_size
   c.prompts = default_prompt_config()
+  # trainer.peft of the released config (train/peft.py): LoRA per task on the memory attentions
+  # (these keys) and one LoRA on the image encoder (lora.image_encoder), bases frozen by the
+  # optimizer (optim.lora_wrapped_modules); dropout on the LoRA branch input while training
+  ma, ie = REFERENCE_PEFT["memory_attention"], REFERENCE_PEFT["image_encoder"]
   c.lora = ml_collections.ConfigDict(
     dict(
       enabled=True,
-      rank=128,
-      alpha=32.0,
-      targets=("q_proj", "k_proj", "v_proj", "out_proj", "linear1", "linear2"),
+      rank=ma["rank"],
+      alpha=ma["alpha"],
+      dropout=ma["dropout"],
+      targets=tuple(ma["targets"]),
+      image_encoder=dict(
+        enabled=True,
+        rank=ie["rank"],
+        alpha=ie["alpha"],
+        dropout=ie["dropout"],
+        targets=tuple(ie["targets"]),  # peft names: `blocks.N.attn.qkv` matches "attn.qkv"
+        freeze_base=True,  # stop the frozen encoder's gradient (needs it in lora_wrapped_modules)
+      ),
     )
   )
   c.seed = 0
@@ -67,7 +82,10 @@ def _base(preset: str) -> ml_collections.ConfigDict:
   c.ckpt_every = 500
   c.keep_checkpoints = 2
   c.init_from = ""  # a converted SAM 2 / SAM 2++ checkpoint directory
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+  # FSDP rules (train/sharding.py): leaves under fsdp_min_size elements stay replicated;
+  # fsdp_rules = ((regex over the param path, "replicate" | "fsdp" | (None, "fsdp") ...), ...),
+  # first full match wins. The defaults shard every leaf with a divisible dimension.
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, fsdp_min_size=0, fsdp_rules=()))
   c.compute_dtype = "float32"
   return c
 
@@ -87,6 +105,7 @@ def get_train_config(name: str = "demo") -> ml_collections.ConfigDict:
   if name == "test":
     c = _base("tiny")
     c.lora.enabled = False  # from scratch: train every weight
+    c.lora.image_encoder.enabled = False
     c.optim.base_lr = 1e-3
     c.optim.vision_lr = 1e-3
     c.optim.layer_decay = 1.0
@@ -138,7 +157,8 @@ def pretrain_tiny(steps: int = PRETRAIN_STEPS) -> ml_collections.ConfigDict:
   c = _base("tiny")
   c.model.memory_attention.dropout = 0.0
   c.model.trunk.drop_path_rate = 0.0
-  c.lora.update(enabled=True, rank=4, alpha=8.0, share_memory_base=True)
+  c.lora.update(enabled=True, rank=4, alpha=8.0, dropout=0.0, share_memory_base=True)
+  c.lora.image_encoder.enabled = False  # the encoder trains whole
   c.init_rope_prior = 6.0
   c.optim.base_lr = 1e-3
   # the reference's 10:1 base:vision ratio: with one lr the memory pathway never separates the

@@ -4,8 +4,10 @@ JSONL and TensorBoard event files.
 
 Sharding: a `jax.make_mesh` mesh with axes ("data", "fsdp"); the batch is split over both axes,
 params and optimizer state are replicated over "data" and split over "fsdp" on their largest
-divisible dimension. The global batch is assembled from each process's grain shard with
-`jax.make_array_from_process_local_data`, so single- and multi-host runs share one code path.
+divisible dimension, subject to config.mesh's size threshold and regex rules (train/sharding.py;
+optimizer-state leaves follow the rules of the param they mirror). The global batch is assembled
+from each process's grain shard with `jax.make_array_from_process_local_data`, so single- and
+multi-host runs share one code path.
 """
 
 from __future__ import annotations
@@ -30,9 +32,10 @@ from sam2pp_jax.io.atomic import atomic_write_text
 from sam2pp_jax.model.sam2pp import build_model, init_params
 from sam2pp_jax.progress import Progress
 from sam2pp_jax.train import data as train_data
-from sam2pp_jax.train import forward, init_priors, losses, monitor
+from sam2pp_jax.train import forward, init_priors, losses, monitor, sharding
 from sam2pp_jax.train.optimizer import make_optimizer
 from sam2pp_jax.train.params import export_inference_params, init_train_params, params_for_task
+from sam2pp_jax.train.peft import trainable_report
 
 
 @flax.struct.dataclass
@@ -66,25 +69,18 @@ def make_mesh(mesh_cfg) -> jax.sharding.Mesh:
   data = n // fsdp if int(mesh_cfg.data) == -1 else int(mesh_cfg.data)
   if data * fsdp != n:
     raise ValueError(f"config.mesh data={data} x fsdp={fsdp} != {n} devices")
+  sharding.policy_from_config(mesh_cfg)  # bad rules fail here, before the model is built
   auto = jax.sharding.AxisType.Auto  # GSPMD propagation inside the model code
   return jax.make_mesh((data, fsdp), ("data", "fsdp"), axis_types=(auto, auto))
 
 
-def _leaf_spec(x, fsdp: int) -> P:
-  shape = getattr(x, "shape", ())
-  if fsdp > 1 and len(shape):
-    order = sorted(range(len(shape)), key=lambda i: -shape[i])
-    for i in order:
-      if shape[i] % fsdp == 0:
-        spec = [None] * len(shape)
-        spec[i] = "fsdp"
-        return P(*spec)
-  return P()
-
-
-def state_shardings(state, mesh):
-  fsdp = mesh.shape["fsdp"]
-  return jax.tree.map(lambda x: NamedSharding(mesh, _leaf_spec(x, fsdp)), state)
+def state_shardings(state, mesh, mesh_cfg):
+  """NamedShardings of a TrainState (arrays or ShapeDtypeStructs) under the FSDP size threshold
+  and regex rules of `mesh_cfg` (config.mesh; train/sharding.py)."""
+  policy = sharding.policy_from_config(mesh_cfg, mesh.axis_names)
+  params = state.params if isinstance(state, TrainState) else state
+  specs = sharding.tree_specs(state, params, dict(mesh.shape), policy)
+  return jax.tree.map(lambda _, s: NamedSharding(mesh, s), state, specs)
 
 
 def batch_sharding(mesh):
@@ -99,6 +95,12 @@ def run_optimizer_config(config):
   o = ml_collections.ConfigDict(config.optim.to_dict())
   o.total_steps = int(config.total_steps)
   return o
+
+
+def build_train_model(config):
+  """The model of a training config, computing in config.compute_dtype ("bfloat16": mixed
+  precision with float32 params, optimizer state and losses; "float32": the inference path)."""
+  return build_model(config.model, str(config.get("compute_dtype", "float32")))
 
 
 def init_state(config, model, key) -> tuple:
@@ -198,10 +200,13 @@ def global_batch(local: Dict[str, np.ndarray], mesh) -> Dict[str, jax.Array]:
 # ------------------------------------------------------------------------------ logging
 class Logger:
   """stdout lines, metrics.jsonl (truncated to the resumed step on restart) and TensorBoard
-  event files under workdir/tb (tensorboardX)."""
+  event files under workdir/tb (tensorboardX). Only the writer process (process 0 of a
+  multi-host run) touches the files: hosts share the workdir."""
 
-  def __init__(self, workdir: str, resume_step: int, quiet: bool = False):
-    self.quiet = quiet
+  def __init__(self, workdir: str, resume_step: int, quiet: bool = False, writer: bool = True):
+    self.quiet, self.writer = quiet, writer
+    if not writer:
+      return
     self.jsonl = os.path.join(workdir, "metrics.jsonl")
     if os.path.exists(self.jsonl):  # drop lines a killed run wrote after its checkpoint
       with open(self.jsonl) as f:
@@ -210,6 +215,8 @@ class Logger:
     self.tb = SummaryWriter(os.path.join(workdir, "tb"))
 
   def log(self, step: int, task: str, metrics: Dict[str, float], extra: Dict[str, float]):
+    if not self.writer:
+      return
     rec = {"step": step, "task": task}
     rec.update({k: float(v) for k, v in metrics.items()})
     rec.update(extra)
@@ -223,7 +230,8 @@ class Logger:
       print(f"step {step} [{task}] {terms}", flush=True)
 
   def close(self):
-    self.tb.close()
+    if self.writer:
+      self.tb.close()
 
 
 # ------------------------------------------------------------------------------ checkpoints
@@ -280,10 +288,12 @@ def train(config, workdir: str, *, quiet: bool = False, on_step=None) -> dict:
       f"config.data.global_batch={config.data.global_batch} must be divisible by "
       f"the {mesh.size} devices"
     )
-  model = build_model(config.model)
+  model = build_train_model(config)
   key = jax.random.key(int(config.seed))
   state, tx, info = init_state(config, model, key)
-  state_sh = state_shardings(state, mesh)
+  if pi == 0 and not quiet:  # what trains, beside the reference's peft rules on this model
+    print(trainable_report(config, state.params, info), flush=True)
+  state_sh = state_shardings(state, mesh, config.mesh)
   state = jax.device_put(state, state_sh)
   mngr = checkpoint_manager(workdir, config.keep_checkpoints)
   abstract = jax.tree.map(
@@ -300,39 +310,55 @@ def train(config, workdir: str, *, quiet: bool = False, on_step=None) -> dict:
     it.set_state(data_state)
   elif start:
     raise RuntimeError(f"checkpoint at step {start} in {workdir} lacks its data state")
-  log = Logger(workdir, start, quiet=quiet or pi != 0)
+  if it.get_state()["next_step"] != start:
+    raise RuntimeError(
+      f"checkpoint at step {start} in {workdir} holds the data state of another step: "
+      f"{data_state!r}"
+    )
+  log = Logger(workdir, start, quiet=quiet or pi != 0, writer=pi == 0)
   steps: Dict[str, Callable] = {}
   total = int(config.total_steps)
   budget = float(config.max_train_minutes) * 60.0
-  train_seconds, compile_seconds = 0.0, 0.0
+  train_seconds, compile_seconds, data_wait_seconds = 0.0, 0.0, 0.0
   bar = None if (quiet or pi != 0) else Progress(total, "train", unit="steps", initial=start)
-  last = {}
+  postfix = ""  # the bar shows the last logged loss: other steps' metrics stay on the device
+  metrics, previous = None, None
   step = start
-  while step < total and (budget <= 0 or train_seconds < budget):
-    # wall time of the whole iteration (data, step, logging, checkpoints); an iteration that
-    # compiles a task's step counts as compilation instead
-    t0 = time.time()
-    task, local = next(it)
-    first = task not in steps
-    if first:
-      steps[task] = make_train_step(model, tx, config, task, mesh, state_sh)
-    state, metrics = steps[task](state, global_batch(local, mesh))
-    metrics = jax.device_get(metrics)
-    step += 1
-    last = {k: float(v) for k, v in metrics.items()}
-    if step % int(config.log_every) == 0 or step == total:
-      log.log(step, task, metrics, {"train_seconds": round(train_seconds + time.time() - t0, 3)})
-    if step % int(config.ckpt_every) == 0:
-      save_checkpoint(mngr, state, it.get_state())
-    if bar is not None:
-      bar.update(step, f"{task} loss {last.get('core_loss', math.nan):.3f}")
-    if on_step is not None:
-      on_step(step)
-    dt = time.time() - t0
-    if first:
-      compile_seconds += dt
-    else:
-      train_seconds += dt
+  try:
+    while step < total and (budget <= 0 or train_seconds < budget):
+      # wall time of the whole iteration (data, step, logging, checkpoints); an iteration that
+      # compiles a task's step counts as compilation instead
+      t0 = time.time()
+      task, local = next(it)
+      waited = time.time() - t0
+      first = task not in steps
+      if first:
+        steps[task] = make_train_step(model, tx, config, task, mesh, state_sh)
+      state, metrics = steps[task](state, global_batch(local, mesh))
+      # the host runs at most one step ahead of the device: the next batch is fetched and
+      # transferred while this step runs, and the timings stay within a step of the truth
+      jax.block_until_ready(metrics if first else previous)
+      previous = metrics
+      step += 1
+      if step % int(config.log_every) == 0 or step == total:
+        fetched = jax.device_get(metrics)
+        log.log(step, task, fetched, {"train_seconds": round(train_seconds + time.time() - t0, 3)})
+        postfix = f"{task} loss {float(fetched.get('core_loss', math.nan)):.3f}"
+      if step % int(config.ckpt_every) == 0:
+        save_checkpoint(mngr, state, it.get_state())
+      if bar is not None:
+        bar.update(step, postfix)
+      if on_step is not None:
+        on_step(step)
+      dt = time.time() - t0
+      if first:
+        compile_seconds += dt
+      else:
+        train_seconds += dt
+        data_wait_seconds += waited
+  finally:
+    it.close()  # grain's threads / worker processes
+  last = {} if metrics is None else {k: float(v) for k, v in jax.device_get(metrics).items()}
   if step < total and pi == 0:
     factor = float(info.schedule(step))
     print(
@@ -352,6 +378,7 @@ def train(config, workdir: str, *, quiet: bool = False, on_step=None) -> dict:
     "step": step,
     "train_seconds": train_seconds,
     "compile_seconds": compile_seconds,
+    "data_wait_seconds": data_wait_seconds,  # of train_seconds: blocked in next(iterator)
     "model_dir": model_dir,
     "last_metrics": last,
   }
