@@ -75,7 +75,7 @@ def main(argv=None):
   cfg.init_from = ""
   cfg.compute_dtype = a.dtype
   if a.remat is not None:
-    cfg.prompts.remat = {"true": True, "false": False}.get(a.remat.lower(), a.remat)
+    cfg.prompts.remat = {"true": "frame", "false": "none"}.get(a.remat.lower(), a.remat)
   mesh = trainer.make_mesh(cfg.mesh)
   model = trainer.build_train_model(cfg)
   state, tx, _ = trainer.init_state(cfg, model, jax.random.key(0))

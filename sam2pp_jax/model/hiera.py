@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sam2pp_jax.model.layers import MLP, conv2d, dot_f32, gelu, layer_norm
+from sam2pp_jax.model.layers import MLP, block_output, conv2d, dot_f32, gelu, layer_norm
 
 _LN_EPS = 1e-6
 
@@ -240,7 +240,7 @@ class MultiScaleBlock(nn.Module):
     y = layer_norm(_LN_EPS, name="norm2", dtype=self.dtype)(x)
     hidden = int(self.dim_out * self.mlp_ratio)
     y = MLP(hidden, self.dim_out, 2, activation=gelu, dtype=self.dtype, name="mlp")(y)
-    return x + drop(y, deterministic=deterministic)
+    return block_output(x + drop(y, deterministic=deterministic))
 
 
 class Hiera(nn.Module):

@@ -16,6 +16,16 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
+
+# Name of the transformer-block outputs that the "block" remat policy keeps (train/forward.py):
+# a no-op outside jax.checkpoint, so inference and parity are unaffected.
+BLOCK_OUTPUT = "block_output"
+
+
+def block_output(x):
+  """Tag a transformer block's output as the residual the per-block remat policy saves."""
+  return checkpoint_name(x, BLOCK_OUTPUT)
 
 
 def gelu(x):

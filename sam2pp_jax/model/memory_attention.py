@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sam2pp_jax.model.layers import dot_f32, layer_norm
+from sam2pp_jax.model.layers import block_output, dot_f32, layer_norm
 from sam2pp_jax.model.position_encoding import apply_rope, axial_rope_tables
 
 # torch.nn.LayerNorm default epsilon (the memory-attention norms use it).
@@ -185,7 +185,7 @@ class MemoryAttentionLayer(nn.Module):
     x = norm("norm3")(tgt)
     x = jax.nn.relu(nn.Dense(self.dim_feedforward, dtype=self.dtype, name="linear1")(x))
     x = nn.Dense(self.d_model, dtype=self.dtype, name="linear2")(drop(x))
-    return tgt + drop(x)
+    return block_output(tgt + drop(x))
 
 
 class MemoryAttention(nn.Module):

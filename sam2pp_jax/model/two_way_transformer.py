@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sam2pp_jax.model.layers import MLP, dot_f32, layer_norm
+from sam2pp_jax.model.layers import MLP, block_output, dot_f32, layer_norm
 
 
 def scaled_dot_product_attention(q, k, v):
@@ -84,7 +84,7 @@ class TwoWayAttentionBlock(nn.Module):
     k = keys + key_pe
     keys = keys + Attention(d, nh, r, dt, name="cross_attn_image_to_token")(k, q, queries)
     keys = norm("norm4")(keys)
-    return queries, keys
+    return block_output(queries), block_output(keys)
 
 
 class TwoWayTransformer(nn.Module):

@@ -21,19 +21,18 @@ computes in bf16 with float32 params; the clip's frame features are kept in bf16
 return float32 logits, scores and pointers, so the loss inputs and the memory bank are float32.
 
 Known differences from the reference (documented, not hidden):
-  * peft's LoRA dropout is not modelled (LoRA factors are merged before the apply);
   * stored memories are bf16-rounded as in the tracker (MemoryBank), a straight-through cast.
 """
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Dict
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
+from sam2pp_jax.model.layers import BLOCK_OUTPUT
 from sam2pp_jax.tracking import prompts
 from sam2pp_jax.tracking.step import (
   FEATURE_KEYS,
@@ -69,10 +68,62 @@ def default_prompt_config() -> ml_collections.ConfigDict:
       box_noise_bound=20.0,  # SAM defaults of sample_(noised_)box_points
       point_radius=5,
       point_sigma=2.0,  # Gaussian prompt/target (inference values)
-      remat=False,  # recompute frame steps / encoder in backward
+      remat="none",  # activation recomputation in backward: one of REMAT_POLICIES
       apply_dropout=True,  # memory-attention dropout and trunk drop-path, as model.train()
     )
   )
+
+
+# Activation recomputation (rematerialisation) of the training forward, by name. Each wraps the
+# image encoder (all frames at once) and the per-frame step of the scan:
+#   none           keep every activation (fastest backward, most memory)
+#   frame          keep only each frame's inputs; recompute the whole frame in backward
+#   block          keep the transformer-block outputs (Hiera, memory attention, two-way; tagged
+#                  with model.layers.block_output); recompute inside each block
+#   dots_saveable  keep every matmul/conv output (jax.checkpoint_policies.dots_saveable)
+REMAT_POLICIES = ("none", "frame", "block", "dots_saveable")
+
+
+def remat_policy(value) -> str:
+  """A `prompts.remat` value as a policy name (True/False are "frame"/"none", older configs)."""
+  if value is True:
+    return "frame"
+  if value is False or value is None:
+    return "none"
+  if value not in REMAT_POLICIES:
+    raise ValueError(
+      f"prompts.remat = {value!r} is not a remat policy; use one of {REMAT_POLICIES} "
+      "(train/forward.py documents what each keeps)"
+    )
+  return value
+
+
+def rematerialise(fn, policy: str):
+  """`fn` wrapped in jax.checkpoint for the named policy (unchanged for "none")."""
+  if policy == "none":
+    return fn
+  if policy == "frame":
+    return jax.checkpoint(fn)
+  if policy == "block":
+    return jax.checkpoint(fn, policy=jax.checkpoint_policies.save_only_these_names(BLOCK_OUTPUT))
+  return jax.checkpoint(fn, policy=jax.checkpoint_policies.dots_saveable)
+
+
+def encode_frames(model, params, frames, task: str, remat: str, dropout_key=None) -> dict:
+  """Image features of [F,S,S,3] frames. Without remat all frames run as one batch; with a
+  policy, frame by frame (lax.map) with each frame rematerialised, so the backward recomputes
+  one frame's encoder at a time instead of holding every frame's activations at once. Frame i's
+  drop-path key is fold_in(dropout_key, i) then (the masks differ from the one-batch call's)."""
+  if remat == "none":
+    return frame_features(model, params, frames, task=task, dropout_key=dropout_key)
+
+  def one(p, x, i):
+    key = None if dropout_key is None else jax.random.fold_in(dropout_key, i)
+    f = frame_features(model, p, x[None], task=task, dropout_key=key)
+    return jax.tree.map(lambda a: a[0], f)
+
+  one = rematerialise(one, remat)
+  return jax.lax.map(lambda xi: one(params, *xi), (frames, jnp.arange(frames.shape[0])))
 
 
 # ------------------------------------------------------------------------------ plan
@@ -288,10 +339,10 @@ def clip_forward(model, params, batch, key, *, task: str, cfg, plan=None) -> Dic
   # dropout / drop-path as the reference trains (model.train()); off for equivalence tests
   drop = cfg.get("apply_dropout", True)
   drop_key = jax.random.fold_in(key, 0x0D0) if drop and key is not None else None
-  encode = partial(frame_features, model, task=task, dropout_key=drop_key)
-  if cfg.get("remat", False):
-    encode = jax.checkpoint(encode)
-  feats = encode(params, frames.reshape((b * t_,) + frames.shape[2:]))
+  remat = remat_policy(cfg.get("remat", "none"))
+  feats = encode_frames(
+    model, params, frames.reshape((b * t_,) + frames.shape[2:]), task, remat, drop_key
+  )
   per_obj = lambda a: jnp.repeat(a.reshape((b, t_) + a.shape[1:]), o_, axis=0).swapaxes(0, 1)
   feats = {k: per_obj(feats[k]) for k in FEATURE_KEYS}  # [T,N,...]
   flat = lambda a: a.swapaxes(1, 2).reshape((n, t_) + a.shape[3:]).swapaxes(0, 1)  # [T,N,...]
@@ -368,9 +419,7 @@ def clip_forward(model, params, batch, key, *, task: str, cfg, plan=None) -> Dic
     return bank, (recs, final)
 
   bank = new_bank(model, n, cond_capacity=2)
-  _, (steps, final) = jax.lax.scan(
-    jax.checkpoint(step) if cfg.get("remat", False) else step, bank, xs
-  )
+  _, (steps, final) = jax.lax.scan(rematerialise(step, remat), bank, xs)
   out = {
     "multistep_pred_multimasks_high_res": steps["masks"],  # [T,S,N,M,S,S]
     "multistep_pred_ious": steps["ious"],  # [T,S,N,M]

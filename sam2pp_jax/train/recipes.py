@@ -94,7 +94,8 @@ def get_train_config(name: str = "demo") -> ml_collections.ConfigDict:
   """A fresh training ConfigDict of the recipe `name` (one of RECIPES)."""
   if name == "reference":
     c = _base("b+")
-    c.prompts.remat = True  # activation memory: recompute per-frame steps and the encoder
+    c.prompts.remat = "frame"  # activation memory: recompute per-frame steps and the encoder
+    c.compute_dtype = "bfloat16"  # the released config trains under bf16 autocast (optim.amp)
     c.optim.total_steps = c.total_steps
     return c
   if name == "demo":
