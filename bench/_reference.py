@@ -17,9 +17,10 @@ from __future__ import annotations
 import os
 import sys
 import time
-import types
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # the reference wraps loading and propagation in tqdm
+
+from sam2pp_jax.parity.reference_run import missing_requirements, stub_torchvision  # noqa: E402
 
 CONFIG = "configs/sam2.1/sam2.1_hiera_b+_predmasks_decoupled_MAME.yaml"
 
@@ -52,38 +53,10 @@ def available() -> tuple[bool, str]:
     import torch  # noqa: F401
   except ImportError:
     return False, "torch is not installed: the reference part is skipped (pip install '.[torch]')"
-  for mod in ("hydra", "omegaconf", "iopath", "einops", "natsort"):
-    try:
-      __import__(mod)
-    except ImportError:
-      return (
-        False,
-        f"reference dependency {mod!r} missing (pip install hydra-core omegaconf "
-        "iopath einops natsort; benchmark-only)",
-      )
+  missing = [r for r in missing_requirements() if not r.startswith("torch")]
+  if missing:
+    return False, f"reference dependencies missing: {', '.join(missing)} (benchmark-only)"
   return True, ""
-
-
-def _stub_torchvision() -> None:
-  try:
-    import torchvision  # noqa: F401
-
-    return
-  except ImportError:
-    pass
-
-  def _never(*a, **k):
-    raise RuntimeError("torchvision stub (benchmark): this reference helper is not supported")
-
-  tv = types.ModuleType("torchvision")
-  ops = types.ModuleType("torchvision.ops")
-  boxes = types.ModuleType("torchvision.ops.boxes")
-  boxes.box_area = _never
-  boxes.batched_nms = _never
-  ops.boxes = boxes
-  ops.masks_to_boxes = _never
-  tv.ops = ops
-  sys.modules.update({"torchvision": tv, "torchvision.ops": ops, "torchvision.ops.boxes": boxes})
 
 
 def build_predictor(preset: str, task: str, state_dict=None, threads: int = 2):
@@ -98,7 +71,7 @@ def build_predictor(preset: str, task: str, state_dict=None, threads: int = 2):
   repo = os.path.abspath(os.environ["SAM2PLUS_REPO"])
   if repo not in sys.path:
     sys.path.insert(0, repo)
-  _stub_torchvision()
+  stub_torchvision()  # the same stand-in `parity live` installs
   from sam2_plus.build_sam import build_sam2_video_predictor_plus
 
   if preset == "parity_small":

@@ -71,7 +71,7 @@ def checkout_kind(repo: str) -> str:
   )
 
 
-def _stub_torchvision() -> None:
+def stub_torchvision() -> None:
   """SAM2-Plus imports torchvision.ops.boxes.box_area in a training helper this path never calls;
   torchvision has no CPU build here, so a stand-in that raises if ever called is installed."""
   try:
@@ -256,7 +256,7 @@ class ReferencePredictor:
     torch.set_num_threads(int(threads))
     if self.repo not in sys.path:
       sys.path.insert(0, self.repo)
-    _stub_torchvision()
+    stub_torchvision()
     extra = ["++model.non_overlap_masks=false", *overrides]
     if self.kind == SAM2PLUS:
       from sam2_plus.build_sam import build_sam2_video_predictor_plus as build
