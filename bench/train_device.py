@@ -6,10 +6,11 @@
 
 Prints compile time, steps/s (after warm-up, each step blocked on), the device's peak memory
 (`memory_stats()["peak_bytes_in_use"]`), and MFU = model FLOPs per second / the chip's dense bf16
-peak. Model FLOPs per step: XLA's `cost_analysis()` of the compiled step when it reports flops,
-else the analytic figure 3 x 350 GFLOPs per b+ 1024 frame forward (forward + backward = 3x the
-forward; remat's recomputation is not useful work and is not counted). The weights are random
-(no init_from): speed and memory do not depend on their values. A lent GPU gives <= 15 minutes
+peak. Model FLOPs per step: for b+ at 1024 the analytic 3 x 350 GFLOPs per frame (forward +
+backward = 3x the forward; remat's recomputation is not useful work and is not counted), else
+XLA's `cost_analysis()` of the compiled step (it counts a loop body once: a lower bound for the
+scanned frames). The weights are random (no init_from): speed and memory do not depend on their
+values. A lent GPU gives <= 15 minutes
 per task: the default run (compile ~1-3 min, 7 steps) fits with room for a rerun.
 """
 
@@ -24,7 +25,15 @@ import time
 from _smoke import parse_args
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-SMOKE = {"config": "demo", "frames": 2, "steps": 2, "warmup": 1, "dtype": "float32"}
+# (point task: no corrective clicks, the smallest step to compile)
+SMOKE = {
+  "config": "demo",
+  "task": "point",
+  "frames": 2,
+  "steps": 2,
+  "warmup": 1,
+  "dtype": "float32",
+}
 # Dense bf16 peak FLOP/s per chip (vendor data sheets; SXM parts for NVIDIA).
 PEAK_BF16 = {
   "H100": 989e12,
@@ -133,9 +142,10 @@ def main(argv=None):
   }
   for k, v in out.items():
     print(f"{k:>22}: {v}")
-  if a.json:
-    with open(a.json, "w") as f:
+  if a.json:  # temp name, then rename: never a half-written file
+    with open(a.json + ".tmp", "w") as f:
       json.dump(out, f, indent=1)
+    os.replace(a.json + ".tmp", a.json)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""Per-device memory (XLA's AOT estimate) and cost of one training step, per task, compute dtype
-and remat policy; optionally measured step time on configs small enough to run here.
+"""Per-device memory (XLA's AOT estimate) of one training step, per task, compute dtype and
+remat policy; optionally measured step time on configs small enough to run here.
 
   python bench/train_memory.py [--config reference] [--task box|mask|point|all]
                                [--dtype bfloat16[,float32]] [--remat frame[,none,block,...]]
@@ -9,9 +9,10 @@ and remat policy; optionally measured step time on configs small enough to run h
 
 Everything is abstract (jax.eval_shape for params and optimizer state, ShapeDtypeStructs for
 the batch), so the b+ model at 1024 is lowered and compiled without allocating its weights. Each
-row prints compile time, `compiled.memory_analysis()` (arguments + outputs - aliased +
-temporaries = the per-device peak estimate) and `compiled.cost_analysis()` FLOPs (remat's
-recomputation shows there). Ratios are against the first row of the same run (the baseline).
+row prints compile time and `compiled.memory_analysis()` (arguments + outputs - aliased +
+temporaries = the per-device peak estimate). Ratios are against the first row of the same run
+(the baseline). XLA's `cost_analysis()` FLOPs are not shown: they count a loop body once, so
+they cannot compare a policy that loops over frames with one that batches them.
 --time-steps N also initialises the state, runs N steps on the config's own data and reports
 seconds per step (after one warm-up step), so only for configs that run on this machine.
 The estimate comes from the backend that compiles it (CPU here): GPU/TPU buffer assignment
@@ -51,13 +52,6 @@ def _list(text: str, allowed, what: str) -> list:
   if bad or not items:
     raise SystemExit(f"train_memory: --{what} {text!r}: use a comma list of {tuple(allowed)}")
   return items
-
-
-def _flops(compiled) -> float:
-  cost = compiled.cost_analysis()
-  if isinstance(cost, (list, tuple)):  # older jax: one dict per computation
-    cost = cost[0] if cost else {}
-  return float((cost or {}).get("flops", float("nan")))
 
 
 def _abstract_batch(b, t, o, s):
@@ -112,7 +106,6 @@ def measure(cfg, task: str, *, compile_: bool, time_steps: int) -> dict:
   t0 = time.time()
   compiled = lowered.compile()
   row["compile_s"] = time.time() - t0
-  row["gflops"] = _flops(compiled) / 1e9
   m = compiled.memory_analysis()
   if m is not None:
     row.update(
@@ -159,7 +152,6 @@ def _print_row(row: dict, base: dict | None) -> None:
   parts.append(f"lower {row['lower_s']:6.1f} s")
   if "compile_s" in row:
     parts.append(f"compile {row['compile_s']:6.1f} s")
-    parts.append(f"{row['gflops']:10.1f} GFLOP{ratio('gflops')}")
   if "peak_gib" in row:
     parts.append(f"peak {row['peak_gib']:8.3f} GiB{ratio('peak_gib')}")
     parts.append(f"(args {row['arguments_gib']:.3f}, temp {row['temporaries_gib']:.3f})")
