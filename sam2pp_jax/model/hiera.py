@@ -11,11 +11,11 @@ import math
 from typing import Any, Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sam2pp_jax.model.layers import MLP, block_output, conv2d, dot_f32, gelu, layer_norm
+from sam2pp_jax.model.attention import attention
+from sam2pp_jax.model.layers import MLP, block_output, conv2d, gelu, layer_norm
 
 _LN_EPS = 1e-6
 
@@ -194,10 +194,8 @@ class MultiScaleAttention(nn.Module):
     q = q.reshape(bw, hh * ww, nh, hd)
     k = k.reshape(bw, -1, nh, hd)
     v = v.reshape(bw, -1, nh, hd)
-    # scores and softmax in float32, as a fused (flash) attention keeps them under autocast
-    logits = dot_f32("bqhd,bkhd->bhqk", q, k) * jnp.float32(1.0 / math.sqrt(hd))
-    attn = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bhqk,bkhd->bqhd", attn, v).reshape(bw, hh, ww, self.dim_out)
+    out = attention(q, k, v, scale=1.0 / math.sqrt(hd), layout="bqhd")
+    out = out.reshape(bw, hh, ww, self.dim_out)
     if window > 0:
       # Queries were pooled: windows shrank and the map now has the shortcut's size.
       win = hh

@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sam2pp_jax.model.layers import block_output, dot_f32, layer_norm
+from sam2pp_jax.model.attention import attention
+from sam2pp_jax.model.layers import block_output, layer_norm
 from sam2pp_jax.model.position_encoding import apply_rope, axial_rope_tables
 
 # torch.nn.LayerNorm default epsilon (the memory-attention norms use it).
@@ -106,16 +107,17 @@ class RoPEAttention(nn.Module):
     q = apply_rope(q.astype(jnp.float32), cos, sin).astype(q.dtype)
     k = apply_rope(k.astype(jnp.float32), cos_k, sin_k).astype(k.dtype)
 
-    # scores and softmax in float32 (as a fused attention keeps them under autocast)
-    logits = dot_f32("bhqd,bhkd->bhqk", q, k) / jnp.sqrt(jnp.asarray(hd, jnp.float32))
-    if key_mask is not None:
-      valid = key_mask[:, None, None, :]
-      logits = jnp.where(valid, logits, jnp.finfo(logits.dtype).min)
-    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
-    if key_mask is not None:
-      probs = jnp.where(valid, probs, 0)  # exact zeros, also when every key is masked
-    probs = nn.Dropout(self.dropout)(probs, deterministic=deterministic)
-    out = jnp.einsum("bhqk,bhkd->bhqd", probs, v)
+    # the scale is 1/sqrt(hd): for hd a power of 4 (256, 64) exactly the former division
+    rng = None if deterministic or self.dropout == 0.0 else self.make_rng("dropout")
+    out = attention(
+      q,
+      k,
+      v,
+      scale=1.0 / math.sqrt(hd),
+      key_mask=key_mask,
+      dropout_rate=self.dropout,
+      dropout_rng=rng,
+    )
     b = out.shape[0]
     out = out.transpose(0, 2, 1, 3).reshape(b, nq, internal)
     return nn.Dense(self.embedding_dim, dtype=self.dtype, name="out_proj")(out)

@@ -9,19 +9,16 @@ import math
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
-from sam2pp_jax.model.layers import MLP, block_output, dot_f32, layer_norm
+from sam2pp_jax.model.attention import attention
+from sam2pp_jax.model.layers import MLP, block_output, layer_norm
 
 
 def scaled_dot_product_attention(q, k, v):
-  """softmax(q k^T / sqrt(d)) v over [B, heads, N, d] arrays (no mask, no dropout). Scores and
-  softmax are float32 whatever the inputs' dtype (as a fused attention keeps them)."""
-  scale = 1.0 / math.sqrt(q.shape[-1])
-  logits = dot_f32("bhqd,bhkd->bhqk", q, k)
-  weights = jax.nn.softmax(logits * jnp.float32(scale), axis=-1).astype(v.dtype)
-  return jnp.einsum("bhqk,bhkd->bhqd", weights, v)
+  """softmax(q k^T / sqrt(d)) v over [B, heads, N, d] arrays (no mask, no dropout), float32
+  scores and softmax (model/attention.py)."""
+  return attention(q, k, v, scale=1.0 / math.sqrt(q.shape[-1]))
 
 
 class Attention(nn.Module):
