@@ -1,9 +1,12 @@
 """Fixed-shape memory bank for scan-based tracking.
 
 Holds the conditioning (prompted) frames' memories and a ring of the most recent tracked
-frames' memories and object pointers. `select` returns a static number of memory tokens plus a
-validity mask; attention over the masked tokens equals the reference's variable-length
-concatenation of only the present memories (keys are order-free, RoPE repeats per frame).
+frames' memories and object pointers. `slots` gives frame t's memories slot by slot with which
+are present; `MemorySlots.flatten` turns them into a static number of tokens plus a validity
+mask, and attention over the masked tokens equals the reference's variable-length concatenation
+of only the present memories (keys are order-free, RoPE repeats per frame). `present` first
+gathers the present slots, in the reference's order, into one of a few static sizes
+(`present_buckets`), so that early frames do not pay for empty slots.
 """
 
 from __future__ import annotations
@@ -217,20 +220,6 @@ class MemoryBank:
       }
     )
 
-  def token_key_scale(self, view: MemoryView | None):
-    """[B,M] per-token key factors in select()'s token order, or None (the view has none)."""
-    if view is None or view.frame_key_scale is None:
-      return None
-    hw = self.cond_feats.shape[2]
-    split = self.ptr.shape[-1] // self.mem_feats.shape[-1]
-    return jnp.concatenate(
-      [
-        jnp.repeat(view.frame_key_scale, hw, axis=1),
-        jnp.repeat(view.ptr_key_scale, split, axis=1),
-      ],
-      axis=1,
-    ).astype(jnp.float32)
-
   # ---------------------------------------------------------------------------------------
   def select(
     self,
@@ -242,12 +231,31 @@ class MemoryBank:
     future_cond_ptrs: bool = False,
     view: MemoryView | None = None,
   ):
-    """Memory tokens for frame t: (memory [B,M,Cm], pos [B,M,Cm], mask [B,M] bool).
+    """Memory tokens for frame t over every slot: (memory [B,M,Cm], pos [B,M,Cm], mask [B,M]).
+
+    The fixed-cost layout (`slots(...).flatten()`): spatial slots in slot order (cond, then
+    ring), the static pointer tokens last; unused slots masked. See `slots` for the arguments.
+    """
+    memory, pos, mask, _ = self.slots(
+      t, num_frames, tpos_table, ptr_pos_encoding, reverse, future_cond_ptrs, view
+    ).flatten()
+    return memory, pos, mask
+
+  def slots(
+    self,
+    t,
+    num_frames: int,
+    tpos_table,
+    ptr_pos_encoding: Callable[[jax.Array, float], jax.Array],
+    reverse=False,
+    future_cond_ptrs: bool = False,
+    view: MemoryView | None = None,
+  ) -> "MemorySlots":
+    """Frame t's memories slot by slot, with which are present and their reference order.
 
     tpos_table [num_maskmem, Cm] = maskmem_tpos_enc; ptr_pos_encoding(rel_pos [N], t_diff_max)
-    -> [N,Cm]. Spatial slots come first (whole frames), the static pointer tokens last.
-    reverse (bool, may be traced): tracking backwards in time, so "past" frames are those
-    after t and every distance is measured as (frame - t); pointer offsets keep that sign.
+    -> [N,Cm]. reverse (bool, may be traced): tracking backwards in time, so "past" frames are
+    those after t and every distance is measured as (frame - t); pointer offsets keep that sign.
     future_cond_ptrs (static): also use pointers of conditioning frames after t (the reference
     does so in training; only_obj_ptrs_in_the_past_for_eval applies at inference).
     view: a memory policy's choice of ring slots and their temporal rows (None: SAM 2's, the
@@ -256,13 +264,12 @@ class MemoryBank:
     t = jnp.asarray(t, jnp.int32)
     sign = jnp.where(jnp.asarray(reverse), -1, 1).astype(jnp.int32)
     b, k, hw, cm = self.cond_feats.shape
-    r = self.mem_frame.shape[1]
     nm = tpos_table.shape[0]
     # spatial: cond frames use the last temporal slot; tracked frame at distance d uses d-1
     cond_ok = self.cond_frame != EMPTY
     if view is None:
       d_mem = (t - self.mem_frame) * sign  # [B,R]
-      mem_ok = (self.mem_frame != EMPTY) & (d_mem >= 1) & (d_mem <= r)
+      mem_ok = (self.mem_frame != EMPTY) & (d_mem >= 1) & (d_mem <= self.mem_frame.shape[1])
       row = d_mem - 1
     else:
       mem_ok, row = view.mem_ok, view.mem_tpos
@@ -273,9 +280,9 @@ class MemoryBank:
       [self.cond_pos + cond_tpos[None, :, None], self.mem_pos + mem_tpos[:, :, None]], axis=1
     )
     ok = jnp.concatenate([jnp.broadcast_to(cond_ok, (b, k)), mem_ok], axis=1)  # [B,K+R]
-    spatial = feats.reshape(b, -1, cm)
-    spatial_pos = pos.reshape(b, -1, cm)
-    spatial_ok = jnp.repeat(ok, hw, axis=1)
+    # reference order: conditioning frames, then the ring from the farthest to the nearest
+    cond_rank = jnp.broadcast_to(jnp.arange(k, dtype=jnp.float32), (b, k))
+    order = jnp.concatenate([cond_rank, k + (nm - row).astype(jnp.float32)], axis=1)
     # pointers: cond frames in the past at offset t - t_c; tracked frames at d in 1..max-1
     max_ptrs = min(int(num_frames), self.ptr_frame.shape[0] + 1)
     t_diff_max = max(max_ptrs - 1, 1)
@@ -283,32 +290,150 @@ class MemoryBank:
     ptr_ok = (self.ptr_frame != EMPTY) & (d_ptr >= 1) & (d_ptr <= max_ptrs - 1)
     d_cond = (t - self.cond_frame) * sign
     cond_ptr_ok = cond_ok if future_cond_ptrs else cond_ok & (d_cond >= 0)
-    rel = jnp.concatenate([d_cond, d_ptr]).astype(jnp.float32)
-    rel = jnp.where(jnp.concatenate([cond_ptr_ok, ptr_ok]), rel, 0.0)
-    ptr_pe = ptr_pos_encoding(rel, t_diff_max)  # [K+P, Cm]
     ptrs = jnp.concatenate([self.cond_ptr, self.ptr], axis=1)  # [B,K+P,C]
     split = ptrs.shape[-1] // cm
-    ptr_tok = ptrs.reshape(b, -1, cm)  # consecutive Cm chunks
-    ptr_tok_pos = jnp.repeat(ptr_pe, split, axis=0)
-    ptr_tok_ok = jnp.repeat(jnp.concatenate([cond_ptr_ok, ptr_ok]), split)
-    memory = jnp.concatenate([spatial, ptr_tok], axis=1)
+    ptr_tok = ptrs.reshape(b, ptrs.shape[1], split, cm)  # consecutive Cm chunks
     if view is not None and view.ptr_ok is not None:  # per-object pointer slots and offsets
-      ok2 = jnp.concatenate([jnp.broadcast_to(cond_ptr_ok, (b, k)), view.ptr_ok], axis=1)
-      rel2 = jnp.concatenate(
+      pok = jnp.concatenate([jnp.broadcast_to(cond_ptr_ok, (b, k)), view.ptr_ok], axis=1)
+      rel = jnp.concatenate(
         [jnp.broadcast_to(d_cond.astype(jnp.float32), (b, k)), view.ptr_rel.astype(jnp.float32)],
         axis=1,
       )
       norm = t_diff_max
       if view.ptr_norm is not None:  # per-object normaliser: offsets pre-divided, then by 1
-        rel2 = rel2 / view.ptr_norm.astype(jnp.float32)[:, None]
+        rel = rel / view.ptr_norm.astype(jnp.float32)[:, None]
         norm = 1
-      pe2 = ptr_pos_encoding(jnp.where(ok2, rel2, 0.0).reshape(-1), norm)
-      pe2 = pe2.reshape(b, ok2.shape[1], -1)
-      memory_pos = jnp.concatenate([spatial_pos, jnp.repeat(pe2, split, axis=1)], axis=1)
-      mask = jnp.concatenate([spatial_ok, jnp.repeat(ok2, split, axis=1)], axis=1)
-      return memory, memory_pos, mask
-    memory_pos = jnp.concatenate(
-      [spatial_pos, jnp.broadcast_to(ptr_tok_pos, (b,) + ptr_tok_pos.shape)], axis=1
+      pe = ptr_pos_encoding(jnp.where(pok, rel, 0.0).reshape(-1), norm)
+      pe = pe.reshape(b, pok.shape[1], -1)
+      ring_rel = view.ptr_rel.astype(jnp.float32)
+    else:
+      pok = jnp.concatenate([cond_ptr_ok, ptr_ok])
+      rel = jnp.concatenate([d_cond, d_ptr]).astype(jnp.float32)
+      pe = ptr_pos_encoding(jnp.where(pok, rel, 0.0), t_diff_max)  # [K+P, Cm]
+      pok, pe = jnp.broadcast_to(pok, (b,) + pok.shape), jnp.broadcast_to(pe, (b,) + pe.shape)
+      ring_rel = jnp.broadcast_to(d_ptr.astype(jnp.float32), (b, d_ptr.shape[0]))
+    # reference order: conditioning pointers, then the ring from the nearest to the farthest
+    ptr_order = jnp.concatenate([cond_rank, k + jnp.abs(ring_rel)], axis=1)
+    return MemorySlots(
+      feats=feats,
+      pos=pos,
+      ok=ok,
+      order=order,
+      ptr=ptr_tok,
+      ptr_pos=jnp.broadcast_to(pe[:, :, None], ptr_tok.shape),
+      ptr_ok=pok,
+      ptr_order=ptr_order,
+      frame_key_scale=None if view is None else view.frame_key_scale,
+      ptr_key_scale=None if view is None else view.ptr_key_scale,
     )
-    mask = jnp.concatenate([spatial_ok, jnp.broadcast_to(ptr_tok_ok, (b,) + ptr_tok_ok.shape)], 1)
-    return memory, memory_pos, mask
+
+
+def _first_present(ok, order, n: int):
+  """Indices [B,n] of the first n present slots by `order` (ties: slot order), and their
+  validity [B,n] (False past a row's last present slot)."""
+  key = jnp.where(ok, order, jnp.inf)
+  idx = jnp.argsort(key, axis=1, stable=True)[:, :n]
+  return idx, jnp.take_along_axis(ok, idx, axis=1)
+
+
+def _take(x, idx):
+  """x [B,S,...] -> [B,n,...] at slots idx [B,n]."""
+  return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
+
+
+@flax.struct.dataclass
+class MemorySlots:
+  """Frame t's memories as whole slots (F = K+R spatial, Q = K+P pointers), before they
+  become attention tokens. ok / ptr_ok say which are present; order / ptr_order rank them in
+  the reference's concatenation order (lower first; present ones only).
+
+  feats / pos [B,F,HW,Cm]; ok, order [B,F]; ptr / ptr_pos [B,Q,C/Cm,Cm] (a pointer is C/Cm
+  tokens); ptr_ok, ptr_order [B,Q]; frame_key_scale [B,F] / ptr_key_scale [B,Q] (SAM2Long's
+  key factors) or None.
+  """
+
+  feats: jax.Array
+  pos: jax.Array
+  ok: jax.Array
+  order: jax.Array
+  ptr: jax.Array
+  ptr_pos: jax.Array
+  ptr_ok: jax.Array
+  ptr_order: jax.Array
+  frame_key_scale: jax.Array | None = None
+  ptr_key_scale: jax.Array | None = None
+
+  @property
+  def capacity(self) -> tuple[int, int]:
+    """Static (spatial slots F, pointer slots Q)."""
+    return int(self.ok.shape[1]), int(self.ptr_ok.shape[1])
+
+  def num_present(self):
+    """(spatial, pointer) slots present in the fullest row: int32 scalars (traced)."""
+    n = lambda ok: ok.sum(axis=1).max().astype(jnp.int32)
+    return n(self.ok), n(self.ptr_ok)
+
+  def present(self, n_frames: int, n_ptrs: int) -> "MemorySlots":
+    """The first n_frames spatial and n_ptrs pointer slots present, in the reference's order
+    (static sizes; rows with fewer present slots are padded with masked ones). Attention over
+    them equals attention over all slots, masked, up to float summation order: RoPE repeats per
+    frame and masked keys get exactly zero weight."""
+    fi, fok = _first_present(self.ok, self.order, n_frames)
+    pi, pok = _first_present(self.ptr_ok, self.ptr_order, n_ptrs)
+    rank = lambda n: jnp.broadcast_to(jnp.arange(n, dtype=jnp.float32), (self.ok.shape[0], n))
+    scale = lambda x, i: None if x is None else _take(x, i)
+    return MemorySlots(
+      feats=_take(self.feats, fi),
+      pos=_take(self.pos, fi),
+      ok=fok,
+      order=rank(n_frames),
+      ptr=_take(self.ptr, pi),
+      ptr_pos=_take(self.ptr_pos, pi),
+      ptr_ok=pok,
+      ptr_order=rank(n_ptrs),
+      frame_key_scale=scale(self.frame_key_scale, fi),
+      ptr_key_scale=scale(self.ptr_key_scale, pi),
+    )
+
+  def flatten(self):
+    """Attention inputs in slot order: (memory [B,M,Cm], pos [B,M,Cm], mask [B,M] bool,
+    key_scale [B,M] or None); spatial tokens first, the pointer tokens (static count) last."""
+    b, f, hw, cm = self.feats.shape
+    split = self.ptr.shape[2]
+    tokens = lambda x, p: jnp.concatenate([x.reshape(b, -1, cm), p.reshape(b, -1, cm)], axis=1)
+    mask = jnp.concatenate(
+      [jnp.repeat(self.ok, hw, axis=1), jnp.repeat(self.ptr_ok, split, axis=1)], axis=1
+    )
+    scale = None
+    if self.frame_key_scale is not None:
+      scale = jnp.concatenate(
+        [
+          jnp.repeat(self.frame_key_scale, hw, axis=1),
+          jnp.repeat(self.ptr_key_scale, split, axis=1),
+        ],
+        axis=1,
+      ).astype(jnp.float32)
+    return tokens(self.feats, self.ptr), tokens(self.pos, self.ptr_pos), mask, scale
+
+  @property
+  def num_ptr_tokens(self) -> int:
+    """Static number of pointer tokens flatten() emits."""
+    return int(self.ptr.shape[1] * self.ptr.shape[2])
+
+
+def present_buckets(num_frames: int, num_ptrs: int) -> tuple[tuple[int, int], ...]:
+  """Static (spatial, pointer) slot counts that memory attention is compiled for: powers of
+  two below the capacity, then the capacity (F, Q). Few variants bound the compile cost; an
+  early frame (1, 2, 3-4 memories) attends over only those instead of all F slots."""
+  sizes = [1]
+  while sizes[-1] * 2 < num_frames:
+    sizes.append(sizes[-1] * 2)
+  sizes = [s for s in sizes if s < num_frames]
+  return tuple((s, min(s, num_ptrs)) for s in sizes) + ((int(num_frames), int(num_ptrs)),)
+
+
+def bucket_index(buckets, n_frames, n_ptrs):
+  """Index (int32, traced) of the smallest bucket holding n_frames and n_ptrs present slots
+  (buckets grow in both counts, so the ones too small are a prefix)."""
+  small = [(n_frames > s) | (n_ptrs > p) for s, p in buckets[:-1]]
+  return sum((x.astype(jnp.int32) for x in small), jnp.int32(0))

@@ -17,7 +17,13 @@ import jax.numpy as jnp
 
 from sam2pp_jax.model.sam2pp import NO_OBJ_SCORE
 from sam2pp_jax.tracking.memory.policy import RELEASED, Candidates, MemoryPolicy
-from sam2pp_jax.tracking.memory_bank import MemoryBank, bf16_round
+from sam2pp_jax.tracking.memory_bank import (
+  MemoryBank,
+  MemorySlots,
+  bf16_round,
+  bucket_index,
+  present_buckets,
+)
 
 ROUTES = ("prompt_as_output", "no_memory", "memory")
 WRITES = ("none", "ring", "cond")
@@ -212,6 +218,7 @@ def _decode(
   future_cond_ptrs,
   dropout_key=None,
   memory: MemoryPolicy = RELEASED,
+  present_only: bool = True,
 ) -> StepOut:
   """One static route (see the module docstring)."""
   vision = feats["vision"]
@@ -249,30 +256,41 @@ def _decode(
     tpos = params["maskmem_tpos_enc"][:, 0, 0]
     ptr_pe = lambda rel, tdm: _apply(model, params, "obj_ptr_pos_encoding", rel, tdm)
     view = memory.view(bank, t, reverse)
-    mem, mpos, mmask = bank.select(
+    slots = bank.slots(
       t, num_frames, tpos, ptr_pe, reverse=reverse, future_cond_ptrs=future_cond_ptrs, view=view
     )
-    key_scale = bank.token_key_scale(view)  # SAM2Long's key factors (None: unscaled)
-    scaled = {} if key_scale is None else {"key_scale": key_scale}
-    pix = _apply(
-      model,
-      params,
-      "condition_on_memory",
-      vision,
-      feats["vision_pos"],
-      mem,
-      mpos,
-      mmask,
-      task=task,
-      num_obj_ptr_tokens=bank.num_ptr_tokens,
-      **scaled,
-      **_dropout(dropout_key, t),
-    )
+    attend = lambda sl: _condition(model, params, feats, sl, task, _dropout(dropout_key, t))
+    if present_only:
+      buckets = present_buckets(*slots.capacity)
+      branches = [lambda s=slots, n=n: attend(s.present(*n)) for n in buckets]
+      pix = jax.lax.switch(bucket_index(buckets, *slots.num_present()), branches)
+    else:
+      pix = attend(slots)
   else:
     raise ValueError(f"route={route!r} is unknown; use one of {ROUTES}")
   presence = memory.presence_threshold if memory.needs_candidates else None
   return decode_heads(
     model, params, pix, feats, prompt, task=task, multimask=multimask, presence=presence
+  )
+
+
+def _condition(model, params, feats, slots: MemorySlots, task: str, dropout: dict):
+  """Memory attention of the frame's features over `slots` (all of them, masked)."""
+  mem, mpos, mmask, key_scale = slots.flatten()
+  scaled = {} if key_scale is None else {"key_scale": key_scale}  # SAM2Long's key factors
+  return _apply(
+    model,
+    params,
+    "condition_on_memory",
+    feats["vision"],
+    feats["vision_pos"],
+    mem,
+    mpos,
+    mmask,
+    task=task,
+    num_obj_ptr_tokens=slots.num_ptr_tokens,
+    **scaled,
+    **dropout,
   )
 
 
@@ -351,6 +369,7 @@ def track_step(
   dropout_key=None,
   memory: MemoryPolicy = RELEASED,
   policy_state=None,
+  present_only: bool = True,
 ):
   """One frame t for B objects -> (bank, StepOut). Pure; call it inside jit / scan.
 
@@ -377,6 +396,9 @@ def track_step(
   policy_state. RELEASED (SAM2()) is the released tracker. policy_state: the policy's state
   when the bank does not carry it (the interactive predictor keeps it per object on the host;
   None: the bank's, or a fresh one); the state after the frame is StepOut.policy_state.
+  present_only (static): memory attention over only the present memories, gathered in the
+  reference's order into the smallest of a few static sizes (`present_buckets`, a lax.switch:
+  one compiled variant each); False: over every slot of the bank, masked (fixed cost).
   """
   b = bank.cond_ptr.shape[0] if bank is not None else None
   if isinstance(prompt, Mapping):
@@ -392,6 +414,7 @@ def track_step(
     future_cond_ptrs=future_cond_ptrs,
     dropout_key=dropout_key,
     memory=memory,
+    present_only=present_only,
   )
   if isinstance(route, str):
     p = prompt.get(route) if isinstance(prompt, Mapping) else prompt

@@ -407,6 +407,9 @@ def clip_forward(model, params, batch, key, *, task: str, cfg, plan=None) -> Dic
       cond_slot=x["cond_slot"],
       refine=refine,
       dropout_key=drop_key,
+      # every slot, masked: one memory-attention variant to differentiate and compile (a
+      # switch over present-memory buckets would compile each bucket's backward too)
+      present_only=False,
     )
     first = jax.tree.map(lambda a: a[None], _record(out))
     if corrects:
