@@ -4,10 +4,13 @@ Objects are a batch axis; the task is static. Follows the reference predictor's 
 recipe (see shared/parity/README.md "What the reference does per task").
 
 Device memory is flat in the video length: frames stay on the host and are fed `chunk` at a
-time to one jitted chunk step (encode the chunk, scan over its frames carrying the donated
-memory bank), called from a Python loop; each chunk's outputs (low-res logits, scores,
-pointers, bf16 memories, and the video-resolution logits computed per chunk) are copied into
-host numpy arrays at once, so nothing on the device is stacked over time.
+time to one jitted chunk step (a scan over its frames carrying the donated memory bank; each
+frame encoded inside the scan, batch 1, on CPU, or the chunk encoded as one batch first on
+accelerators: `encode_mode`), called from a Python loop; each chunk's outputs (low-res logits,
+scores, pointers, bf16 memories, and the video-resolution logits computed per chunk) are copied
+into host numpy arrays at once, so nothing on the device is stacked over time. The padding
+frames of the last chunk are skipped (lax.cond), and the bank has one conditioning slot (one
+prompted frame).
 
 Prompting on frame k and tracking forward is tracking frames[k:] from their frame 0; tracking
 in reverse from k is tracking frames[k::-1] forward. Both keep the whole video's length as
@@ -32,7 +35,6 @@ from sam2pp_jax.tracking.point_readout import check_readout
 from sam2pp_jax.tracking.postprocess import video_outputs
 from sam2pp_jax.tracking.step import (
   FEATURE_KEYS,
-  WRITES,
   FramePrompt,
   StepOut,
   count_clicks,
@@ -175,20 +177,63 @@ def _given_first_frame(model, given, *, task, cond_capacity, memory):
   return bank, jax.tree.map(lambda a: a[None], _rows(out, task, memory)), pos
 
 
+ENCODES = ("auto", "batch", "frame")
+
+
+def encode_mode(encode: str = "auto", backend: str | None = None) -> str:
+  """How `_chunk_step` encodes its frames: "batch" (the chunk as one batch, before the scan)
+  or "frame" (batch 1, inside the scan, so padding frames skip it). "auto" picks per backend:
+  on CPU batch 1 is faster per frame (bench/README.md, issue 18); on GPU / TPU the batch is
+  kept (not measured there: batching is what accelerators are usually faster at)."""
+  if encode not in ENCODES:
+    raise ValueError(f"encode={encode!r}: use one of {ENCODES}")
+  if encode != "auto":
+    return encode
+  return "frame" if (backend or jax.default_backend()) == "cpu" else "batch"
+
+
+def _skip_padding(step):
+  """step(bank, x) -> (bank, rows) that runs only where x["ok"] is True: a padding frame (the
+  host pads the last chunk) leaves the bank as it is and gives zero rows, at no cost
+  (lax.cond; inside a scan its predicate is a scalar, so only one branch runs)."""
+
+  def run(bank, x):
+    rows = jax.eval_shape(step, bank, x)[1]
+    skip = lambda bank, x: (bank, jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), rows))
+    return jax.lax.cond(x["ok"], step, skip, bank, x)
+
+  return run
+
+
 @partial(
   jax.jit,
-  static_argnames=("model", "task", "num_frames", "encoded", "memory"),
+  static_argnames=("model", "task", "num_frames", "encoded", "memory", "encode", "present_only"),
   donate_argnames=("bank",),
 )
-def _chunk_step(model, params, bank, xs, ts, valid, *, task, num_frames, encoded, memory):
+def _chunk_step(
+  model,
+  params,
+  bank,
+  xs,
+  ts,
+  valid,
+  *,
+  task,
+  num_frames,
+  encoded,
+  memory,
+  encode="batch",
+  present_only=True,
+):
   """One compiled function for every chunk: (bank, rows stacked over the K frames).
 
-  xs: K frames [K,S,S,3] (encoded=False: encoded here as one batch) or a features dict of
-  [K,...] arrays; ts [K] clip-relative frame indices; valid [K] (False for the host-side
-  padding of the last chunk: those frames leave the bank untouched). The bank is donated.
+  xs: K frames [K,S,S,3] (encoded=False: encoded as one batch before the scan with encode
+  "batch", one by one inside it with "frame") or a features dict of [K,...] arrays; ts [K]
+  clip-relative frame indices; valid [K] (False for the host-side padding of the last chunk:
+  those frames are skipped, leaving the bank untouched and zero rows). The bank is donated.
   """
-  feats = xs if encoded else frame_features(model, params, xs, task=task)
-  ring, none = WRITES.index("ring"), WRITES.index("none")
+  if not encoded and encode == "batch":
+    xs, encoded = frame_features(model, params, xs, task=task), True
   step = partial(
     track_step,
     model,
@@ -198,14 +243,19 @@ def _chunk_step(model, params, bank, xs, ts, valid, *, task, num_frames, encoded
     multimask=True,
     num_frames=num_frames,
     memory=memory,
+    write="ring",
+    present_only=present_only,
   )
 
   def body(bank, x):
-    t, ok, f = x
-    bank, out = step({k: v[None] for k, v in f.items()}, bank, t, write=jnp.where(ok, ring, none))
+    if encoded:
+      f = {k: v[None] for k, v in x["f"].items()}
+    else:  # batch 1: this frame's features only
+      f = frame_features(model, params, x["f"][None], task=task)
+    bank, out = step(f, bank, x["t"])
     return bank, _rows(out, task, memory)
 
-  return jax.lax.scan(body, bank, (ts, valid, feats))
+  return jax.lax.scan(_skip_padding(body), bank, {"t": ts, "ok": valid, "f": xs})
 
 
 def _prompt_multimask(prompt: FramePrompt, task: str, config) -> bool:
@@ -230,7 +280,7 @@ def track_video(
   prompt: dict | FramePrompt,
   *,
   chunk: int = 4,
-  cond_capacity: int = 2,
+  cond_capacity: int = 1,
   return_bank: bool = False,
   prompt_frame: int = 0,
   reverse: bool = False,
@@ -241,6 +291,8 @@ def track_video(
   progress=None,
   memory: MemoryPolicy | str = "sam2",
   prompt_outputs: dict | None = None,
+  encode: str = "auto",
+  present_only: bool = True,
 ) -> dict:
   """Track B objects prompted on frame `prompt_frame` through T frames [S,S,3] (normalised).
 
@@ -260,6 +312,12 @@ def track_video(
   None): the prompt frame's outputs, already decoded (the interactive predictor's consolidated
   prompts): low_res [B,S/4,S/4], score [B], obj_ptr [B,C], maskmem [B,HW,Cm], box [B,4] or
   None, maskmem_pos [HW,Cm]; they are the first frame's outputs and its memory.
+  `cond_capacity`: conditioning slots of the bank; one frame is prompted here, so 1 (more
+  only adds empty slots). `encode`: "batch" (each chunk's frames as one batch), "frame" (batch
+  1 inside the scan) or "auto" (per backend, `encode_mode`); padding frames of the last chunk
+  are skipped either way (with "batch" they are still encoded). `present_only`: memory
+  attention over only the present memories (track_step); False: over every slot, masked.
+  The outputs do not depend on chunk, encode or cond_capacity.
 
   Returns numpy dict, time axis in processing order (prompt frame first): frame_idx [T'] (the
   original index of each output frame), low_res_mask_logits [T',B,S/4,S/4],
@@ -304,6 +362,7 @@ def track_video(
     raise ValueError(f"num_frames={num_frames} is shorter than the {len(idx)} frames tracked")
   n_out = len(idx)
   chunk = max(1, min(chunk, n_out - 1))
+  mode = encode_mode(encode)
 
   if encoded:
 
@@ -380,6 +439,8 @@ def track_video(
       num_frames=num_frames,
       encoded=encoded,
       memory=memory,
+      encode=mode,
+      present_only=bool(present_only),
     )
     put(i, m, ys)
     del ys
