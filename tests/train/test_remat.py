@@ -95,8 +95,10 @@ def test_recipe_rejects_unknown_policy():
 @pytest.mark.slow
 def test_training_loss_gradients_agree_across_policies():
   """The whole training loss (test recipe, point task, corrections off) under every policy
-  (~4 compiles of the tiny train gradient)."""
+  (~4 compiles of the tiny train gradient). Dropout off: `none` draws the encoder's drop-path
+  for all frames at once, the other policies per frame (forward.encode_frames)."""
   c = get_train_config("test")
+  c.prompts.apply_dropout = False
   params = init_train_params(tiny_with_objects_present()[1], jax.random.key(0), c.lora)
   task, batch = next(train_data.make_train_iterator(c.data, 0))
   out = {}
