@@ -95,8 +95,10 @@ def test_recipe_rejects_unknown_policy():
 @pytest.mark.slow
 def test_training_loss_gradients_agree_across_policies():
   """The whole training loss (test recipe, point task, corrections off) under every policy
-  (~4 compiles of the tiny train gradient)."""
+  (~4 compiles of the tiny train gradient). Dropout off: `none` draws the encoder's drop-path
+  for all frames at once, the other policies per frame (forward.encode_frames)."""
   c = get_train_config("test")
+  c.prompts.apply_dropout = False
   params = init_train_params(tiny_with_objects_present()[1], jax.random.key(0), c.lora)
   task, batch = next(train_data.make_train_iterator(c.data, 0))
   out = {}
@@ -106,9 +108,19 @@ def test_training_loss_gradients_agree_across_policies():
     loss = trainer.make_loss_fn(model, c, task)
     out[p] = jax.jit(jax.value_and_grad(loss, has_aux=True))(params, batch, jax.random.key(3))
   (l0, _), g0 = out["none"]
+  flat = lambda g: np.concatenate([np.ravel(x) for x in jax.tree.leaves(g)]).astype(np.float64)
+  scale = float(np.abs(flat(g0)).max())
   for p in REMAT_POLICIES[1:]:
     (lp, _), gp = out[p]
-    np.testing.assert_allclose(float(lp), float(l0), rtol=1e-6, err_msg=p)
+    np.testing.assert_allclose(float(lp), float(l0), rtol=1e-5, err_msg=p)
+    # float32 noise of encoding frame by frame instead of as one batch (other matmul shapes),
+    # carried through the clip's scan. Measured (frame): relative L2 1.5e-6 over all grads; per
+    # leaf max |diff| <= 3.9e-4 of the leaf's max, except leaves that are zero in exact
+    # arithmetic (attention key biases, ~1e-9 against a largest gradient of 13): the floor
+    rel = np.linalg.norm(flat(gp) - flat(g0)) / np.linalg.norm(flat(g0))
+    assert rel <= 1e-4, (p, rel)
     for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(gp)):
       a, b = np.asarray(a), np.asarray(b)
-      np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * np.abs(a).max() + 1e-12, err_msg=p)
+      np.testing.assert_allclose(
+        b, a, rtol=0, atol=5e-3 * np.abs(a).max() + 1e-7 * scale, err_msg=p
+      )
