@@ -173,6 +173,14 @@ def build_parser():
   p.add_argument("--chunk", type=int, default=4, help="frames encoded at once (default 4)")
   p.add_argument("--quiet", action="store_true", help="no progress bar")
   p.add_argument(
+    "--dtype",
+    default="float32",
+    choices=("float32", "bfloat16"),
+    help="computation dtype (bfloat16: bf16 matmuls and activations with float32 params, "
+    "softmax, LayerNorm statistics and head outputs, as the reference's autocast; "
+    "default float32, the parity path)",
+  )
+  p.add_argument(
     "--point-readout",
     default="argmax",
     choices=READOUTS,
@@ -241,7 +249,7 @@ def run(args) -> int:
   name = _video_name(args.video)
 
   config, params = load_model(args.checkpoint)
-  model = build_model(config)
+  model = build_model(config, args.dtype)
   s = int(model.config.image_size)
   if not args.quiet:
     print(
