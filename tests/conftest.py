@@ -1,7 +1,9 @@
 """Shared test setup: float32 parity precision and access to the reference fixtures."""
 
+import json
 import os
 import pathlib
+import sys
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
@@ -75,3 +77,39 @@ def tiny_with_objects_present(seed: int = 0):
   head = params["sam_unified_decoder"]["pred_obj_score_head"]["layers_2"]
   head["bias"] = head["bias"] + 3.0
   return model, params
+
+
+def bplus_manifest() -> dict:
+  """{reference key: shape} of the released SAM2-Plus B+ checkpoint (parity/manifest_bplus.json);
+  skips when the shared parity folder is absent."""
+  d = parity_dir()
+  if d is None or not (d / "manifest_bplus.json").exists():
+    pytest.skip("manifest_bplus.json not found (set $SAM2PP_PARITY_DIR)")
+  m = json.loads((d / "manifest_bplus.json").read_text())
+  return {e["key"]: tuple(e["shape"]) for e in m["keys"]}
+
+
+def train_command(workdir, *extra, recipe: str = "test") -> list:
+  """`python train.py` on a recipe of configs/train.py, quiet, in a subprocess-ready argv."""
+  cfg = os.path.join(REPO, "configs", "train.py") + f":{recipe}"
+  return [sys.executable, os.path.join(REPO, "train.py"), "--config", cfg] + [
+    "--workdir",
+    str(workdir),
+    "--quiet",
+    *extra,
+  ]
+
+
+def train_env(devices=None) -> dict:
+  """This environment on CPU with `devices` fake host devices (none: the flag removed)."""
+  env = dict(os.environ)
+  flags = [
+    f
+    for f in env.get("XLA_FLAGS", "").split()
+    if not f.startswith("--xla_force_host_platform_device_count")
+  ]
+  if devices:
+    flags.append(f"--xla_force_host_platform_device_count={devices}")
+  env["XLA_FLAGS"] = " ".join(flags)
+  env["JAX_PLATFORMS"] = "cpu"
+  return env

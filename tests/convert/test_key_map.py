@@ -1,22 +1,11 @@
 """Reference key names <-> Flax params: bit-exact round trips and clear errors."""
 
-import json
-
 import numpy as np
 import pytest
-from conftest import get_fixture
+from conftest import bplus_manifest, get_fixture
 
 from sam2pp_jax.convert import key_map
 from sam2pp_jax.model.sam2pp import build_model, param_shapes
-from sam2pp_jax.parity.fixture import parity_dir
-
-
-def _bplus_manifest():
-  d = parity_dir()
-  if d is None or not (d / "manifest_bplus.json").exists():
-    pytest.skip("manifest_bplus.json not found (set $SAM2PP_PARITY_DIR)")
-  m = json.loads((d / "manifest_bplus.json").read_text())
-  return {e["key"]: tuple(e["shape"]) for e in m["keys"]}
 
 
 def test_round_trip_fixture_weights_bit_exact():
@@ -30,7 +19,7 @@ def test_round_trip_fixture_weights_bit_exact():
 
 
 def test_round_trip_bplus_manifest_and_template():
-  man = _bplus_manifest()
+  man = bplus_manifest()
   rng = np.random.default_rng(0)
   sd = {k: rng.standard_normal(s).astype(np.float32) for k, s in man.items()}
   tree = key_map.torch_to_flax(sd, template=param_shapes(build_model("b+")))

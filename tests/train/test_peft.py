@@ -2,20 +2,18 @@
 attentions), dropout on the LoRA branch, the merged export, and trainable counts against the
 released checkpoint's manifest with the released peft rules."""
 
-import json
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import bplus_manifest
 
 from sam2pp_jax.convert import key_map
 from sam2pp_jax.model import lora
 from sam2pp_jax.model.presets import TASKS, get_model_config
 from sam2pp_jax.model.random_params import random_params
 from sam2pp_jax.model.sam2pp import build_model, param_shapes
-from sam2pp_jax.parity.fixture import parity_dir
 from sam2pp_jax.train import params, peft
 from sam2pp_jax.train.optimizer import make_optimizer
 from sam2pp_jax.train.recipes import get_train_config
@@ -52,14 +50,6 @@ def _perturbed(tp, seed=2):
   for k in ("lora", params.ENCODER_LORA):
     out[k] = jax.tree.map(lambda a: a + 0.05 * rng.standard_normal(a.shape).astype(a.dtype), tp[k])
   return out
-
-
-def _manifest():
-  d = parity_dir()
-  if d is None or not (d / "manifest_bplus.json").exists():
-    pytest.skip("manifest_bplus.json not found (set $SAM2PP_PARITY_DIR)")
-  m = json.loads((d / "manifest_bplus.json").read_text())
-  return {e["key"]: tuple(e["shape"]) for e in m["keys"]}
 
 
 def test_reference_recipe_has_the_released_peft():
@@ -213,8 +203,8 @@ def test_frozen_encoder_gets_no_gradient_and_its_factors_do(tiny):
   assert all(np.any(np.asarray(v)) for v in jax.tree.leaves(g[params.ENCODER_LORA]))
 
 
-def test_reference_trainable_count_on_the_released_manifest():
-  shapes = _manifest()
+def test_reference_trainable_count_on_the_releasedbplus_manifest():
+  shapes = bplus_manifest()
   ref = peft.reference_trainable_count(shapes)
   assert ref["lora_modules"] == {
     "image_encoder": 1 + 24 * 4 + 3,  # patch embed, 24 blocks x 4, neck convs 0-2
@@ -253,7 +243,7 @@ def test_report_matches_reference_rules_and_guards_the_frozen_encoder(tiny):
 @pytest.mark.slow
 def test_bplus_reference_recipe_trains_what_the_released_peft_trains():
   """Ours (the reference recipe on b+, shapes only) = the manifest count (~10 s)."""
-  shapes = _manifest()
+  shapes = bplus_manifest()
   c = get_train_config("reference")
   ps = param_shapes(build_model(c.model))
   assert key_map.reference_keys(ps) == shapes

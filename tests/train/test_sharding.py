@@ -8,14 +8,13 @@ runs are train.py subprocesses with their own flags, as in test_train_run.py."""
 import json
 import os
 import subprocess
-import sys
 
 import jax
 import ml_collections
 import numpy as np
 import optax
 import pytest
-from conftest import REPO
+from conftest import train_command, train_env
 from jax.sharding import PartitionSpec as P
 
 from sam2pp_jax.model.sam2pp import build_model
@@ -226,20 +225,7 @@ LOSS_KEYS = ("core_loss", "loss_mask", "loss_dice", "loss_iou", "loss_class", "l
 
 
 def _run(workdir, *extra):
-  env = dict(os.environ)
-  flags = [f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f]
-  env["XLA_FLAGS"] = " ".join(flags + ["--xla_force_host_platform_device_count=8"])
-  env["JAX_PLATFORMS"] = "cpu"
-  cmd = [
-    sys.executable,
-    os.path.join(REPO, "train.py"),
-    "--config",
-    os.path.join(REPO, "configs", "train.py") + ":test",
-    "--workdir",
-    str(workdir),
-    "--quiet",
-    *extra,
-  ]
+  env, cmd = train_env(8), train_command(workdir, *extra)
   p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1500)
   assert p.returncode == 0, p.stderr[-3000:]
   with open(os.path.join(workdir, "metrics.jsonl")) as f:

@@ -5,12 +5,11 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, train_command, train_env
 
 ROOT = str(REPO)
 LOSS_KEYS = ("core_loss", "loss_mask", "loss_dice", "loss_iou", "loss_class", "loss_l1")
@@ -18,31 +17,8 @@ LOSS_KEYS = ("core_loss", "loss_mask", "loss_dice", "loss_iou", "loss_class", "l
 pytestmark = pytest.mark.slow
 
 
-def _cmd(workdir, *extra):
-  return [
-    sys.executable,
-    os.path.join(ROOT, "train.py"),
-    "--config",
-    os.path.join(ROOT, "configs", "train.py") + ":test",
-    "--workdir",
-    str(workdir),
-    "--quiet",
-    *extra,
-  ]
-
-
-def _env(devices=None):
-  env = dict(os.environ)
-  flags = [
-    f
-    for f in env.get("XLA_FLAGS", "").split()
-    if not f.startswith("--xla_force_host_platform_device_count")
-  ]
-  if devices:
-    flags.append(f"--xla_force_host_platform_device_count={devices}")
-  env["XLA_FLAGS"] = " ".join(flags)
-  env["JAX_PLATFORMS"] = "cpu"
-  return env
+_cmd = train_command
+_env = train_env
 
 
 def _losses(workdir):
