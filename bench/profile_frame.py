@@ -10,6 +10,9 @@ one warm-up call as the best / median of `--repeats` calls, blocks interleaved r
 every block sees similar machine load):
 
   trunk     Hiera trunk on the normalised S x S frame
+  trunk:global / trunk:windowed
+            Hiera's global-attention blocks / its windowed blocks, each block on the input it
+            gets inside the trunk (captured once), one jitted function per group
   neck      FPN neck (lateral convs, top-down fusion, sine PEs) on the trunk outputs
   highres   the task's conv_s0 / conv_s1 projections of FPN levels 0 / 1
   memattn   memory attention of the S/16 features over 7 spatial memory frames + 16 object
@@ -145,9 +148,38 @@ def jax_blocks(preset: str, task: str, seed: int = 0):
     )
   )
 
+  # Hiera's blocks by kind, each on the input it gets inside the trunk (captured once): the
+  # global-attention blocks and the windowed ones, as one jitted function per group.
+  from sam2pp_jax.model.hiera import MultiScaleBlock, PatchEmbed, bicubic_resize
+
+  specs, _ = trunk._specs()
+  x = PatchEmbed(trunk.embed_dim).apply({"params": trunk_params["patch_embed"]}, img)
+  win, (ph, pw) = trunk.window_spec[0], x.shape[1:3]
+  x = x + bicubic_resize(trunk_params["pos_embed"], (ph, pw))
+  x = x + jnp.tile(trunk_params["pos_embed_window"], (1, ph // win, pw // win, 1))
+  block_in, blocks = [], []
+  for i, (dim, dim_out, heads, q_stride, window) in enumerate(specs):
+    blk = MultiScaleBlock(dim, dim_out, heads, q_stride=q_stride, window_size=window)
+    block_in.append(x)
+    blocks.append(blk)
+    x = jax.jit(blk.apply)({"params": trunk_params[f"blocks_{i}"]}, x)
+  groups = {
+    "trunk:global": [i for i, sp in enumerate(specs) if sp[4] == 0],  # (dim, .., window)
+    "trunk:windowed": [i for i, sp in enumerate(specs) if sp[4] > 0],
+  }
+
+  def group_fn(idx):
+    def run(p, xs):
+      return [blocks[i].apply({"params": p[f"blocks_{i}"]}, xi) for i, xi in zip(idx, xs)]
+
+    f = jax.jit(run)
+    xs = [block_in[i] for i in idx]
+    return lambda: jax.block_until_ready(f(trunk_params, xs))
+
   bur = jax.block_until_ready
   fns = {
     "trunk": lambda: bur(f_trunk(trunk_params, img)),
+    **{k: group_fn(v) for k, v in groups.items()},
     "neck": lambda: bur(f_neck(neck_params, trunk_out)),
     "highres": lambda: bur(f_high(params, feats["fpn0"], feats["fpn1"])),
     "memattn": lambda: bur(
@@ -194,6 +226,20 @@ def torch_blocks(preset: str, task: str, params, model, threads: int):
     return g
 
   fns["trunk"] = wrap(lambda: enc.trunk(img))
+  tr = enc.trunk
+  with torch.inference_mode():  # each block's input inside the trunk, captured once
+    x = tr.patch_embed(img)
+    x = x + tr._get_pos_embed(x.shape[1:3])
+    block_in = []
+    for blk in tr.blocks:
+      block_in.append(x)
+      x = blk(x)
+  glob = [i for i, blk in enumerate(tr.blocks) if blk.window_size == 0]
+  for name, idx in (
+    ("trunk:global", glob),
+    ("trunk:windowed", [i for i in range(len(tr.blocks)) if i not in glob]),
+  ):
+    fns[name] = wrap(lambda idx=idx: [tr.blocks[i](block_in[i]) for i in idx])
   fns["neck"] = wrap(lambda: enc.neck(trunk_out))
   fns["encode_image(all)"] = wrap(lambda: pred.forward_image(img))
   nptr = int(c.max_obj_ptrs_in_encoder) * (d // m)
@@ -234,43 +280,55 @@ def torch_blocks(preset: str, task: str, params, model, threads: int):
   return ok, pred
 
 
+def block_table(preset: str, task: str, repeats: int, reference: bool, threads: int = 2) -> dict:
+  """{block: (best s, median s)} for ours and, with `reference`, "ref:"-prefixed the same blocks
+  of the reference (timed after ours, not interleaved: XLA's and torch's thread pools fight)."""
+  fns, params, model = jax_blocks(preset, task)
+  res = _timeit(fns, repeats)
+  if reference:
+    import _reference
+
+    ok, why = _reference.available()
+    if not ok:
+      print(f"reference: not timed ({why})")
+    else:
+      try:
+        tfns, _ = torch_blocks(preset, task, params, model, threads)
+        res.update({"ref:" + k: v for k, v in _timeit(tfns, repeats).items()})
+      except Exception as e:  # noqa: BLE001
+        print(f"reference blocks unavailable: {type(e).__name__}: {e}")
+  return res
+
+
+CORE = ("trunk", "neck", "highres", "memattn", "decoder", "memenc")
+
+
+def print_block_table(preset: str, image_size: int, task: str, res: dict) -> None:
+  print(f"== {preset} (S={image_size}, task={task}), ms best / median")
+  for k, (b, med) in res.items():
+    if k.startswith("ref:"):
+      continue
+    ref = res.get("ref:" + k)  # baseline in the same run, when the reference was timed
+    ratio = f"  ref {1e3 * ref[0]:9.2f}  ours/ref {b / ref[0]:.2f}x" if ref else ""
+    print(f"  {k:24s} {1e3 * b:9.2f} {1e3 * med:9.2f}{ratio}")
+  for pre in ("", "ref:"):
+    if all(pre + k in res for k in CORE):
+      print(f"  {pre + 'sum(blocks)':24s} {1e3 * sum(res[pre + k][0] for k in CORE):9.2f}")
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--presets", default="parity_small")
   ap.add_argument("--task", default="box")
   ap.add_argument("--repeats", type=int, default=10)
   ap.add_argument("--reference", action="store_true")
-  ap.add_argument("--reference-only", action="store_true")
   ap.add_argument("--threads", type=int, default=2)
   args = parse_args(ap, argv, SMOKE)
-  for preset in args.presets.split(","):
-    fns, params, model = jax_blocks(preset, args.task)
-    res = {}
-    if not args.reference_only:
-      res.update(_timeit(fns, args.repeats))
-    ref_ok, ref_why = False, ""
-    if args.reference or args.reference_only:
-      import _reference
+  from sam2pp_jax.model.sam2pp import build_model
 
-      ref_ok, ref_why = _reference.available()
-      if not ref_ok:
-        print(f"reference: not timed ({ref_why})")
-    if ref_ok:
-      # Timed separately (not interleaved): XLA's and torch's thread pools fight otherwise.
-      try:
-        tfns, _ = torch_blocks(preset, args.task, params, model, args.threads)
-        res.update({"ref:" + k: v for k, v in _timeit(tfns, args.repeats).items()})
-      except Exception as e:  # noqa: BLE001
-        print(f"reference blocks unavailable: {type(e).__name__}: {e}")
-    print(f"== {preset} (S={model.config.image_size}, task={args.task}), ms best / median")
-    for k, (b, med) in res.items():
-      ref = res.get("ref:" + k)  # baseline in the same run, when the reference was timed
-      ratio = f"  ours/ref {b / ref[0]:.2f}x" if ref else ""
-      print(f"  {k:24s} {1e3 * b:9.2f} {1e3 * med:9.2f}{ratio}")
-    core = ("trunk", "neck", "highres", "memattn", "decoder", "memenc")
-    for pre in ("", "ref:"):
-      if all(pre + k in res for k in core):
-        print(f"  {pre + 'sum(blocks)':24s} {1e3 * sum(res[pre + k][0] for k in core):9.2f}")
+  for preset in args.presets.split(","):
+    res = block_table(preset, args.task, args.repeats, args.reference, args.threads)
+    print_block_table(preset, int(build_model(preset).config.image_size), args.task, res)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,10 @@ ours/ref when the reference was timed:
   e2e  : (load + scan) and (pred) vs ref (init_state + prompt + propagate), all incl. PNG loading.
   model: scan (in-memory frames) vs ref minus the reference's own frame-loading time (measured
          separately with `sam2.utils.misc.load_video_frames` on the same folder).
+With `--blocks`, each preset also gets a per-block table of one tracked frame (Hiera's
+global and windowed blocks, neck, memory attention, decoder, memory encoder; ours and the
+reference's; bench/profile_frame.py), stored under "blocks_s" in the JSON.
+
 A sanity line compares our and the reference's video-resolution logits (same weights, same
 frames): max |diff| and the IoU of the binarised masks over all frames.
 """
@@ -54,7 +58,15 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 TASKS = ("mask", "box", "point")
-SMOKE = {"presets": "tiny", "tasks": "box", "frames": 3, "repeats": 1, "chunk": 2}  # --smoke
+SMOKE = {  # --smoke
+  "presets": "tiny",
+  "tasks": "box",
+  "frames": 3,
+  "repeats": 1,
+  "chunk": 2,
+  "blocks": True,
+  "block_repeats": 1,
+}
 
 
 # -- inputs ------------------------------------------------------------------------------------
@@ -104,14 +116,16 @@ def _median(xs):
 
 
 # -- our scan path -----------------------------------------------------------------------------
-def scan_run_once(model, params, frames, hw, task, prompt, chunk):
+def scan_run_once(model, params, frames, hw, task, prompt, chunk, encode="auto"):
   """One track_video call (returns numpy, i.e. synchronised): ({"total_s"}, logits [T,H,W])."""
   import jax
 
   from sam2pp_jax.tracking.propagate import track_video
 
   t0 = time.perf_counter()
-  res = track_video(model, params, frames, hw, task, batched_prompt(task, prompt), chunk=chunk)
+  res = track_video(
+    model, params, frames, hw, task, batched_prompt(task, prompt), chunk=chunk, encode=encode
+  )
   jax.block_until_ready(res)
   return {"total_s": time.perf_counter() - t0}, res["video_res_mask_logits"][:, 0]
 
@@ -217,12 +231,24 @@ def main(argv=None) -> int:
   ap.add_argument("--tasks", default="mask,box,point")
   ap.add_argument("--frames", type=int, default=8)
   ap.add_argument("--repeats", type=int, default=2, help="steady-state calls after the first")
-  ap.add_argument("--chunk", type=int, default=4, help="track_video encoder chunk")
+  ap.add_argument("--chunk", type=int, default=4, help="track_video's chunk of frames")
+  ap.add_argument(
+    "--encode",
+    default="auto",
+    choices=("auto", "batch", "frame"),
+    help="track_video's encoding: per frame inside the scan, batched per chunk, or by backend",
+  )
   ap.add_argument("--seed", type=int, default=0)
   ap.add_argument("--no-reference", action="store_true", help="skip the torch reference")
   ap.add_argument("--no-predictor", action="store_true", help="skip our interactive predictor")
   ap.add_argument("--threads", type=int, default=2, help="torch threads for the reference")
   ap.add_argument("--json", default=None, help="also write all numbers to this file")
+  ap.add_argument(
+    "--blocks",
+    action="store_true",
+    help="also time one frame block by block, ours and the reference (bench/profile_frame.py)",
+  )
+  ap.add_argument("--block-repeats", type=int, default=3, help="timed calls per block")
   a = parse_args(ap, argv, SMOKE)
 
   import jax
@@ -240,7 +266,7 @@ def main(argv=None) -> int:
     f"# bench/propagate.py  {datetime.datetime.now().isoformat(timespec='seconds')}  "
     f"{platform.node()}  {os.cpu_count()} cpus  jax {jax.__version__} "
     f"({jax.default_backend()}: {jax.devices()[0].device_kind})  frames={T} "
-    f"repeats={a.repeats} chunk={a.chunk}",
+    f"repeats={a.repeats} chunk={a.chunk} encode={a.encode}",
     flush=True,
   )
   if a.smoke:
@@ -319,7 +345,9 @@ def main(argv=None) -> int:
       # runners: each returns (phase seconds dict with "total_s", video-res logits [T,H,W])
       # (functools.partial binds this iteration's values, not the loop variables)
       runners = {
-        "scan": functools.partial(scan_run_once, model, params, frames, hw, task, p, a.chunk)
+        "scan": functools.partial(
+          scan_run_once, model, params, frames, hw, task, p, a.chunk, a.encode
+        )
       }
       if pcls is not None:
         try:
@@ -398,6 +426,15 @@ def main(argv=None) -> int:
         )
       results.append(r)
     tmp.cleanup()
+    if a.blocks:  # where one frame's time goes, ours vs the reference, same weights
+      import profile_frame
+
+      del ref_pred
+      res = profile_frame.block_table(
+        preset, tasks[0], a.block_repeats, reference=bool(ref_ok), threads=a.threads
+      )
+      profile_frame.print_block_table(preset, s, tasks[0], res)
+      results.append({"preset": preset, "task": tasks[0], "blocks_s": res})
 
   print("\n# summary (fps = frames / steady-state seconds; compile = first call - steady)")
   hdr = (
@@ -408,6 +445,8 @@ def main(argv=None) -> int:
   print(hdr)
   f = lambda r, k, fmt: format(r[k], fmt) if k in r else "-"
   for r in results:
+    if "blocks_s" in r:
+      continue
     print(
       f"{r['preset']:13s} {r['task']:5s} {f(r, 'scan_fps', '8.2f'):>8s} "
       f"{f(r, 'scan_compile_s', '9.1f'):>9s} {f(r, 'pred_fps', '8.2f'):>8s} "
@@ -416,8 +455,10 @@ def main(argv=None) -> int:
       f"{f(r, 'ratio_pred_e2e', '8.2f'):>8s} {f(r, 'ratio_pred_scan', '9.2f'):>9s}"
     )
   if a.json:
-    with open(a.json, "w") as fh:
+    tmp_json = a.json + ".tmp"  # written whole, then renamed: never a half-written file
+    with open(tmp_json, "w") as fh:
       json.dump(results, fh, indent=1, default=float)
+    os.replace(tmp_json, a.json)
   failed = [
     f"{r['preset']}/{r['task']} {k[: -len('_error')]}"
     for r in results

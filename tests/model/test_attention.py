@@ -60,6 +60,30 @@ def test_blocked_equals_plain_f32(small_blocks, masked):
     assert not np.any(np.asarray(plain[1])) and not np.any(np.asarray(blocked[1]))
 
 
+def _softmax_attention_f64(q, k, v, scale, mask=None):
+  """The textbook formula in float64 numpy (an independent reference for both paths)."""
+  q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
+  s = np.einsum("bhqd,bhkd->bhqk", q, k) * scale
+  if mask is not None:
+    s = np.where(np.asarray(mask)[:, None, None, :], s, -np.inf)
+  with np.errstate(invalid="ignore"):  # an all-masked row: -inf - -inf
+    s = s - s.max(-1, keepdims=True)
+    p = np.exp(s)
+    p = p / p.sum(-1, keepdims=True)
+  return np.einsum("bhqk,bhkd->bhqd", np.nan_to_num(p), v)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_both_paths_equal_the_float64_formula(small_blocks, masked):
+  q, k, v = _qkv(seed=3)
+  mask = _mask() if masked else None
+  plain, blocked = _both(q, k, v, key_mask=mask)
+  ref = _softmax_attention_f64(q, k, v, 1.0 / math.sqrt(D), mask)
+  if masked:  # batch 1 has no valid key: the formula gives nan, both paths give zeros
+    ref[1] = 0.0
+  assert _rel(plain, ref) < 2e-6 and _rel(blocked, ref) < 2e-6  # measured 4e-7 / 4e-7
+
+
 def test_masked_keys_do_not_contribute(small_blocks):
   """Changing the values and keys behind masked keys changes nothing."""
   q, k, v = _qkv()
