@@ -15,6 +15,9 @@ when timed, gets the *same* weights through `convert.key_map.flax_to_torch`):
            printed too). "compile" is call 1 minus the steady-state time. Frame loading (PNG
            decode + resize) is timed separately ("load") and added for the end-to-end
            comparison with the reference.
+* scan16 : with --bf16, the scan path with bf16 compute (`build_model(preset, "bfloat16")`, the
+           same float32 weights; track.py --dtype bfloat16), its fps ratio to float32's and the
+           agreement of their logits.
 * pred   : `sam2pp_jax.tracking.predictor.VideoPredictor` (SAM 2 API: init_state on the PNG
            folder + add_new_mask / add_new_points_or_box + propagate_in_video), if the module
            exists; otherwise a "not available" line.
@@ -65,6 +68,7 @@ SMOKE = {  # --smoke
   "repeats": 1,
   "chunk": 2,
   "blocks": True,
+  "bf16": True,
   "block_repeats": 1,
 }
 
@@ -244,6 +248,11 @@ def main(argv=None) -> int:
   ap.add_argument("--threads", type=int, default=2, help="torch threads for the reference")
   ap.add_argument("--json", default=None, help="also write all numbers to this file")
   ap.add_argument(
+    "--bf16",
+    action="store_true",
+    help="also time the scan path in bf16 compute (same weights) against float32's",
+  )
+  ap.add_argument(
     "--blocks",
     action="store_true",
     help="also time one frame block by block, ours and the reference (bench/profile_frame.py)",
@@ -286,6 +295,7 @@ def main(argv=None) -> int:
   results = []
   for preset in presets:
     model = build_model(preset)
+    model16 = build_model(preset, "bfloat16") if a.bf16 else None
     s = int(model.config.image_size)
     t0 = time.perf_counter()
     params = random_params(model, a.seed)
@@ -349,6 +359,10 @@ def main(argv=None) -> int:
           scan_run_once, model, params, frames, hw, task, p, a.chunk, a.encode
         )
       }
+      if model16 is not None:  # the same weights, bf16 compute (track.py --dtype bfloat16)
+        runners["scan16"] = functools.partial(
+          scan_run_once, model16, params, frames, hw, task, p, a.chunk, a.encode
+        )
       if pcls is not None:
         try:
           pred = make_predictor(pcls, model, params, task)
@@ -400,6 +414,14 @@ def main(argv=None) -> int:
           f"[{preset}/{task}] {k:4s}: first {tot[0]:.2f}s (compile/warm-up "
           f"~{tot[0] - best:.2f}s), steady best {best:.3f}s / median {med:.3f}s ({ph_txt}) "
           f"-> {r[f'{k}_fps']:.2f} fps{extra}",
+          flush=True,
+        )
+      if "scan16_fps" in r:  # bf16 inference against float32's scan, same run
+        r["ratio_scan16_scan"] = r["scan16_fps"] / r["scan_fps"]
+        r["scan16_vs_scan"] = mask_agreement(logits["scan16"], logits["scan"])
+        print(
+          f"[{preset}/{task}] bf16/f32 scan fps: {r['ratio_scan16_scan']:.2f}x; outputs bf16 vs "
+          f"f32: {r['scan16_vs_scan']}",
           flush=True,
         )
       if "pred_fps" in r and "scan_e2e_fps" in r:  # baseline in the same run: our scan path

@@ -2,13 +2,16 @@
 attention, memory attention and the two-way transformer.
 
 `attention` picks a path from the problem size (`attention_path`):
-  * plain: einsum -> float32 softmax -> einsum, the exact computation the modules did before
-    (small problems, e.g. Hiera's windows, and the 256 px parity models);
+  * plain: all scores at once, normalised after p @ v (small problems, e.g. Hiera's windows and
+    the 256 px parity models);
   * blocked: queries in chunks (`lax.map`) x keys in blocks (`lax.scan`) with a running max and
     sum (online softmax, as flash attention does), so the [Nq, Nk] scores are never written out.
     On CPU that is what makes 4,096-token global attention and memory attention over many
     memories fast (writing and re-reading the full float32 scores is what costs).
-Both keep scores, max, sum and softmax in float32 and run the p @ v matmul in the input dtype.
+  * fused: `jax.nn.dot_product_attention` with cuDNN's flash-attention kernel, on a GPU for the
+    problems cuDNN takes (bf16/f16, head dim <= 128, no dropout).
+The XLA paths keep scores, max, sum and softmax in float32 and run the p @ v matmul in the
+input dtype.
 Masked keys get exactly zero weight; a query row whose keys are all masked gets a zero output
 (and zero gradients), as memory attention has always done for an empty memory.
 """
@@ -36,12 +39,42 @@ _ALIGN = 8  # chunk and block lengths are rounded up to a multiple of this
 
 _NEG = float(jnp.finfo(jnp.float32).min)  # masked score: finite, so no inf - inf = nan
 
-PATHS = ("plain", "blocked")
+PATHS = ("plain", "blocked")  # the XLA paths (every backend, dropout, gradients)
+FUSED = "fused"  # jax.nn.dot_product_attention: cuDNN flash attention on GPUs
+
+# On GPU/TPU the scores live in fast memory and XLA fuses the softmax, so the plain path is kept
+# up to this many scores (1 GiB of float32) and the blocked one only bounds memory above it.
+# Not measured on an accelerator yet (no device was lent); bench/propagate.py is the check.
+ACCEL_BLOCKED_MIN_SCORES = 256 * 1024 * 1024
 
 
-def attention_path(num_queries: int, num_keys: int, num_heads: int = 1) -> str:
-  """The path `attention` takes for these (static) sizes: "plain" or "blocked"."""
-  return "blocked" if num_heads * num_queries * num_keys >= BLOCKED_MIN_SCORES else "plain"
+def attention_path(
+  num_queries: int,
+  num_keys: int,
+  num_heads: int = 1,
+  *,
+  head_dim: int | None = None,
+  dtype=None,
+  dropout: bool = False,
+  backend: str | None = None,
+) -> str:
+  """The path `attention` takes for these (static) sizes on `backend` (default: JAX's default):
+  "fused" on a GPU where cuDNN's flash attention takes the problem (bf16/f16, head dim a
+  multiple of 8 up to 128, no dropout), else "blocked" from BLOCKED_MIN_SCORES scores on CPU
+  (ACCEL_BLOCKED_MIN_SCORES elsewhere), else "plain"."""
+  backend = jax.default_backend() if backend is None else backend
+  if (
+    backend in ("gpu", "cuda", "rocm")
+    and not dropout
+    and dtype is not None
+    and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
+    and head_dim is not None
+    and head_dim <= 128
+    and head_dim % 8 == 0
+  ):
+    return FUSED
+  limit = BLOCKED_MIN_SCORES if backend == "cpu" else ACCEL_BLOCKED_MIN_SCORES
+  return "blocked" if num_heads * num_queries * num_keys >= limit else "plain"
 
 
 def attention(
@@ -67,18 +100,45 @@ def attention(
     raise ValueError(f"layout must be 'bhqd' or 'bqhd', got {layout!r}")
   axis, head_axis = (2, 1) if layout == "bhqd" else (1, 2)
   nq, nk = q.shape[axis], k.shape[axis]
-  path = attention_path(nq, nk, q.shape[head_axis]) if path is None else path
-  if path not in PATHS:
-    raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+  rate = float(dropout_rate) if dropout_rng is not None else 0.0
+  if path is None:
+    path = attention_path(
+      nq,
+      nk,
+      q.shape[head_axis],
+      head_dim=q.shape[-1] if q.shape[-1] == v.shape[-1] else None,
+      dtype=q.dtype,
+      dropout=rate > 0.0,
+    )
+  if path not in PATHS + (FUSED,):
+    raise ValueError(f"path must be one of {PATHS + (FUSED,)}, got {path!r}")
   if key_mask is not None:
     key_mask = jnp.broadcast_to(key_mask, (q.shape[0], nk))
-  rate = float(dropout_rate) if dropout_rng is not None else 0.0
+  if path == FUSED:
+    if rate > 0.0:
+      raise ValueError("the fused path has no attention dropout: use path 'plain' or 'blocked'")
+    return _fused(q, k, v, scale, key_mask, layout)
   if path == "plain":
     return _plain(q, k, v, scale, key_mask, layout, rate, dropout_rng)
   if layout == "bqhd":
     q, k, v = (x.transpose(0, 2, 1, 3) for x in (q, k, v))
   out = _blocked(q, k, v, scale, key_mask, rate, dropout_rng)
   return out.transpose(0, 2, 1, 3) if layout == "bqhd" else out
+
+
+def _fused(q, k, v, scale, key_mask, layout):
+  """jax.nn.dot_product_attention: cuDNN's kernel on a GPU, XLA's elsewhere (tests). A row whose
+  keys are all masked is zeroed, as on the other paths."""
+  if layout == "bhqd":
+    q, k, v = (x.transpose(0, 2, 1, 3) for x in (q, k, v))
+  on_gpu = jax.default_backend() in ("gpu", "cuda", "rocm")
+  mask = None if key_mask is None else key_mask[:, None, None, :]
+  out = jax.nn.dot_product_attention(
+    q, k, v, mask=mask, scale=float(scale), implementation="cudnn" if on_gpu else "xla"
+  )
+  if key_mask is not None:
+    out = jnp.where(key_mask.any(axis=-1)[:, None, None, None], out, jnp.zeros_like(out))
+  return out.transpose(0, 2, 1, 3) if layout == "bhqd" else out
 
 
 def _dropout(x, rate: float, rng):

@@ -2,6 +2,7 @@
 masks, padding of non-multiple sizes, bf16 inputs, gradients and dropout; the size rule sends
 the large shapes (b+ global blocks, memory attention at 1024 px) to the blocked path."""
 
+import functools
 import math
 
 import jax
@@ -220,3 +221,37 @@ def test_modules_on_the_blocked_path(small_blocks, monkeypatch):
   blocked = run()
   for a, b in zip(blocked, plain):
     assert _rel(a, b) < 1e-6
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_fused_path_equals_plain(dtype):
+  """path="fused" (jax.nn.dot_product_attention; XLA's kernel here, cuDNN's on a GPU) with the
+  key mask, the all-masked batch row zeroed, both layouts."""
+  q, k, v = _qkv(dtype)
+  scale = 1.0 / math.sqrt(D)
+  for layout in ("bhqd", "bqhd"):
+    args = (q, k, v) if layout == "bhqd" else tuple(x.transpose(0, 2, 1, 3) for x in (q, k, v))
+    fused = A.attention(*args, scale=scale, key_mask=_mask(), layout=layout, path="fused")
+    plain = A.attention(*args, scale=scale, key_mask=_mask(), layout=layout, path="plain")
+    assert fused.shape == plain.shape and fused.dtype == plain.dtype
+    assert _rel(fused, plain) < (2e-6 if dtype == jnp.float32 else 2e-2)
+    assert not np.any(np.asarray(fused[1]))
+  with pytest.raises(ValueError, match="no attention dropout"):
+    A.attention(q, k, v, scale=scale, path="fused", dropout_rate=0.1, dropout_rng=jax.random.key(0))
+
+
+def test_size_rule_on_accelerators():
+  """GPU: cuDNN's fused kernel for bf16/f16 heads of <= 128 channels (multiple of 8) without
+  dropout; otherwise plain up to 1 GiB of float32 scores (XLA fuses the softmax there)."""
+  rule = functools.partial(A.attention_path, backend="gpu")
+  assert rule(4096, 4096, 8, head_dim=56, dtype=jnp.bfloat16) == "fused"  # b+ global blocks
+  assert rule(4096, 4096, 8, head_dim=56, dtype=jnp.bfloat16, dropout=True) == "plain"
+  assert rule(4096, 4096, 8, head_dim=56, dtype=jnp.float32) == "plain"
+  assert rule(4096, 16448, 1, head_dim=256, dtype=jnp.bfloat16) == "plain"  # memory attention
+  assert rule(4096, 4096 * 20, 8, head_dim=256, dtype=jnp.bfloat16) == "blocked"
+  assert A.attention_path(4096, 4096, 8, head_dim=56, dtype=jnp.bfloat16, backend="tpu") == (
+    "plain"
+  )
+  assert A.attention_path(4096, 4096, 8, head_dim=56, dtype=jnp.bfloat16, backend="cpu") == (
+    "blocked"
+  )

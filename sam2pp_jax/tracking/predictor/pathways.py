@@ -72,7 +72,7 @@ def _track(pred, state, f0, first, last, reverse) -> list:
     state.video_hw,
     pred.task,
     None,
-    chunk=pred.encode_chunk,
+    chunk=pred.propagate_chunk,
     prompt_frame=f0 - first,
     reverse=bool(reverse),
     num_frames=state.num_frames,

@@ -38,7 +38,9 @@ class VideoPredictor:
   """SAM 2-style interactive predictor for one task ("mask" | "box" | "point").
 
   model: a SAM2Plus module; params: its parameter tree. encode_chunk: frames encoded per
-  image-encoder call (features cached per frame); max_cached_frames: keep at most this many
+  image-encoder call on a cache miss (features cached per frame; None: 1 on CPU, where a batch
+  costs more per frame and a prompt would wait for its whole chunk, 4 elsewhere);
+  propagate_chunk: frames per compiled propagation call; max_cached_frames: keep at most this many
   frames' features (None = all). max_cond_frames_in_attn: None = the model config's value
   (-1 = all conditioning frames). point_readout: "argmax" (the reference's) or "soft_argmax"
   (the training readout, sub-pixel; see point_readout.py).
@@ -50,7 +52,8 @@ class VideoPredictor:
     params,
     task: str,
     *,
-    encode_chunk: int = 4,
+    encode_chunk: int | None = None,
+    propagate_chunk: int = 4,
     max_cached_frames: int | None = None,
     max_cond_frames_in_attn: int | None = None,
     point_readout: str = "argmax",
@@ -71,7 +74,13 @@ class VideoPredictor:
     self.max_cond_frames_in_attn = int(mc)
     if self.max_cond_frames_in_attn not in (-1,) and self.max_cond_frames_in_attn < 2:
       raise ValueError(f"max_cond_frames_in_attn={mc}: use -1 (all) or at least 2")
+    if encode_chunk is None:
+      encode_chunk = 1 if jax.default_backend() == "cpu" else 4
+    for name, v in (("encode_chunk", encode_chunk), ("propagate_chunk", propagate_chunk)):
+      if int(v) < 1:
+        raise ValueError(f"{name}={v}: use at least 1")
     self.encode_chunk = int(encode_chunk)
+    self.propagate_chunk = int(propagate_chunk)
     self.max_cached_frames = max_cached_frames
 
   # ---------------------------------------------------------------------------------------------
