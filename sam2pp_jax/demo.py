@@ -161,18 +161,15 @@ def other_readout(point_readout: str) -> str:
   return "soft_argmax" if point_readout == "argmax" else "argmax"
 
 
-def track_all(
-  ckpt: str, paths: dict, out: str, quiet: bool, point_readout: str, dtype: str = "float32"
-) -> dict:
+def track_all(ckpt: str, paths: dict, out: str, quiet: bool, point_readout: str) -> dict:
   """track.py's `main` (in-process, so compiled functions are reused) for every video and task;
-  the point task twice: `point` with `point_readout`, `point_other` with the other readout.
-  `dtype`: track.py's --dtype (bench/bf16_inference.py compares bfloat16 with float32)."""
+  the point task twice: `point` with `point_readout`, `point_other` with the other readout."""
   other = other_readout(point_readout)
   outs = {t: os.path.join(out, f"pred_{t}") for t in TASKS}
   outs["point_other"] = os.path.join(out, f"pred_point_{other}")
   for i, (name, vd) in enumerate(paths["videos"]):
     viz = ["--viz"] if i == 0 else []
-    common = ["--checkpoint", ckpt, "--video", vd, "--dtype", dtype] + (["--quiet"] * quiet)
+    common = ["--checkpoint", ckpt, "--video", vd] + (["--quiet"] if quiet else [])
     track = lambda task, prompt, key, *extra, common=common: track_cli.main(
       [*common, "--task", task, "--prompt", prompt, "--out", outs[key], *extra]
     )
