@@ -46,6 +46,7 @@ FUSED = "fused"  # jax.nn.dot_product_attention: cuDNN flash attention on GPUs
 # up to this many scores (1 GiB of float32) and the blocked one only bounds memory above it.
 # Not measured on an accelerator yet (no device was lent); bench/propagate.py is the check.
 ACCEL_BLOCKED_MIN_SCORES = 256 * 1024 * 1024
+GPU_BACKENDS = ("gpu", "cuda", "rocm")  # jax.default_backend() names where cuDNN may run
 
 
 def attention_path(
@@ -64,7 +65,7 @@ def attention_path(
   (ACCEL_BLOCKED_MIN_SCORES elsewhere), else "plain"."""
   backend = jax.default_backend() if backend is None else backend
   if (
-    backend in ("gpu", "cuda", "rocm")
+    backend in GPU_BACKENDS
     and not dropout
     and dtype is not None
     and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
@@ -131,7 +132,7 @@ def _fused(q, k, v, scale, key_mask, layout):
   keys are all masked is zeroed, as on the other paths."""
   if layout == "bhqd":
     q, k, v = (x.transpose(0, 2, 1, 3) for x in (q, k, v))
-  on_gpu = jax.default_backend() in ("gpu", "cuda", "rocm")
+  on_gpu = jax.default_backend() in GPU_BACKENDS
   mask = None if key_mask is None else key_mask[:, None, None, :]
   out = jax.nn.dot_product_attention(
     q, k, v, mask=mask, scale=float(scale), implementation="cudnn" if on_gpu else "xla"

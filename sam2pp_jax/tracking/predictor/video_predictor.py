@@ -28,7 +28,7 @@ from sam2pp_jax.tracking.postprocess import video_outputs
 from sam2pp_jax.tracking.predictor import inputs, layout, pathways
 from sam2pp_jax.tracking.predictor.state import InferenceState
 from sam2pp_jax.tracking.predictor.steps import frame_step, prompt_memory
-from sam2pp_jax.tracking.propagate import encode_frames
+from sam2pp_jax.tracking.propagate import encode_frames, encode_mode
 from sam2pp_jax.tracking.step import FEATURE_KEYS, FramePrompt, count_clicks, use_multimask
 
 PREV_LOGIT_CLAMP = 32.0  # previous logits fed back as a dense prompt are clamped to +-this
@@ -75,7 +75,7 @@ class VideoPredictor:
     if self.max_cond_frames_in_attn not in (-1,) and self.max_cond_frames_in_attn < 2:
       raise ValueError(f"max_cond_frames_in_attn={mc}: use -1 (all) or at least 2")
     if encode_chunk is None:
-      encode_chunk = 1 if jax.default_backend() == "cpu" else 4
+      encode_chunk = 1 if encode_mode("auto") == "frame" else 4  # track_video's per-backend rule
     for name, v in (("encode_chunk", encode_chunk), ("propagate_chunk", propagate_chunk)):
       if int(v) < 1:
         raise ValueError(f"{name}={v}: use at least 1")
