@@ -31,11 +31,14 @@ Public API
 source, fps); ``load_video(path)``; ``natural_sort_key(name)``; ``read_rgb_image(path)``;
 ``pil_resize_bicubic(img_u8, (out_h, out_w))``; ``normalize_u8(frames_u8)``;
 ``preprocess(frames_u8, image_size) -> float32 [T,S,S,3]``;
-``load_video_for_model(path, image_size) -> (float32 [T,S,S,3], video_h, video_w, VideoFrames)``.
+``load_video_for_model(path, image_size) -> (float32 [T,S,S,3], video_h, video_w, VideoFrames)``;
+``open_video(path) -> VideoSource`` (lazy: frames decoded on demand, for long videos) and
+``ModelFrames(source, image_size)`` (its preprocessed float32 [T,S,S,3] view, sliced on demand).
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import math
@@ -112,18 +115,7 @@ def read_rgb_image(path: str) -> np.ndarray:
 
 
 def _load_frame_dir(path: str) -> VideoFrames:
-  names = [
-    p
-    for p in os.listdir(path)
-    if os.path.splitext(p)[1].lower() in FRAME_EXTENSIONS and os.path.isfile(os.path.join(path, p))
-  ]
-  if not names:
-    raise VideoError(
-      f"no frames found in directory {path!r}: expected .jpg/.jpeg/.png files "
-      "(e.g. 00000.jpg, 00001.jpg, ...); extract them with "
-      "`ffmpeg -i video.mp4 -q:v 2 -start_number 0 DIR/%05d.jpg` or pass the video file"
-    )
-  names.sort(key=natural_sort_key)
+  names = _frame_files(path)
   frames = []
   ref_shape = None
   for name in names:
@@ -182,23 +174,9 @@ def load_video(path) -> VideoFrames:
   Returns uint8 RGB frames [T,H,W,3] in natural-sort order (directories) or decode order.
   """
   path = os.fspath(path)
-  if not os.path.exists(path):
-    raise VideoError(
-      f"video path {path!r} does not exist; pass an existing video file "
-      "(.mp4/.avi) or a directory of .jpg/.png frames"
-    )
+  VideoSource._check_path(path)
   if os.path.isdir(path):
     return _load_frame_dir(path)
-  ext = os.path.splitext(path)[1].lower()
-  if ext in FRAME_EXTENSIONS:
-    raise VideoError(
-      f"{path!r} is a single image; pass the directory containing the frames instead"
-    )
-  if ext not in VIDEO_EXTENSIONS:
-    raise VideoError(
-      f"unsupported video path {path!r} (extension {ext!r}); pass a video file with "
-      f"one of {VIDEO_EXTENSIONS} or a directory of .jpg/.png frames"
-    )
   return _load_video_file(path)
 
 
@@ -357,3 +335,203 @@ def load_video_for_model(path, image_size: int):
   """``load_video`` + ``preprocess``: (float32 [T,S,S,3], video_h, video_w, VideoFrames)."""
   vf = load_video(path)
   return preprocess(vf.frames, image_size), vf.height, vf.width, vf
+
+
+# --------------------------------------------------------------------------- lazy access
+
+
+class VideoSource:
+  """A video opened without decoding it: frames are read on demand (a few kept in an LRU), so a
+  long video never sits in memory whole. Same frame order, sizes and errors as `load_video`."""
+
+  def __init__(self, path, cache_frames: int = 32):
+    path = os.fspath(path)
+    self._check_path(path)
+    self.source = os.path.abspath(path)
+    self._cache: "collections.OrderedDict[int, np.ndarray]" = collections.OrderedDict()
+    self._cache_frames = max(1, int(cache_frames))
+    self._cap, self._cap_pos = None, 0
+    self.fps: Optional[float] = None
+    if os.path.isdir(path):
+      self._files = _frame_files(path)
+      self.frame_names = list(self._files)
+      first = read_rgb_image(os.path.join(path, self._files[0]))
+    else:
+      self._files = None
+      self.fps, n, first = _probe_video_file(path)
+      self.frame_names = [f"{i:05d}" for i in range(n)]
+    self._shape = first.shape
+    self._remember(0, first)
+
+  @staticmethod
+  def _check_path(path: str) -> None:
+    if not os.path.exists(path):
+      raise VideoError(
+        f"video path {path!r} does not exist; pass an existing video file "
+        "(.mp4/.avi) or a directory of .jpg/.png frames"
+      )
+    if os.path.isdir(path):
+      return
+    ext = os.path.splitext(path)[1].lower()
+    if ext in FRAME_EXTENSIONS:
+      raise VideoError(
+        f"{path!r} is a single image; pass the directory containing the frames instead"
+      )
+    if ext not in VIDEO_EXTENSIONS:
+      raise VideoError(
+        f"unsupported video path {path!r} (extension {ext!r}); pass a video file with "
+        f"one of {VIDEO_EXTENSIONS} or a directory of .jpg/.png frames"
+      )
+
+  @property
+  def num_frames(self) -> int:
+    return len(self.frame_names)
+
+  @property
+  def height(self) -> int:
+    return int(self._shape[0])
+
+  @property
+  def width(self) -> int:
+    return int(self._shape[1])
+
+  def _remember(self, t: int, img: np.ndarray) -> None:
+    self._cache[t] = img
+    self._cache.move_to_end(t)
+    while len(self._cache) > self._cache_frames:
+      self._cache.popitem(last=False)
+
+  def frame(self, t: int) -> np.ndarray:
+    """Frame t as uint8 [H,W,3] RGB (VideoError if it cannot be decoded or changes size)."""
+    t = int(t)
+    if not 0 <= t < self.num_frames:
+      raise IndexError(f"frame {t} is outside the video's {self.num_frames} frames")
+    if t in self._cache:
+      self._cache.move_to_end(t)
+      return self._cache[t]
+    if self._files is not None:
+      name = self._files[t]
+      img = read_rgb_image(os.path.join(self.source, name))
+      where = f"frame {name!r} in {self.source!r}"
+    else:
+      img = self._decode(t)
+      where = f"frame {t} of video {self.source!r}"
+    if img.shape != self._shape:
+      raise VideoError(
+        f"{where} has size {img.shape[1]}x{img.shape[0]} (WxH) but the first frame has size "
+        f"{self._shape[1]}x{self._shape[0]}; all frames of a video must have the same size"
+      )
+    self._remember(t, img)
+    return img
+
+  def frames(self, start: int, stop: int) -> np.ndarray:
+    """Frames [start, stop) as uint8 [n,H,W,3]."""
+    return np.stack([self.frame(t) for t in range(start, stop)], 0)
+
+  def _decode(self, t: int) -> np.ndarray:
+    # sequential decoding (seeking by CAP_PROP_POS_FRAMES is not frame-exact for every codec):
+    # re-open only to go backwards
+    cv2 = _cv2()
+    if self._cap is None or t < self._cap_pos:
+      if self._cap is not None:
+        self._cap.release()
+      self._cap, self._cap_pos = cv2.VideoCapture(self.source), 0
+    while self._cap_pos < t:
+      if not self._cap.grab():
+        break
+      self._cap_pos += 1
+    ok, img = self._cap.read()
+    if not ok or img is None:
+      raise VideoError(
+        f"frame {t} of video {self.source!r} could not be decoded (corrupt file?); re-encode "
+        "it or extract frames into a folder of JPEGs"
+      )
+    self._cap_pos += 1
+    return np.ascontiguousarray(img[..., ::-1])
+
+  def close(self) -> None:
+    if self._cap is not None:
+      self._cap.release()
+      self._cap = None
+
+  def __del__(self):
+    try:
+      self.close()
+    except Exception:  # interpreter shutdown
+      pass
+
+
+def _frame_files(path: str) -> List[str]:
+  names = [
+    p
+    for p in os.listdir(path)
+    if os.path.splitext(p)[1].lower() in FRAME_EXTENSIONS and os.path.isfile(os.path.join(path, p))
+  ]
+  if not names:
+    raise VideoError(
+      f"no frames found in directory {path!r}: expected .jpg/.jpeg/.png files "
+      "(e.g. 00000.jpg, 00001.jpg, ...); extract them with "
+      "`ffmpeg -i video.mp4 -q:v 2 -start_number 0 DIR/%05d.jpg` or pass the video file"
+    )
+  return sorted(names, key=natural_sort_key)
+
+
+def _probe_video_file(path: str):
+  """(fps, frame count, frame 0) of a video file; counts by grabbing every frame (container
+  frame counts are not reliable), decoding only frame 0."""
+  cv2 = _cv2()
+  cap = cv2.VideoCapture(path)
+  try:
+    if not cap.isOpened():
+      raise VideoError(
+        f"cannot open video file {path!r} (unsupported codec or corrupt file); "
+        "re-encode it (e.g. `ffmpeg -i IN -c:v libx264 OUT.mp4`) or extract frames "
+        "into a folder of JPEGs"
+      )
+    fps = cap.get(cv2.CAP_PROP_FPS) or None
+    ok, first = cap.read()
+    if not ok or first is None:
+      raise VideoError(
+        f"video file {path!r} contains no decodable frames (empty or corrupt); "
+        "re-encode it or extract frames into a folder of JPEGs"
+      )
+    n = 1
+    while cap.grab():
+      n += 1
+  finally:
+    cap.release()
+  return fps, n, np.ascontiguousarray(first[..., ::-1])
+
+
+def open_video(path, cache_frames: int = 32) -> VideoSource:
+  """A lazily decoded video (file or frame folder); see `VideoSource`."""
+  return VideoSource(path, cache_frames)
+
+
+class ModelFrames:
+  """The model's view of a `VideoSource`: float32 [T,S,S,3] preprocessed exactly as `preprocess`,
+  computed per access (the predictor caches features, so each frame is normally read once)."""
+
+  dtype = np.dtype(np.float32)
+  ndim = 4
+
+  def __init__(self, video: VideoSource, image_size: int):
+    self.video, self.image_size = video, int(image_size)
+
+  @property
+  def shape(self) -> Tuple[int, int, int, int]:
+    s = self.image_size
+    return (self.video.num_frames, s, s, 3)
+
+  def __len__(self) -> int:
+    return self.video.num_frames
+
+  def __getitem__(self, index) -> np.ndarray:
+    if isinstance(index, slice):
+      idx = range(*index.indices(len(self)))
+      if not len(idx):
+        return np.zeros((0,) + self.shape[1:], np.float32)
+      return preprocess(np.stack([self.video.frame(t) for t in idx], 0), self.image_size)
+    t = int(index)
+    t = t + len(self) if t < 0 else t
+    return preprocess(self.video.frame(t)[None], self.image_size)[0]

@@ -330,3 +330,25 @@ def test_samurai_predictor_equals_scan(tiny, iou_threshold):
     np.testing.assert_allclose(
       state.objects[k].policy_state.mean, kf.mean[k : k + 1], rtol=1e-4, atol=1e-3
     )
+
+
+def test_path_session_is_lazy_and_equal(tiny, tmp_path):
+  """A frame-folder session keeps frames on disk (a ModelFrames view, nothing preprocessed up
+  front) and tracks exactly like the same frames given in memory."""
+  import cv2
+
+  from sam2pp_jax.io.video import ModelFrames, load_video
+
+  rng = np.random.default_rng(5)
+  for t in range(T):
+    cv2.imwrite(str(tmp_path / f"{t:05d}.png"), rng.integers(0, 256, HW + (3,), np.uint8))
+  pred = _pred(tiny, "mask")
+  lazy = pred.init_state(str(tmp_path))
+  assert isinstance(lazy.images, ModelFrames)
+  assert len(lazy.cached_features) == pred.encode_chunk < T  # only the warm-up chunk
+  eager = pred.init_state(load_video(tmp_path).frames)
+  outs = []
+  for state in (lazy, eager):
+    pred.add_new_mask(state, 0, 1, _masks()[0])
+    outs.append(np.stack([m for _, _, m in pred.propagate_in_video(state)]))
+  np.testing.assert_array_equal(outs[0], outs[1])

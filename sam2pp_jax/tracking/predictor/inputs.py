@@ -6,15 +6,20 @@ import os
 
 import numpy as np
 
-from sam2pp_jax.io.video import VideoFrames, load_video_for_model, preprocess
+from sam2pp_jax.io.video import ModelFrames, VideoFrames, VideoSource, open_video, preprocess
 from sam2pp_jax.tracking import prompts
 
 
 def session_video(video, image_size: int, video_hw=None):
-  """A path / VideoFrames / uint8 [T,H,W,3] / float32 [T,S,S,3] -> (images, (H, W))."""
+  """A path / VideoSource / VideoFrames / uint8 [T,H,W,3] / float32 [T,S,S,3] -> (images, (H, W)).
+
+  Paths and VideoSources stay on disk: `images` is then a lazy `ModelFrames` (frames decoded and
+  preprocessed per slice), so a long video is never held in memory whole."""
   s = image_size
   if isinstance(video, (str, os.PathLike)):
-    images, h, w, _ = load_video_for_model(video, s)
+    video = open_video(video)
+  if isinstance(video, VideoSource):
+    images, h, w = ModelFrames(video, s), video.height, video.width
   elif isinstance(video, VideoFrames):
     images, h, w = preprocess(video.frames, s), video.height, video.width
   else:

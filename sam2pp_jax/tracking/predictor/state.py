@@ -48,7 +48,7 @@ class InferenceState:
   """Everything a predictor session holds for one video (SAM 2's `inference_state`)."""
 
   def __init__(self, images: np.ndarray, video_hw: tuple[int, int]):
-    self.images = images  # float32 [T,S,S,3] normalised
+    self.images = images  # float32 [T,S,S,3] normalised (an array, or a lazy io.video.ModelFrames)
     self.num_frames = int(images.shape[0])
     self.video_height, self.video_width = (int(v) for v in video_hw)
     self.cached_features: dict = {}  # frame -> {vision, vision_pos, s0, s1} [1,...]
