@@ -48,7 +48,23 @@ def test_train_input_is_a_smoke_script():
   assert "--smoke" in (BENCH / "train_input.py").read_text(encoding="utf-8")
 
 
-@pytest.mark.parametrize("script", _scripts())
+# Smoke runs of a minute or more on 2 CPU cores (they compile several models or train): in the
+# slow set, which CI runs after the default suite, so `make test` stays near 15 minutes.
+HEAVY = {
+  "memory_policies.py",
+  "train_input.py",
+  "train_device.py",
+  "propagate.py",
+  "bf16_inference.py",
+  "memory.py",
+  "bf16_flips.py",
+  "train_memory.py",
+}
+
+
+@pytest.mark.parametrize(
+  "script", [pytest.param(s, marks=pytest.mark.slow) if s in HEAVY else s for s in _scripts()]
+)
 def test_smoke(script):
   path = BENCH / script
   if "--smoke" not in path.read_text(encoding="utf-8"):

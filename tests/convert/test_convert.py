@@ -197,6 +197,7 @@ def test_bad_checkpoints_give_one_clear_error(tmp_path, tiny_sd, case):
   assert not [x for x in os.listdir(tmp_path) if x.startswith("out.")]
 
 
+@pytest.mark.slow  # ~30-50 s on 2 CPU cores; CI's slow stage runs it
 def test_sam2_style_checkpoint_converts_and_runs_all_tasks(tmp_path, tiny_sd):
   torch = _torch()
   import sam2pp_jax

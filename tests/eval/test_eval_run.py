@@ -113,6 +113,7 @@ def test_run_every_layout(setup, tmp_path, reader, task, write, split):
     assert z["boxes_xyxy"].shape == (T, 4) and z["tracked"].all()
 
 
+@pytest.mark.slow  # ~30-50 s on 2 CPU cores; CI's slow stage runs it
 def test_cli_run_is_resumable(setup, tmp_path, monkeypatch, capsys):
   root, ckpt, _, seqs = setup
   data = tmp_path / "davis"

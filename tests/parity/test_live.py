@@ -119,6 +119,7 @@ def test_live_fixture_weights_embedded_or_by_checkpoint(tmp_path):
     save_fixture(tmp_path / "f.bin", {})
 
 
+@pytest.mark.slow  # ~30-50 s on 2 CPU cores; CI's slow stage runs it
 def test_blocks_name_memory_attention_when_its_weight_is_off():
   """The diagnosis on a shipped fixture's frame 1: clean -> no block; one memory-attention bias
   moved -> memory_attention is the first block out of tolerance (decoder and encoders still ok,

@@ -102,6 +102,7 @@ def test_padding_frames_cost_no_encoder_call(tiny, monkeypatch):
     assert not np.any(np.asarray(rows4[k][1:]))  # skipped: zero rows
 
 
+@pytest.mark.slow  # ~30-50 s on 2 CPU cores; CI's slow stage runs it
 def test_outputs_do_not_depend_on_encode_capacity_or_buckets(tiny):
   """7 frames in chunks of 4 (the last padded): per-frame / per-chunk encoding, cond_capacity
   1 / 2 and present-only / all-slots attention give the same outputs."""

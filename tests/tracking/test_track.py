@@ -169,6 +169,7 @@ def test_bad_inputs(setup, capsys, name, args, special, msg):
   assert not out.exists()  # nothing written
 
 
+@pytest.mark.slow  # ~30-50 s on 2 CPU cores; CI's slow stage runs it
 def test_chunked_in_scan_encoding_matches_preencoded(setup):
   """In-scan chunked encoding == the former path (all frames encoded first) for chunk 1/3/8."""
   model = build_model("tiny")
@@ -237,6 +238,7 @@ def test_point_soft_argmax_readout(setup):
   assert (soft >= 0).all() and (soft[..., 0] <= W).all() and (soft[..., 1] <= H).all()
 
 
+@pytest.mark.slow  # ~30-50 s on 2 CPU cores; CI's slow stage runs it
 def test_bfloat16_dtype_runs_and_agrees_on_the_prompted_frame(setup, monkeypatch):
   """--dtype bfloat16 builds the bf16 model (float32 head outputs): on the prompted frame (box
   prompt through the decoder, no memory) its box is within 2 px of float32's (shipped

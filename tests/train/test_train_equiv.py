@@ -141,6 +141,7 @@ def _frame0_features(model, params, batch):
   return rep(f["vision"]), rep(f["s0"]), rep(f["s1"])
 
 
+@pytest.mark.slow  # ~30-50 s on 2 CPU cores; CI's slow stage runs it
 def test_training_applies_memory_attention_dropout(tiny):
   """The reference trains in model.train() mode: memory attention's dropout (0.1 here) changes
   the tracked frames' logits with the step's key, and apply_dropout=False removes it."""

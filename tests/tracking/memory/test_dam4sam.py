@@ -482,6 +482,7 @@ def test_tracking_objects_independent_and_drm_used(tiny):
     assert int(st.n_ptr[o]) == int(sa.n_ptr[0])
 
 
+@pytest.mark.slow  # ~30-50 s on 2 CPU cores; CI's slow stage runs it
 def test_predictor_equals_scan(tiny):
   """The predictor (host layout of the state's slots, state per object on the host) == the
   scan (ring slots and state in the bank); then its refusals."""

@@ -229,6 +229,7 @@ def test_sam2_matches_sam21_predictor():
   check_common("sam2")
 
 
+@pytest.mark.slow  # ~30-50 s on 2 CPU cores; CI's slow stage runs it
 def test_samurai_matches_original():
   info, banks = check_common("samurai")
   bad = []
@@ -254,6 +255,7 @@ def _frame_of(label) -> int:
   return int(str(label).split(":")[0])
 
 
+@pytest.mark.slow  # ~30-50 s on 2 CPU cores; CI's slow stage runs it
 def test_sam2long_matches_original():
   """Per pathway: kept (parent, candidate) by its IoU, object score and cumulative score,
   memory and pointer frames read; the backtracked masks and object scores."""
@@ -308,6 +310,7 @@ def test_sam2long_matches_original():
   assert not bad, "sam2long differs from the original:\n" + "\n".join(bad)
 
 
+@pytest.mark.slow  # ~30-50 s on 2 CPU cores; CI's slow stage runs it
 def test_dam4sam_matches_d4sm():
   """Candidate, scores, masks and reads on every frame, and the memory list (frame, RAM/DRM)
   with the pending DRM entry after every frame."""

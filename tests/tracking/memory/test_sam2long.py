@@ -336,6 +336,7 @@ def test_objects_are_independent(setup):
     np.testing.assert_array_equal(both["pathway"][:, o], alone["pathway"][:, 0])
 
 
+@pytest.mark.slow  # ~30-50 s on 2 CPU cores; CI's slow stage runs it
 def test_predictor_equals_scan(setup):
   """VideoPredictor(memory=sam2long).propagate_in_video == track_video; corrections on tracked
   frames and prompts on a second frame are refused by name."""
