@@ -5,13 +5,15 @@
 #   make pretrain - reproduce the shipped checkpoint (configs/train.py:pretrain_tiny)
 #   make test   - `make lint`, then the default test suite (fast; `make test-slow` adds the
 #                 slow marker)
+#   make app    - the web app (sam2pp_jax.app) on the shipped checkpoint: open a video, click,
+#                 propagate, correct, export (APP_ARGS="--video PATH --port N" to pass options)
 #   make lint   - ruff check + ruff format --check (configuration: [tool.ruff] in pyproject.toml)
 PY ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-scratch pretrain test test-slow lint parity bench clean
+.PHONY: demo demo-scratch pretrain app test test-slow lint parity bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -25,6 +27,10 @@ demo: $(STAMP)
 
 demo-scratch: $(STAMP)
 	$(BIN)/python -m sam2pp_jax.demo --seed $(DEMO_SEED) --scratch
+
+APP_ARGS ?=
+app: $(STAMP)
+	$(BIN)/python -m sam2pp_jax.app --checkpoint checkpoints/tiny $(APP_ARGS)
 
 PRETRAIN_DIR ?= runs/pretrain_tiny
 pretrain: $(STAMP)
