@@ -106,12 +106,11 @@ dies mid-compile). Tests pass warmup=False.
 compiled executables on disk (~/.cache/sam2pp_jax/xla), so a restarted app loads them instead of
 compiling.
 
-Memory: frames are read through the video loader (`_open_video`, one function to switch to the
-lazy `io.video.open_video` when present); results are kept as PNG-encoded id maps (a few KB per
-frame), boxes and points as small dicts; the predictor caches image features per frame
-(`Session.open(..., max_cached_frames="auto")`: as many as fit FEATURE_BUDGET_BYTES, 4 GiB,
-e.g. ~3300 frames at 256 px, ~200 at 1024 px; least recently used evicted and re-encoded when
-needed; None = no bound).
+Memory: frames stay on disk (`io.video.open_video`: decoded on demand, a few kept); results are
+kept as PNG-encoded id maps (a few KB per frame), boxes and points as small dicts; the predictor
+caches image features per frame (`Session.open(..., max_cached_frames="auto")`: as many as fit
+FEATURE_BUDGET_BYTES, 4 GiB, e.g. ~3300 frames at 256 px, ~200 at 1024 px; least recently used
+evicted and re-encoded when needed; None = no bound).
 """
 
 from __future__ import annotations
@@ -187,17 +186,14 @@ def _user_errors(prefix: str = ""):
 
 # ------------------------------------------------------------------------------------- loading
 def _open_video(path):
-  """The video object handed to the predictor and read for display (one switch point: the lazy
-  `open_video` when io.video has it, else the eager `load_video`)."""
-  opener = getattr(video_io, "open_video", None) or video_io.load_video
+  """The video, lazily (io.video.open_video): handed to the predictor and read for display,
+  frames decoded on demand."""
   with _user_errors():
-    return opener(path)
+    return video_io.open_video(path)
 
 
 def _video_frame(video, t: int) -> np.ndarray:
-  if hasattr(video, "frame"):
-    return np.asarray(video.frame(t))
-  return np.asarray(video.frames[t])
+  return np.asarray(video.frame(t))
 
 
 def load_model_cached(checkpoint_dir=None, model_preset=None):
