@@ -59,6 +59,7 @@ HEAVY = {
   "memory.py",
   "bf16_flips.py",
   "train_memory.py",
+  "app_click.py",  # tests/app/test_session.py covers its warm-up path in the default suite
 }
 
 

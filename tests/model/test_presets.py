@@ -13,7 +13,9 @@ def _count(tree):
   return sum(x.size for x in jax.tree.leaves(tree))
 
 
-@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize(  # the large preset takes ~20 s to trace: slow
+  "preset", [pytest.param(p, marks=pytest.mark.slow) if p == "l" else p for p in PRESETS]
+)
 def test_preset_traces_every_task(preset):
   model = build_model(preset)
   shapes = param_shapes(model)

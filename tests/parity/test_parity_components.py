@@ -27,6 +27,7 @@ def test_components_match_reference(task):
   } <= comps
 
 
+@pytest.mark.slow  # ~25-35 s on 2 CPU cores; CI's slow stage runs it
 def test_checker_detects_a_wrong_weight():
   """The checker must fail when a block's weights are perturbed (guards against vacuous passes)."""
   fx = get_fixture("box")

@@ -56,6 +56,7 @@ def test_skip_padding_runs_only_valid_frames():
   assert rows["y"].tolist() == [11, 21, 0, 0]
 
 
+@pytest.mark.slow  # ~25-35 s on 2 CPU cores; CI's slow stage runs it
 def test_padding_frames_cost_no_encoder_call(tiny, monkeypatch):
   """encode="frame": the encoder runs inside the step, so a chunk of 4 with 1 real frame
   encodes 1 frame (batch 1), and its bank equals a 1-frame chunk's."""

@@ -114,8 +114,10 @@ def test_bf16_keeps_params_optimizer_state_grads_and_losses_float32():
     assert floats(tree) == {"float32"}, what
 
 
-# box traces its corrective clicks too (~1.5 CPU-min): slow
-@pytest.mark.parametrize("task", ["point", pytest.param("box", marks=pytest.mark.slow)])
+# ~30 s (point) / ~1.5 CPU-min (box, which traces its corrective clicks too): slow
+@pytest.mark.parametrize(
+  "task", [pytest.param(t, marks=pytest.mark.slow) for t in ("point", "box")]
+)
 def test_bf16_runs_the_train_step_matmuls_in_bf16(task):
   """Loss+grad program (traced): in bf16 >= 96 % of the matmul/conv FLOPs compute in bf16
   (measured 98.2 % point, 98.7 % box, 97.3 % mask; the rest are the float32 4x upsampling of

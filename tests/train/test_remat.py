@@ -71,6 +71,7 @@ def test_policies_keep_what_they_say(encoder):
   assert len(res["block"]) < len(res["dots_saveable"]) < len(res["none"])
 
 
+@pytest.mark.slow  # ~25-35 s on 2 CPU cores; CI's slow stage runs it
 def test_policies_give_the_same_gradients(encoder):
   features, params, frames = encoder
   grads = {p: jax.jit(jax.grad(rematerialise(features, p)))(params, frames) for p in REMAT_POLICIES}

@@ -225,6 +225,7 @@ def check_common(policy: str, masks: bool = True):
   return info, banks
 
 
+@pytest.mark.slow  # ~25-35 s on 2 CPU cores; CI's slow stage runs it
 def test_sam2_matches_sam21_predictor():
   check_common("sam2")
 

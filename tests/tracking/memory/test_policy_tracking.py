@@ -43,6 +43,7 @@ def _track(setup, masks, memory):
   )
 
 
+@pytest.mark.slow  # ~25-35 s on 2 CPU cores; CI's slow stage runs it
 def test_objects_are_independent_under_samurai(setup):
   """Per-object Kalman state and rings: two objects tracked together == each alone."""
   policy = Samurai(stable_frames_threshold=2, memory_bank_iou_threshold=0.0)
