@@ -34,6 +34,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from sam2pp_jax.data.formats.base import DatasetError, load_points_npz
 from sam2pp_jax.io.png import read_palette_png
 from sam2pp_jax.io.video import VideoError
 from sam2pp_jax.tracking import outputs, prompts
@@ -192,18 +193,11 @@ def _inside(xy, hw, tol: float = 0.0):
 
 def read_point_keys(path: str, num_frames: int, hw, key_frames: Sequence[int]) -> KeyFrames:
   """A TAP-Vid npz (trajs_2d [T,N,2], visibs [T,N]) and the chosen key frames -> KeyFrames."""
-  if not os.path.isfile(path):
-    raise AnnotationError(f"--keyframes {path!r}: point file does not exist")
-  try:
-    with np.load(path) as z:
-      xy, vis = np.asarray(z["trajs_2d"], np.float32), np.asarray(z["visibs"], bool)
-  except KeyError as e:
-    raise AnnotationError(
-      f"--keyframes {path!r}: npz lacks {e}; give a TAP-Vid npz with trajs_2d [T,N,2] and "
-      "visibs [T,N]"
-    ) from None
-  except (OSError, ValueError) as e:
-    raise AnnotationError(f"--keyframes {path!r}: cannot read the npz ({e})") from None
+  try:  # the datasets' TAP-Vid reader (its checks and messages), errors as AnnotationError
+    trajs, vis, _ = load_points_npz(path)
+  except DatasetError as e:
+    raise AnnotationError(f"--keyframes: {e}") from None
+  xy = trajs.astype(np.float32)
   if xy.ndim != 3 or xy.shape[-1] != 2 or vis.shape != xy.shape[:2] or xy.shape[1] == 0:
     raise AnnotationError(
       f"--keyframes {path!r}: trajs_2d {xy.shape} / visibs {vis.shape} must be [T,N,2] / [T,N] "
