@@ -60,6 +60,7 @@ HEAVY = {
   "bf16_flips.py",
   "train_memory.py",
   "app_click.py",  # tests/app/test_session.py covers its warm-up path in the default suite
+  "engine_intervals.py",  # ~30 s (3 tasks compiled); tests/test_engine.py covers fill_video
 }
 
 

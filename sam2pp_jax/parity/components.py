@@ -162,7 +162,11 @@ class ComponentChecker:
       return fx["inputs/mask_input_model_res"].astype(np.float32)
     return fx["inputs/point_gaussian_mask"].astype(np.float32)
 
-  def _mask_downsample(self, m):
+  @_instance_lru(maxsize=2)
+  def _mask_downsample(self, source: str):
+    """mask_downsample of the prompt mask ("prompt") or the fixture's model-res mask ("fixture"),
+    computed once per checker (several rows read it)."""
+    m = self._model_res_prompt_mask() if source == "prompt" else self._fixture_model_res_mask()
     return self._run(lambda mdl, x: mdl.mask_downsample(x), jnp.asarray(m)[None, ..., None])
 
   # -- recipes -------------------------------------------------------------------------------
@@ -185,7 +189,7 @@ class ComponentChecker:
     if comp == "prompt_encoder":
       return self._prompt_encoder(t, arr)
     if comp == "mask_downsample" and arr == "out":
-      return _nchw(self._mask_downsample(self._fixture_model_res_mask()))
+      return _nchw(self._mask_downsample("fixture"))
     if comp == "unified_decoder":
       return self._decoder(t, arr)
     if comp == "memory_encoder":
@@ -195,14 +199,22 @@ class ComponentChecker:
     return None
 
   def _prompt_encoder(self, t, arr):
-    fx = self.fx
-    pre = f"frame{t}/prompt_encoder/"
     if arr == "in_point_coords":
       return self._prompt_points(t)[0]
     if arr == "in_point_labels":
       return self._prompt_points(t)[1]
     if arr == "in_masks":
-      return _nchw(self._mask_downsample(self._model_res_prompt_mask()))
+      return _nchw(self._mask_downsample("prompt"))
+    if arr not in ("sparse", "dense"):
+      return None
+    sparse, dense = self._prompt_encoded(t)
+    return sparse if arr == "sparse" else _nchw(dense)
+
+  @_instance_lru(maxsize=4)
+  def _prompt_encoded(self, t):
+    """(sparse, dense) prompt embeddings of frame t, once per frame."""
+    fx = self.fx
+    pre = f"frame{t}/prompt_encoder/"
     coords = (
       fx[pre + "in_point_coords"] if fx.has(pre + "in_point_coords") else self._prompt_points(t)[0]
     )
@@ -210,13 +222,12 @@ class ComponentChecker:
       fx[pre + "in_point_labels"] if fx.has(pre + "in_point_labels") else self._prompt_points(t)[1]
     )
     masks = fx[pre + "in_masks"].transpose(0, 2, 3, 1) if fx.has(pre + "in_masks") else None
-    sparse, dense = self._run(
+    return self._run(
       lambda mdl, c, l, m: mdl.sam_prompt_encoder(c, l, None, m),
       jnp.asarray(coords),
       jnp.asarray(labels),
       None if masks is None else jnp.asarray(masks),
     )
-    return sparse if arr == "sparse" else _nchw(dense) if arr == "dense" else None
 
   def _decoder_inputs(self, t):
     fx = self.fx
@@ -308,6 +319,12 @@ class ComponentChecker:
     return self.fx[name][t] if self.fx.has(name) else None
 
   def _memory_encoder(self, t, arr):
+    out = self._memory_encoded(t)
+    return out if isinstance(out, tuple) else out.get(arr)
+
+  @_instance_lru(maxsize=4)
+  def _memory_encoded(self, t):
+    """Memory-encoder arrays of frame t (one run serves its three rows), or (NEEDS_TRACKER, why)."""
     fx = self.fx
     pre = f"frame{t}/"
     low = self._low_res_logits(t)
@@ -329,8 +346,9 @@ class ComponentChecker:
       "vision_features": _nchw(raw),
       "vision_pos_enc": _nchw(pos),
       "maskmem_features_f32": _nchw(feats),
-    }.get(arr)
+    }
 
+  @_instance_lru(maxsize=1)
   def _assembled_frame1_memory(self):
     """Memory tokens of frame 1 when frame 0 is the only (conditioning) frame, from outputs."""
     fx = self.fx

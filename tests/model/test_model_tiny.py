@@ -86,14 +86,18 @@ def test_only_active_task_is_traced(tiny):
       del dec[k]
   pruned["sam_unified_decoder"] = dec
   x = jnp.zeros((1, s, s, 3))
-  f = model.apply({"params": pruned}, x, task="box", method="encode_image")
-  o = model.apply(
-    {"params": pruned},
-    f["vision"],
-    f["s0"],
-    f["s1"],
-    task="box",
-    multimask_output=True,
-    method="sam_heads",
-  )
-  assert o["boxes"].shape == (1, 4)
+
+  @jax.jit  # one program: op by op, the tiny encoder + heads cost ~15 s of per-op compiles
+  def box_step(p, x):
+    f = model.apply({"params": p}, x, task="box", method="encode_image")
+    return model.apply(
+      {"params": p},
+      f["vision"],
+      f["s0"],
+      f["s1"],
+      task="box",
+      multimask_output=True,
+      method="sam_heads",
+    )
+
+  assert box_step(pruned, x)["boxes"].shape == (1, 4)

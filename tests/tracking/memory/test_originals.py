@@ -333,6 +333,8 @@ def test_dam4sam_matches_d4sm():
   assert not bad, "dam4sam memory differs from d4sm:\n" + "\n".join(bad)
 
 
+@pytest.mark.slow  # ~30-35 s on 2 CPU cores; CI's slow stage runs it (as its samurai/sam2long
+# siblings); test_dam4sam.py checks the policy's rules and its scan/predictor paths by default
 def test_dam4sam_masks_match_d4sm():
   """Binarised masks at IoU >= 0.999 on every frame: the prompt memory from the binarised
   mask and d4sm's pointer list (rank positions over its length) reproduce its masks."""
