@@ -13,6 +13,7 @@ are float32, where the reference's torch.autocast keeps float32 or casts back (`
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -459,12 +460,17 @@ def param_shapes(model: SAM2Plus) -> Any:
 
   No parameter shape depends on the image size, so the template is traced at 64x64 (much
   cheaper in time and memory than tracing a 1024 model); tests pin it to real manifests.
+  The trace (~3-8 s on CPU) runs once per configuration; each call gets its own containers.
   """
   cfg = ml_collections.ConfigDict(model.config.to_dict())
   cfg.image_size = 64
-  small = SAM2Plus(ml_collections.FrozenConfigDict(cfg))
+  return jax.tree.map(lambda leaf: leaf, _traced_param_shapes(ml_collections.FrozenConfigDict(cfg)))
+
+
+@functools.lru_cache(maxsize=8)
+def _traced_param_shapes(config: ml_collections.FrozenConfigDict) -> Any:
   x = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
-  return jax.eval_shape(small.init, jax.random.key(0), x)["params"]
+  return jax.eval_shape(SAM2Plus(config).init, jax.random.key(0), x)["params"]
 
 
 def init_params(model: SAM2Plus, key: jax.Array) -> Any:

@@ -32,6 +32,7 @@ import zipfile
 import cv2
 import numpy as np
 import pytest
+from conftest import train_env
 
 from sam2pp_jax.data.synthetic import generate_video
 from sam2pp_jax.io.png import read_palette_png, save_palette_png
@@ -102,8 +103,8 @@ class Server:
     self.port = _free_port()
     self.url = f"http://127.0.0.1:{self.port}/"
     self.log_path = log_path
-    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
-    env.pop("XLA_FLAGS", None)  # the test suite's 8 fake host devices are not the app's
+    # the suite's XLA flags minus its 8 fake host devices (those are not the app's)
+    env = dict(train_env(), GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
     # the restarted server reuses the first one's compiled programs
     env["SAM2PP_JAX_XLA_CACHE"] = str(pathlib.Path(log_path).parent / "jax_cache")
     self.log = open(log_path, "a")
